@@ -1,0 +1,6 @@
+//! cutover: a reconciling controller for plain Docker.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of modules and the invariants they keep.
+#![forbid(unsafe_code)]
+
+pub mod spec;

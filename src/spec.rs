@@ -1,0 +1,277 @@
+//! The desired state of one service: the manifest users write, as typed data.
+//!
+//! This module is pure: it parses and validates text and never does I/O. Every other part of
+//! cutover (the CLI, the KV store, the planner) takes a [`Service`] that went through
+//! [`parse_service`], so a value of these types is always valid.
+//!
+//! The wire format is YAML with a Kubernetes-like envelope:
+//!
+//! ```yaml
+//! apiVersion: cutover.dev/v1
+//! kind: Service
+//! metadata: {name: books}
+//! spec: {image: books:1.4.2, replicas: 3}
+//! ```
+
+mod duration;
+mod quantity;
+mod validate;
+mod yaml;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::Duration;
+pub use quantity::Memory;
+pub use validate::{Diagnostic, Diagnostics, check_set, parse_service};
+
+/// The only `apiVersion` this release understands.
+pub const API_VERSION: &str = "cutover.dev/v1";
+/// The only `kind` this release understands.
+pub const KIND: &str = "Service";
+/// Consul refuses values larger than this (its `kv_max_value_size` default).
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+/// One service's manifest: what the user wants running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label; equal to the last segment of the KV key that holds the manifest.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub image: String,
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    #[serde(default = "defaults::replicas")]
+    pub replicas: u32,
+    /// The port the container listens on.
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side_targets: Vec<SideTarget>,
+}
+
+/// When the daemon pulls the image before creating a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Pull only when the engine does not have the image.
+    #[default]
+    IfNotPresent,
+    /// Pull before every new container, to pick up a moved tag.
+    Always,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpus.is_none()
+    }
+}
+
+/// The daemon's own HTTP probe of each replica. A replica counts as ready after
+/// `healthy_threshold` successes in a row and stops counting after `unhealthy_threshold`
+/// failures in a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    #[serde(default = "defaults::health_path")]
+    pub path: String,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Failures during this time after the container starts do not count.
+    #[serde(default = "defaults::start_period")]
+    pub start_period: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: defaults::health_path(),
+            interval: defaults::health_interval(),
+            timeout: defaults::health_timeout(),
+            healthy_threshold: defaults::healthy_threshold(),
+            unhealthy_threshold: defaults::unhealthy_threshold(),
+            start_period: defaults::start_period(),
+        }
+    }
+}
+
+/// Where the proxy sends a request: by path prefix, by host, or both (both must match).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Strategy {
+    BlueGreen(BlueGreen),
+    Recreate(Recreate),
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy::BlueGreen(BlueGreen::default())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Switch traffic as soon as the new color is healthy; otherwise wait for `cutover promote`.
+    #[serde(default = "defaults::auto_promote")]
+    pub auto_promote: bool,
+    /// Replicas of the new color before promotion; `None` means all of `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_replicas: Option<u32>,
+    /// How long the old color keeps running (draining) after the switch.
+    #[serde(default = "defaults::scale_down_delay")]
+    pub scale_down_delay: Duration,
+    /// A new color not healthy by then is aborted and its revision rejected.
+    #[serde(default = "defaults::progress_deadline")]
+    pub progress_deadline: Duration,
+    /// How many old revisions are kept as stopped containers for rollback.
+    #[serde(default = "defaults::revision_history_limit")]
+    pub revision_history_limit: u32,
+}
+
+impl Default for BlueGreen {
+    fn default() -> Self {
+        BlueGreen {
+            auto_promote: defaults::auto_promote(),
+            preview_replicas: None,
+            scale_down_delay: defaults::scale_down_delay(),
+            progress_deadline: defaults::progress_deadline(),
+            revision_history_limit: defaults::revision_history_limit(),
+        }
+    }
+}
+
+/// Stop every old replica, then start the new ones: a short outage, for services that cannot
+/// run two versions at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recreate {}
+
+/// An accessory such as a database: started once, never colored, kept across rollouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SideTarget {
+    /// A DNS label; the container is named `<service>-<name>` and reachable by that name.
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Named volumes, `NAME:/container/path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+}
+
+impl Service {
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// The blue/green settings, or `None` for the recreate strategy.
+    pub fn blue_green(&self) -> Option<&BlueGreen> {
+        match &self.spec.strategy {
+            Strategy::BlueGreen(bg) => Some(bg),
+            Strategy::Recreate(_) => None,
+        }
+    }
+
+    /// The manifest as YAML, with every default written out.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a Service always serializes")
+    }
+}
+
+/// The defaults, in one place so that `docs/manifest.md` can be checked against them.
+pub mod defaults {
+    use super::Duration;
+
+    pub fn replicas() -> u32 {
+        1
+    }
+    pub fn port() -> u16 {
+        80
+    }
+    pub fn health_path() -> String {
+        "/".to_owned()
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_millis(1000)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn healthy_threshold() -> u32 {
+        1
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+    pub fn start_period() -> Duration {
+        Duration::from_millis(0)
+    }
+    pub fn auto_promote() -> bool {
+        true
+    }
+    pub fn scale_down_delay() -> Duration {
+        Duration::from_millis(10_000)
+    }
+    pub fn progress_deadline() -> Duration {
+        Duration::from_millis(120_000)
+    }
+    pub fn revision_history_limit() -> u32 {
+        2
+    }
+}
