@@ -1,0 +1,204 @@
+//! What the daemon reports about each service, stored as JSON at `<prefix>/status/<name>`.
+//!
+//! Only the daemon writes these values; the CLI and CI pipelines read them. The types are
+//! plain data shared by both sides, so `cutover status` never invents a field the daemon
+//! did not write.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// How many events a status keeps, newest last.
+pub const MAX_EVENTS: usize = 20;
+
+/// The two slots a blue/green service alternates between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Color> {
+        match text {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a service is in its life, as one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// The daemon is bringing the desired revision up or switching to it.
+    Progressing,
+    /// The new color is healthy and waits for `cutover promote`.
+    Preview,
+    /// The desired revision is live with every replica ready.
+    Available,
+    /// Something is wrong (image missing, replicas failing, deadline passed); the last good
+    /// revision keeps serving where there is one.
+    Degraded,
+    /// The spec cannot be used; nothing was changed.
+    Invalid,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What one color runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ColorStatus {
+    pub image: String,
+    pub revision: String,
+    pub ready: u32,
+    pub desired: u32,
+}
+
+/// A Kubernetes-style condition: a fact with a reason, and when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Available`, `Progressing`, `Degraded`, `InvalidSpec`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `"True"`, `"False"` or `"Unknown"`, as in Kubernetes.
+    pub status: String,
+    /// A CamelCase reason such as `ImageNotFound` or `ProgressDeadlineExceeded`.
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+}
+
+/// A revision the service ran, newest first; kept ones can be rolled back to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    pub revision: String,
+    pub image: String,
+    pub color: Color,
+    /// RFC 3339 time it stopped serving, if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+}
+
+/// A revision the daemon gave up on; it is not tried again until the spec changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejected {
+    pub revision: String,
+    /// The spec ModifyIndex that asked for it.
+    pub spec_index: u64,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Something that happened, for people reading `cutover status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// RFC 3339.
+    pub time: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// An imperative request (`promote`, `rollback`, `abort`), stored at
+/// `<prefix>/requests/<name>` by the CLI and acknowledged in [`Status::last_request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// Unique per request, so an acknowledgement names exactly one.
+    pub id: String,
+    pub action: Action,
+    /// The revision the requester saw; the daemon ignores a request for any other.
+    pub revision: String,
+    /// RFC 3339.
+    pub requested_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Promote,
+    Rollback,
+    Abort,
+}
+
+/// The daemon's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acknowledgement {
+    pub id: String,
+    pub action: Action,
+    pub revision: String,
+    /// `Done`, or why it was not acted on (`Stale`, `NothingToRollBackTo`, ...).
+    pub result: String,
+    pub message: String,
+}
+
+/// Everything the daemon says about one service.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The spec ModifyIndex the daemon last acted on (Kubernetes' `observedGeneration`).
+    pub observed_index: u64,
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_color: Option<Color>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_color: Option<Color>,
+    #[serde(default)]
+    pub colors: BTreeMap<Color, ColorStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub revision_history: Vec<RevisionRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejected>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<Acknowledgement>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+impl Status {
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+}
+
+/// The current time as RFC 3339 with seconds, for conditions and events.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
