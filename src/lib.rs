@@ -5,3 +5,4 @@
 
 pub mod spec;
 pub mod status;
+pub mod revision;
