@@ -6,3 +6,5 @@
 pub mod spec;
 pub mod status;
 pub mod revision;
+pub mod observed;
+pub mod plan;
