@@ -176,6 +176,10 @@ pub struct Status {
     pub active_color: Option<Color>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_color: Option<Color>,
+    /// When traffic last switched colors, in milliseconds since the Unix epoch; the old color
+    /// drains until this plus `scaleDownDelay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at_ms: Option<u64>,
     #[serde(default)]
     pub colors: BTreeMap<Color, ColorStatus>,
     #[serde(default)]
@@ -198,7 +202,8 @@ impl Status {
     }
 }
 
-/// The current time as RFC 3339 with seconds, for conditions and events.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+/// A time in milliseconds since the Unix epoch as RFC 3339 with seconds.
+pub fn rfc3339(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
