@@ -84,8 +84,7 @@ use crate::observed::{Container, Observed, Role, archived_name, replica_name};
 use crate::revision;
 use crate::spec::{Diagnostics, Service};
 use crate::status::{
-    Acknowledgement, Action, ColorStatus, Condition, Event, MAX_EVENTS, Phase, Rejected, Request,
-    RevisionRecord, Status, rfc3339,
+    Acknowledgement, Action, ColorStatus, Phase, Rejected, Request, RevisionRecord, Status, rfc3339,
 };
 
 /// What the user wants for one service, as the controller read it from KV.
@@ -227,28 +226,10 @@ impl<'a> Planner<'a> {
         self.requeue_after_ms = Some(self.requeue_after_ms.map_or(after, |a| a.min(after)));
     }
 
-    /// Sets a condition, keeping its transition time when its status did not change.
     fn condition(&mut self, kind: &str, value: bool, reason: &str, message: impl Into<String>) {
-        let status = if value { "True" } else { "False" }.to_owned();
-        let message = message.into();
-        let now = rfc3339(self.now());
-        match self.status.conditions.iter_mut().find(|c| c.kind == kind) {
-            Some(c) => {
-                if c.status != status {
-                    c.last_transition_time = now;
-                }
-                c.status = status;
-                c.reason = reason.to_owned();
-                c.message = message;
-            }
-            None => self.status.conditions.push(Condition {
-                kind: kind.to_owned(),
-                status,
-                reason: reason.to_owned(),
-                message,
-                last_transition_time: now,
-            }),
-        }
+        let now = self.now();
+        self.status
+            .set_condition(kind, value, reason, &message.into(), now);
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -1049,23 +1030,13 @@ impl<'a> Planner<'a> {
     }
 
     fn finish(mut self) -> Plan {
-        let time = rfc3339(self.now());
+        let now = self.now();
         for step in &self.steps {
-            self.status.events.push(Event {
-                time: time.clone(),
-                reason: "Step".to_owned(),
-                message: step.to_string(),
-            });
+            self.status.push_event("Step", &step.to_string(), now);
         }
-        for (reason, message) in self.events {
-            self.status.events.push(Event {
-                time: time.clone(),
-                reason,
-                message,
-            });
+        for (reason, message) in &self.events {
+            self.status.push_event(reason, message, now);
         }
-        let excess = self.status.events.len().saturating_sub(MAX_EVENTS);
-        self.status.events.drain(..excess);
         Plan {
             steps: self.steps,
             status: self.status,

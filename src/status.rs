@@ -200,6 +200,46 @@ impl Status {
     pub fn condition(&self, kind: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.kind == kind)
     }
+
+    /// Sets a condition, keeping its transition time when its status did not change.
+    pub fn set_condition(
+        &mut self,
+        kind: &str,
+        value: bool,
+        reason: &str,
+        message: &str,
+        now_ms: u64,
+    ) {
+        let status = if value { "True" } else { "False" };
+        match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = rfc3339(now_ms);
+                }
+                c.status = status.to_owned();
+                c.reason = reason.to_owned();
+                c.message = message.to_owned();
+            }
+            None => self.conditions.push(Condition {
+                kind: kind.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+                last_transition_time: rfc3339(now_ms),
+            }),
+        }
+    }
+
+    /// Appends an event, keeping the newest [`MAX_EVENTS`].
+    pub fn push_event(&mut self, reason: &str, message: &str, now_ms: u64) {
+        self.events.push(Event {
+            time: rfc3339(now_ms),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        });
+        let excess = self.events.len().saturating_sub(MAX_EVENTS);
+        self.events.drain(..excess);
+    }
 }
 
 /// A time in milliseconds since the Unix epoch as RFC 3339 with seconds.
