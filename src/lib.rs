@@ -5,7 +5,7 @@
 
 pub mod observed;
 pub mod plan;
+pub mod queue;
 pub mod revision;
 pub mod spec;
 pub mod status;
-pub mod queue;

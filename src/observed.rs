@@ -69,7 +69,9 @@ impl Container {
     /// rollback, not part of any color until it is revived.
     pub fn is_archived(&self) -> bool {
         match &self.role {
-            Role::Replica { color, slot } => self.name != replica_name(&self.service, *color, *slot),
+            Role::Replica { color, slot } => {
+                self.name != replica_name(&self.service, *color, *slot)
+            }
             Role::SideTarget { .. } => false,
         }
     }

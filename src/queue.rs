@@ -194,7 +194,12 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let base = Duration::from_millis(500);
         let max = Duration::from_secs(60);
-        for (failures, low, high) in [(1, 250, 500), (2, 500, 1000), (3, 1000, 2000), (30, 30_000, 60_000)] {
+        for (failures, low, high) in [
+            (1, 250, 500),
+            (2, 500, 1000),
+            (3, 1000, 2000),
+            (30, 30_000, 60_000),
+        ] {
             let d = backoff_delay(failures, base, max).as_millis() as u64;
             assert!((low..=high).contains(&d), "{failures}: {d}");
         }
