@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde_yaml::Value as YamlValue;
 
-use super::schema::{Field, Kind, MANIFEST};
+use super::schema::{Field, Kind, MANIFEST, TextCheck};
 use super::yaml::{self, Node, Position, Resolved, ScalarStyle, Value};
 use super::{Duration, MAX_VALUE_BYTES, Memory, Service, Strategy};
 
@@ -233,6 +233,15 @@ fn diagnostic(source: &str, position: Position, path: &str, message: String) -> 
     }
 }
 
+/// The parts of a [`Kind::TextList`], passed as one.
+#[derive(Clone, Copy)]
+struct TextListKind<'a> {
+    noun: &'a str,
+    check_item: TextCheck,
+    example: &'a str,
+    allow_empty: bool,
+}
+
 /// Walks the tree against the schema, collecting diagnostics and positions.
 struct Walker<'a> {
     source: &'a str,
@@ -256,21 +265,34 @@ impl Walker<'_> {
         path: &str,
         key_position: Position,
     ) -> Option<YamlValue> {
-        self.positions.insert(path.to_owned(), node.position);
+        // An empty value (`image:`) has no place of its own; its key stands for it.
+        let position = match node.value {
+            Value::Null => key_position,
+            _ => node.position,
+        };
+        self.positions.insert(path.to_owned(), position);
         match kind {
             Kind::Object(fields) => self.walk_object(node, fields, path, key_position),
             Kind::OneOf(fields) => self.walk_one_of(node, fields, path, key_position),
-            Kind::ObjectList(fields) => self.walk_object_list(node, fields, path),
+            Kind::ObjectList(fields) => self.walk_object_list(node, fields, path, position),
             Kind::TextMap { noun, key, value } => {
-                self.walk_text_map(node, kind, path, noun, *key, *value)
+                self.walk_text_map(node, kind, path, position, noun, *key, *value)
             }
             Kind::TextList {
                 noun,
                 item,
                 example,
                 allow_empty,
-            } => self.walk_text_list(node, kind, path, noun, *item, example, *allow_empty),
-            _ => self.walk_scalar(node, kind, path),
+            } => {
+                let list = TextListKind {
+                    noun,
+                    check_item: *item,
+                    example,
+                    allow_empty: *allow_empty,
+                };
+                self.walk_text_list(node, kind, path, position, &list)
+            }
+            _ => self.walk_scalar(node, kind, path, position),
         }
     }
 
@@ -286,7 +308,7 @@ impl Walker<'_> {
             // `health:` with nothing after it means "all defaults".
             Value::Null => &[],
             _ => {
-                self.report_mismatch(node, &Kind::Object(fields), path);
+                self.report_mismatch(node, &Kind::Object(fields), path, key_position);
                 return None;
             }
         };
@@ -299,6 +321,15 @@ impl Walker<'_> {
                 continue;
             };
             let child_path = join(path, &entry.key);
+            let is_object = matches!(field.kind, Kind::Object(_));
+            if let (Value::Null, Some(example), false) =
+                (&entry.value.value, field.required_example, is_object)
+            {
+                let message = format!("has no value, write one such as {example}");
+                self.report(entry.key_position, &child_path, message);
+                valid = false;
+                continue;
+            }
             match self.walk(&entry.value, &field.kind, &child_path, entry.key_position) {
                 Some(value) => {
                     output.insert(YamlValue::String(entry.key.clone()), value);
@@ -367,12 +398,13 @@ impl Walker<'_> {
         node: &Node,
         fields: &'static [Field],
         path: &str,
+        position: Position,
     ) -> Option<YamlValue> {
         let items = match &node.value {
             Value::Sequence(items) => items.as_slice(),
             Value::Null => &[],
             _ => {
-                self.report_mismatch(node, &Kind::ObjectList(fields), path);
+                self.report_mismatch(node, &Kind::ObjectList(fields), path, position);
                 return None;
             }
         };
@@ -393,15 +425,16 @@ impl Walker<'_> {
         node: &Node,
         kind: &Kind,
         path: &str,
+        position: Position,
         noun: &str,
-        check_key: fn(&str) -> Result<(), String>,
-        check_value: fn(&str) -> Result<(), String>,
+        check_key: TextCheck,
+        check_value: TextCheck,
     ) -> Option<YamlValue> {
         let entries = match &node.value {
             Value::Mapping(entries) => entries.as_slice(),
             Value::Null => &[],
             _ => {
-                self.report_mismatch(node, kind, path);
+                self.report_mismatch(node, kind, path, position);
                 return None;
             }
         };
@@ -409,13 +442,16 @@ impl Walker<'_> {
         let mut valid = true;
         for entry in entries {
             let entry_path = join_key(path, &entry.key);
-            self.positions
-                .insert(entry_path.clone(), entry.value.position);
+            let value = &entry.value;
+            let value_position = match value.value {
+                Value::Null => entry.key_position,
+                _ => value.position,
+            };
+            self.positions.insert(entry_path.clone(), value_position);
             if let Err(message) = check_key(&entry.key) {
                 self.report(entry.key_position, &entry_path, message);
                 valid = false;
             }
-            let value = &entry.value;
             let text = match string_of(value) {
                 Ok(text) => text,
                 Err(found) => {
@@ -428,7 +464,7 @@ impl Walker<'_> {
                         }
                         _ => format!("{noun} values must be strings, found {found}"),
                     };
-                    self.report(value.position, &entry_path, message);
+                    self.report(value_position, &entry_path, message);
                     valid = false;
                     continue;
                 }
@@ -446,22 +482,25 @@ impl Walker<'_> {
         valid.then_some(YamlValue::Mapping(output))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn walk_text_list(
         &mut self,
         node: &Node,
         kind: &Kind,
         path: &str,
-        noun: &str,
-        check_item: fn(&str) -> Result<(), String>,
-        example: &str,
-        allow_empty: bool,
+        position: Position,
+        list: &TextListKind,
     ) -> Option<YamlValue> {
+        let TextListKind {
+            noun,
+            check_item,
+            example,
+            allow_empty,
+        } = *list;
         let items = match &node.value {
             Value::Sequence(items) => items.as_slice(),
             Value::Null => &[],
             _ => {
-                self.report_mismatch(node, kind, path);
+                self.report_mismatch(node, kind, path, position);
                 return None;
             }
         };
@@ -469,7 +508,7 @@ impl Walker<'_> {
             let message = format!(
                 "must not be empty, write at least one item such as {example}, or remove {noun}"
             );
-            self.report(node.position, path, message);
+            self.report(position, path, message);
             return None;
         }
         let mut output = Vec::new();
@@ -484,6 +523,10 @@ impl Walker<'_> {
                         Value::Scalar { text, .. } => {
                             format!("items of {noun} must be strings, write {text:?} in quotes")
                         }
+                        Value::Null => format!(
+                            "items of {noun} must be strings, found an empty item; write a \
+                             value after the \"-\" or remove it"
+                        ),
                         _ => format!("items of {noun} must be strings, found {found}"),
                     };
                     self.report(item.position, &item_path, message);
@@ -503,9 +546,15 @@ impl Walker<'_> {
     }
 
     /// Strings, choices, numbers, booleans, durations and memory sizes.
-    fn walk_scalar(&mut self, node: &Node, kind: &Kind, path: &str) -> Option<YamlValue> {
+    fn walk_scalar(
+        &mut self,
+        node: &Node,
+        kind: &Kind,
+        path: &str,
+        position: Position,
+    ) -> Option<YamlValue> {
         let Value::Scalar { text, style } = &node.value else {
-            self.report_mismatch(node, kind, path);
+            self.report_mismatch(node, kind, path, position);
             return None;
         };
         let resolved = yaml::resolve(text, *style);
@@ -602,14 +651,14 @@ impl Walker<'_> {
         match result {
             Ok(value) => Some(value),
             Err(message) => {
-                self.report(node.position, path, message);
+                self.report(position, path, message);
                 None
             }
         }
     }
 
-    /// Reports a node of the wrong shape: `expected <kind>, found <node>`.
-    fn report_mismatch(&mut self, node: &Node, kind: &Kind, path: &str) {
+    /// Reports a node of the wrong shape, `expected <kind>, found <node>`, at `position`.
+    fn report_mismatch(&mut self, node: &Node, kind: &Kind, path: &str, position: Position) {
         let expected = describe_kind(kind);
         let message = match node.value {
             Value::Null => format!("has no value, write {expected}"),
@@ -621,7 +670,7 @@ impl Walker<'_> {
                 message
             }
         };
-        self.report(node.position, path, message);
+        self.report(position, path, message);
     }
 }
 
