@@ -1022,3 +1022,332 @@ fn set_diagnostics(services: &[LocatedService]) -> Vec<Diagnostic> {
     diagnostics.sort();
     diagnostics
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{PullPolicy, defaults};
+
+    const MINIMAL: &str = "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: books}\n\
+                           spec: {image: books:1.4.2}\n";
+
+    /// A manifest for `name` with the given routes, each written as a flow mapping.
+    fn with_routes(name: &str, routes: &[&str]) -> String {
+        let mut text = format!(
+            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  \
+             image: {name}:1\n  routes:\n"
+        );
+        for route in routes {
+            text.push_str(&format!("    - {route}\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn a_minimal_manifest_gets_the_documented_defaults() {
+        let service = parse_service("books.yaml", MINIMAL).unwrap();
+        let spec = &service.spec;
+        let blue_green = service
+            .blue_green()
+            .expect("blue/green is the default strategy");
+        for (field, actual, expected) in [
+            (
+                "imagePullPolicy",
+                format!("{:?}", spec.image_pull_policy),
+                format!("{:?}", PullPolicy::IfNotPresent),
+            ),
+            ("replicas", spec.replicas.to_string(), "1".into()),
+            ("port", spec.port.to_string(), "80".into()),
+            ("health.path", spec.health.path.clone(), "/".into()),
+            (
+                "health.interval",
+                spec.health.interval.to_string(),
+                "1s".into(),
+            ),
+            (
+                "health.timeout",
+                spec.health.timeout.to_string(),
+                "500ms".into(),
+            ),
+            (
+                "health.healthyThreshold",
+                spec.health.healthy_threshold.to_string(),
+                "1".into(),
+            ),
+            (
+                "health.unhealthyThreshold",
+                spec.health.unhealthy_threshold.to_string(),
+                "3".into(),
+            ),
+            (
+                "health.startPeriod",
+                spec.health.start_period.to_string(),
+                "0s".into(),
+            ),
+            (
+                "blueGreen.autoPromote",
+                blue_green.auto_promote.to_string(),
+                "true".into(),
+            ),
+            (
+                "blueGreen.previewReplicas",
+                format!("{:?}", blue_green.preview_replicas),
+                "None".into(),
+            ),
+            (
+                "blueGreen.scaleDownDelay",
+                blue_green.scale_down_delay.to_string(),
+                "10s".into(),
+            ),
+            (
+                "blueGreen.progressDeadline",
+                blue_green.progress_deadline.to_string(),
+                "2m".into(),
+            ),
+            (
+                "blueGreen.revisionHistoryLimit",
+                blue_green.revision_history_limit.to_string(),
+                "2".into(),
+            ),
+            ("env", format!("{:?}", spec.env), "{}".into()),
+            ("command", format!("{:?}", spec.command), "None".into()),
+            (
+                "resources",
+                format!("{:?}", spec.resources.is_empty()),
+                "true".into(),
+            ),
+            ("routes", format!("{:?}", spec.routes), "[]".into()),
+            (
+                "sideTargets",
+                format!("{:?}", spec.side_targets),
+                "[]".into(),
+            ),
+        ] {
+            assert_eq!(actual, expected, "{field}");
+        }
+        assert_eq!(spec.replicas, defaults::replicas());
+    }
+
+    #[test]
+    fn a_parsed_manifest_survives_to_yaml_and_back() {
+        let books = include_str!("../../manifests/books.yaml");
+        let ledger = include_str!("../../manifests/ledger.yaml");
+        let search = include_str!("../../manifests/search.yaml");
+        let demo = include_str!("../../manifests/demo.yaml");
+        for (name, text) in [
+            ("minimal", MINIMAL),
+            ("books", books),
+            ("ledger", ledger),
+            ("search", search),
+            ("demo", demo),
+        ] {
+            let service = parse_service(name, text).unwrap_or_else(|e| panic!("{e}"));
+            let yaml = service.to_yaml();
+            let again = parse_service(name, &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(again, service, "{name} through YAML:\n{yaml}");
+            // The daemon and the CLI also carry services as JSON.
+            let json = serde_json::to_string(&service).unwrap();
+            let from_json: Service = serde_json::from_str(&json).unwrap();
+            assert_eq!(from_json, service, "{name} through JSON: {json}");
+        }
+    }
+
+    #[test]
+    fn kv_keys_name_their_service_and_file_paths_do_not() {
+        for (source, name) in [
+            ("cutover/services/books", Some("books")),
+            ("services/books", Some("books")),
+            ("a/b/services/books", Some("books")),
+            ("cutover/services/books.yaml", None),
+            ("manifests/books.yaml", None),
+            ("books", None),
+            ("cutover/status/books", None),
+            ("cutover/services/", None),
+            ("cutover/myservices/books", None),
+        ] {
+            assert_eq!(name_from_key(source), name, "{source}");
+        }
+    }
+
+    #[test]
+    fn the_name_must_match_the_kv_key() {
+        assert!(parse_service("cutover/services/books", MINIMAL).is_ok());
+        assert!(parse_service("manifests/library.yaml", MINIMAL).is_ok());
+        let error = parse_service("cutover/services/library", MINIMAL).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cutover/services/library:3:18: metadata.name: \"books\" must equal the key's last \
+             segment \"library\"; rename the service or store it under the key ending in \
+             /services/books"
+        );
+    }
+
+    #[test]
+    fn oversize_text_is_refused_before_parsing() {
+        let text = format!("{MINIMAL}#{}\n", "x".repeat(MAX_VALUE_BYTES));
+        let error = parse_service("big.yaml", &text).unwrap_err();
+        assert_eq!(error.len(), 1);
+        let start = format!("big.yaml:0:0: the manifest is {} bytes, over", text.len());
+        assert!(error.to_string().starts_with(&start), "{error}");
+        // Exactly at the limit is still accepted.
+        let padding = MAX_VALUE_BYTES - MINIMAL.len() - 2;
+        let text = format!("{MINIMAL}#{}\n", "x".repeat(padding));
+        assert_eq!(text.len(), MAX_VALUE_BYTES);
+        assert!(parse_service("big.yaml", &text).is_ok());
+    }
+
+    #[test]
+    fn check_set_reports_conflicts_on_every_service_involved() {
+        for (case, manifests, expected) in [
+            (
+                "different routes do not conflict",
+                vec![
+                    (
+                        "a.yaml",
+                        with_routes("a", &["{pathPrefix: /a}", "{host: a.example.com}"]),
+                    ),
+                    (
+                        "b.yaml",
+                        with_routes("b", &["{pathPrefix: /b}", "{host: b.example.com}"]),
+                    ),
+                ],
+                vec![],
+            ),
+            (
+                "the same prefix on different hosts does not conflict",
+                vec![
+                    (
+                        "a.yaml",
+                        with_routes("a", &["{host: a.example.com, pathPrefix: /api}"]),
+                    ),
+                    (
+                        "b.yaml",
+                        with_routes("b", &["{host: b.example.com, pathPrefix: /api}"]),
+                    ),
+                ],
+                vec![],
+            ),
+            (
+                "the same path prefix",
+                vec![
+                    (
+                        "a.yaml",
+                        with_routes("a", &["{pathPrefix: /a}", "{pathPrefix: /api}"]),
+                    ),
+                    ("b.yaml", with_routes("b", &["{pathPrefix: /api}"])),
+                ],
+                vec![
+                    "a.yaml:9:7: spec.routes[1]: path prefix /api on any host is also claimed by \
+                     service \"b\" in b.yaml; give one of them another host or path prefix",
+                    "b.yaml:8:7: spec.routes[0]: path prefix /api on any host is also claimed by \
+                     service \"a\" in a.yaml; give one of them another host or path prefix",
+                ],
+            ),
+            (
+                "a host alone and the same host with prefix / are the same route",
+                vec![
+                    ("a.yaml", with_routes("a", &["{host: x.example.com}"])),
+                    (
+                        "b.yaml",
+                        with_routes("b", &["{host: x.example.com, pathPrefix: /}"]),
+                    ),
+                    (
+                        "c.yaml",
+                        with_routes("c", &["{host: x.example.com, pathPrefix: /c}"]),
+                    ),
+                ],
+                vec![
+                    "a.yaml:8:7: spec.routes[0]: path prefix / on host x.example.com is also \
+                     claimed by service \"b\" in b.yaml; give one of them another host or path \
+                     prefix",
+                    "b.yaml:8:7: spec.routes[0]: path prefix / on host x.example.com is also \
+                     claimed by service \"a\" in a.yaml; give one of them another host or path \
+                     prefix",
+                ],
+            ),
+            (
+                "the same name in two sources",
+                vec![
+                    ("one/a.yaml", with_routes("a", &["{pathPrefix: /one}"])),
+                    ("two/a.yaml", with_routes("a", &["{pathPrefix: /two}"])),
+                ],
+                vec![
+                    "one/a.yaml:4:9: metadata.name: \"a\" is also the name of the service in \
+                     two/a.yaml; each service needs its own name",
+                    "two/a.yaml:4:9: metadata.name: \"a\" is also the name of the service in \
+                     one/a.yaml; each service needs its own name",
+                ],
+            ),
+        ] {
+            let files: Vec<(&str, &str)> = manifests
+                .iter()
+                .map(|(source, text)| (*source, text.as_str()))
+                .collect();
+            let actual: Vec<String> = match parse_services(&files) {
+                Ok(services) => {
+                    assert_eq!(services.len(), files.len(), "{case}");
+                    vec![]
+                }
+                Err(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
+            };
+            assert_eq!(actual, expected, "{case}");
+
+            // check_set finds the same conflicts on typed services, without positions.
+            let services: Vec<(&str, Service)> = files
+                .iter()
+                .map(|(source, text)| (*source, parse_service(source, text).unwrap()))
+                .collect();
+            let borrowed: Vec<(&str, &Service)> = services
+                .iter()
+                .map(|(source, service)| (*source, service))
+                .collect();
+            let unlocated: Vec<String> = check_set(&borrowed)
+                .iter()
+                .map(|d| format!("{}: {}: {}", d.source, d.path, d.message))
+                .collect();
+            let expected_unlocated: Vec<String> = expected
+                .iter()
+                .map(|line| {
+                    let (source, rest) = line.split_once(':').unwrap();
+                    let rest = rest.splitn(3, ':').nth(2).unwrap();
+                    format!("{source}:{rest}")
+                })
+                .collect();
+            assert_eq!(unlocated, expected_unlocated, "{case} (check_set)");
+        }
+    }
+
+    #[test]
+    fn parse_services_reports_every_file() {
+        let broken = MINIMAL.replace("books:1.4.2", "Books");
+        let files = [("good.yaml", MINIMAL), ("broken.yaml", broken.as_str())];
+        let error = parse_services(&files).unwrap_err();
+        assert_eq!(error.len(), 1);
+        assert_eq!(error.0[0].source, "broken.yaml");
+    }
+
+    #[test]
+    fn typos_get_a_suggestion_and_other_words_do_not() {
+        let fields = [
+            "image",
+            "imagePullPolicy",
+            "replicas",
+            "port",
+            "env",
+            "healthyThreshold",
+        ];
+        for (word, suggestion) in [
+            ("replica", Some("replicas")),
+            ("Replicas", Some("replicas")),
+            ("imagePullPolice", Some("imagePullPolicy")),
+            ("ports", Some("port")),
+            ("envs", Some("env")),
+            ("healthThreshold", Some("healthyThreshold")),
+            ("privileged", None),
+            ("name", None),
+            ("x", None),
+        ] {
+            assert_eq!(closest(word, fields.iter().copied()), suggestion, "{word}");
+        }
+    }
+}
