@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde_yaml::Value as YamlValue;
 
-use super::schema::{Field, Kind, MANIFEST, TextCheck};
+use super::schema::{Field, Kind, MANIFEST};
 use super::yaml::{self, Node, Position, Resolved, ScalarStyle, Value};
 use super::{Duration, MAX_VALUE_BYTES, Memory, Service, Strategy};
 
@@ -233,15 +233,6 @@ fn diagnostic(source: &str, position: Position, path: &str, message: String) -> 
     }
 }
 
-/// The parts of a [`Kind::TextList`], passed as one.
-#[derive(Clone, Copy)]
-struct TextListKind<'a> {
-    noun: &'a str,
-    check_item: TextCheck,
-    example: &'a str,
-    allow_empty: bool,
-}
-
 /// Walks the tree against the schema, collecting diagnostics and positions.
 struct Walker<'a> {
     source: &'a str,
@@ -275,23 +266,8 @@ impl Walker<'_> {
             Kind::Object(fields) => self.walk_object(node, fields, path, key_position),
             Kind::OneOf(fields) => self.walk_one_of(node, fields, path, key_position),
             Kind::ObjectList(fields) => self.walk_object_list(node, fields, path, position),
-            Kind::TextMap { noun, key, value } => {
-                self.walk_text_map(node, kind, path, position, noun, *key, *value)
-            }
-            Kind::TextList {
-                noun,
-                item,
-                example,
-                allow_empty,
-            } => {
-                let list = TextListKind {
-                    noun,
-                    check_item: *item,
-                    example,
-                    allow_empty: *allow_empty,
-                };
-                self.walk_text_list(node, kind, path, position, &list)
-            }
+            Kind::TextMap { .. } => self.walk_text_map(node, kind, path, position),
+            Kind::TextList { .. } => self.walk_text_list(node, kind, path, position),
             _ => self.walk_scalar(node, kind, path, position),
         }
     }
@@ -426,10 +402,15 @@ impl Walker<'_> {
         kind: &Kind,
         path: &str,
         position: Position,
-        noun: &str,
-        check_key: TextCheck,
-        check_value: TextCheck,
     ) -> Option<YamlValue> {
+        let Kind::TextMap {
+            noun,
+            key: check_key,
+            value: check_value,
+        } = kind
+        else {
+            unreachable!("walk sends only text maps here");
+        };
         let entries = match &node.value {
             Value::Mapping(entries) => entries.as_slice(),
             Value::Null => &[],
@@ -488,14 +469,16 @@ impl Walker<'_> {
         kind: &Kind,
         path: &str,
         position: Position,
-        list: &TextListKind,
     ) -> Option<YamlValue> {
-        let TextListKind {
+        let Kind::TextList {
             noun,
-            check_item,
+            item: check_item,
             example,
             allow_empty,
-        } = *list;
+        } = kind
+        else {
+            unreachable!("walk sends only text lists here");
+        };
         let items = match &node.value {
             Value::Sequence(items) => items.as_slice(),
             Value::Null => &[],
