@@ -284,7 +284,7 @@ impl Walker<'_> {
             // `health:` with nothing after it means "all defaults".
             Value::Null => &[],
             _ => {
-                self.report_mismatch(node, &Kind::Object(fields), path, key_position);
+                self.report_mismatch(node, &Kind::Object(fields), path, node.position);
                 return None;
             }
         };
@@ -617,7 +617,7 @@ impl Walker<'_> {
             Kind::Duration { min, max } => match text.parse::<Duration>() {
                 Err(error) => Err(error.to_string()),
                 Ok(duration) if duration < *min || duration > *max => {
-                    Err(range_message(min, max, &Duration::from_millis(0), duration))
+                    Err(duration_range_message(*min, *max, duration))
                 }
                 Ok(_) => Ok(YamlValue::String(text.clone())),
             },
@@ -768,8 +768,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// `must be between 100ms and 5m, found 10m`, or `must be at most 10m` when the range starts
 /// at zero.
-fn range_message(min: &Duration, max: &Duration, zero: &Duration, found: Duration) -> String {
-    if min == zero {
+fn duration_range_message(min: Duration, max: Duration, found: Duration) -> String {
+    if min == Duration::from_millis(0) {
         format!("must be at most {max}, found {found}")
     } else {
         format!("must be between {min} and {max}, found {found}")
