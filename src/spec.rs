@@ -15,6 +15,7 @@
 
 mod duration;
 mod quantity;
+mod schema;
 mod validate;
 mod yaml;
 
@@ -24,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
 pub use quantity::Memory;
-pub use validate::{Diagnostic, Diagnostics, check_set, parse_service};
+pub use validate::{
+    Diagnostic, Diagnostics, check_set, name_from_key, parse_service, parse_services,
+};
 
 /// The only `apiVersion` this release understands.
 pub const API_VERSION: &str = "cutover.dev/v1";
@@ -73,7 +76,8 @@ pub struct ServiceSpec {
     pub health: Health,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default)]
+    /// Written as a mapping with one key (`strategy: {recreate: {}}`), not as a YAML tag.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub strategy: Strategy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub side_targets: Vec<SideTarget>,

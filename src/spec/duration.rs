@@ -136,19 +136,41 @@ mod tests {
             let d: Duration = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(d.as_millis(), ms, "{text}");
             assert_eq!(d.to_string(), printed, "{text}");
-            assert_eq!(printed.parse::<Duration>().unwrap(), d, "{printed} round trip");
+            assert_eq!(
+                printed.parse::<Duration>().unwrap(),
+                d,
+                "{printed} round trip"
+            );
         }
     }
 
     #[test]
     fn refuses_what_is_not_a_duration_and_says_how_to_write_it() {
         for (text, message) in [
-            ("5 seconds", r#""5 seconds" is not a duration, write a number and a unit such as 5s"#),
-            ("5", r#""5" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#),
-            ("", r#""" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#),
-            ("2mins", r#""2mins" is not a duration, write a number and a unit such as 2m"#),
-            ("-1s", r#""-1s" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#),
-            ("1.5s", r#""1.5s" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#),
+            (
+                "5 seconds",
+                r#""5 seconds" is not a duration, write a number and a unit such as 5s"#,
+            ),
+            (
+                "5",
+                r#""5" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#,
+            ),
+            (
+                "",
+                r#""" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#,
+            ),
+            (
+                "2mins",
+                r#""2mins" is not a duration, write a number and a unit such as 2m"#,
+            ),
+            (
+                "-1s",
+                r#""-1s" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#,
+            ),
+            (
+                "1.5s",
+                r#""1.5s" is not a duration, write a number and a unit (ms, s, m, h) such as 500ms, 5s or 2m"#,
+            ),
         ] {
             let err = text.parse::<Duration>().unwrap_err();
             assert_eq!(err.to_string(), message, "{text}");
