@@ -152,23 +152,17 @@ pub struct Route {
     pub host: Option<String>,
 }
 
-/// How a new revision replaces the old one. Exactly one of the two is set (validation
-/// checks it); serde_yaml would write an enum as a YAML tag, which users don't write.
+/// How a new revision replaces the old one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Strategy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blue_green: Option<BlueGreen>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recreate: Option<Recreate>,
+pub enum Strategy {
+    BlueGreen(BlueGreen),
+    Recreate(Recreate),
 }
 
 impl Default for Strategy {
     fn default() -> Self {
-        Strategy {
-            blue_green: Some(BlueGreen::default()),
-            recreate: None,
-        }
+        Strategy::BlueGreen(BlueGreen::default())
     }
 }
 
@@ -233,9 +227,9 @@ impl Service {
 
     /// The blue/green settings, or `None` for the recreate strategy.
     pub fn blue_green(&self) -> Option<&BlueGreen> {
-        match &self.spec.strategy.recreate {
-            Some(_) => None,
-            None => self.spec.strategy.blue_green.as_ref(),
+        match &self.spec.strategy {
+            Strategy::BlueGreen(bg) => Some(bg),
+            Strategy::Recreate(_) => None,
         }
     }
 
