@@ -3,5 +3,6 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants they keep.
 #![forbid(unsafe_code)]
 
+pub mod consul;
 pub mod spec;
 pub mod status;
