@@ -6,3 +6,4 @@
 pub mod consul;
 pub mod spec;
 pub mod status;
+pub mod store;
