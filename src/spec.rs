@@ -73,7 +73,8 @@ pub struct ServiceSpec {
     pub health: Health,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default)]
+    /// Written as a mapping with one key (`strategy: {recreate: {}}`), not as a YAML tag.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub strategy: Strategy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub side_targets: Vec<SideTarget>,
