@@ -3,9 +3,12 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants they keep.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod consul;
 pub mod observed;
 pub mod plan;
 pub mod queue;
 pub mod revision;
 pub mod spec;
 pub mod status;
+pub mod store;

@@ -1,0 +1,247 @@
+//! The `cutover` command line: argument parsing, dispatch and the errors users see.
+//!
+//! Each subcommand lives in `cli/<command>.rs` with an `Args` struct (clap derive) and an
+//! `async fn run(ctx: &Context, args: Args) -> Result<(), CliError>`. To add one (`run`,
+//! `promote`, `plan`, ...): write that file, add a variant to [`Command`] and a line to
+//! [`run`]. Commands print their results to stdout; [`report`] prints a failure to stderr as
+//! one line (after the manifest diagnostics, if there are any).
+//!
+//! Shared pieces: [`manifests`] loads files and directories of manifests (validate, apply,
+//! sync), [`cas`] is the check-and-set retry loop (apply, delete, scale, sync) and [`table`]
+//! prints aligned columns.
+
+pub mod apply;
+pub mod cas;
+pub mod delete;
+pub mod get;
+pub mod manifests;
+pub mod scale;
+pub mod status;
+pub mod sync;
+pub mod table;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::consul::{Client, ConsulConfig, ConsulError};
+use crate::spec::Diagnostics;
+use crate::store::{self, Store, StoreError};
+
+const EXAMPLES: &str = "\
+Examples:
+  cutover validate manifests/
+  cutover apply -f books.yaml
+  cutover get
+  cutover get books -o json
+  cutover scale books +2
+  cutover sync manifests/ --prune --dry-run
+  cutover status books
+  CONSUL_HTTP_ADDR=consul.internal:8500 cutover --prefix teams/web get
+
+Consul is configured like the consul CLI: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
+CONSUL_HTTP_SSL, CONSUL_HTTP_SSL_VERIFY and CONSUL_CACERT.";
+
+/// Declarative blue/green deployments for plain Docker, driven by desired state in Consul KV.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts, before or after the subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// Consul's HTTP address: host:port or http(s)://host:port [default: 127.0.0.1:8500]
+    #[arg(long, value_name = "ADDR", env = "CONSUL_HTTP_ADDR", global = true)]
+    pub consul_addr: Option<String>,
+
+    /// The KV prefix that holds cutover's keys.
+    #[arg(long, value_name = "PREFIX", env = "CUTOVER_PREFIX", default_value = store::DEFAULT_PREFIX, global = true)]
+    pub prefix: String,
+
+    /// How long to keep retrying when Consul is unreachable, such as 10s or 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub consul_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Validate(validate::Args),
+    Apply(apply::Args),
+    Get(get::Args),
+    Delete(delete::Args),
+    Scale(scale::Args),
+    Sync(sync::Args),
+    Status(status::Args),
+}
+
+/// `-o yaml|json` for the commands that can print machine-readable output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+/// What every command gets: the global flags and a way to reach the store.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub global: GlobalArgs,
+}
+
+impl Context {
+    /// The Consul configuration: the environment, overridden by the flags.
+    pub fn consul_config(&self) -> ConsulConfig {
+        let mut config = ConsulConfig::from_env();
+        if let Some(address) = &self.global.consul_addr {
+            config.address = address.clone();
+        }
+        config.retry_timeout = self.global.consul_timeout;
+        config
+    }
+
+    /// A store on the configured Consul and prefix. Nothing is sent yet.
+    pub fn store(&self) -> Result<Store, CliError> {
+        let client = Client::new(&self.consul_config())?;
+        Ok(Store::new(client, &self.global.prefix)?)
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let ctx = Context { global: cli.global };
+    match cli.command {
+        Command::Validate(args) => validate::run(&ctx, args).await,
+        Command::Apply(args) => apply::run(&ctx, args).await,
+        Command::Get(args) => get::run(&ctx, args).await,
+        Command::Delete(args) => delete::run(&ctx, args).await,
+        Command::Scale(args) => scale::run(&ctx, args).await,
+        Command::Sync(args) => sync::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
+    }
+}
+
+/// Prints a failure to stderr: the diagnostics first, one per line, then the error on one line.
+pub fn report(error: &CliError) {
+    if let CliError::InvalidManifests { diagnostics, .. } = error {
+        for diagnostic in &diagnostics.0 {
+            eprintln!("{diagnostic}");
+        }
+    }
+    eprintln!("error: {error}");
+}
+
+/// Everything a command can fail with. Each message is one line and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("no .yaml or .yml files in {}", path.display())]
+    NoManifests { path: PathBuf },
+
+    #[error("{} problem(s) in the manifests; nothing was written", diagnostics.0.len())]
+    InvalidManifests { diagnostics: Diagnostics },
+
+    #[error("invalid service name {name:?}: write the name from metadata.name, such as books")]
+    InvalidName { name: String },
+
+    #[error("service {name} not found ({key} does not exist)")]
+    NotFound { name: String, key: String },
+
+    #[error("{key} is invalid, fix it with cutover apply: {first}")]
+    InvalidInStore { key: String, first: String },
+
+    #[error(
+        "{key} kept changing while cutover tried to update it ({attempts} attempts); \
+         someone else is writing it, try again"
+    )]
+    ConcurrentModification { key: String, attempts: u32 },
+
+    #[error(
+        "refusing to prune {deletions} of the {total} services in KV (more than half): \
+         a broken checkout must not wipe production; check {}, or pass --force",
+        dir.display()
+    )]
+    PruneRefused {
+        deletions: usize,
+        total: usize,
+        dir: PathBuf,
+    },
+
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Checks a service name given on the command line before it becomes part of a KV key.
+pub fn check_name(name: &str) -> Result<(), CliError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(CliError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; write a duration such as 10s or 1m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn names() {
+        for good in ["books", "a", "books-2", "0x"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Books", "a/b", "-a", "a-", "a b", &"x".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "cutover",
+            "get",
+            "--prefix",
+            "teams/web",
+            "--consul-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.prefix, "teams/web");
+        assert_eq!(cli.global.consul_timeout, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,337 @@
+//! `cutover status [NAME]`: what the daemon last reported, read from `<prefix>/status/<name>`.
+//!
+//! The CLI never invents a status: a service with a spec but no status key is reported as
+//! such. Fetching ([`fetch_reports`]) is separate from rendering ([`render_table`],
+//! [`render_details`]) so that a `--wait` can fetch in a loop (or on a blocking query) and
+//! render once.
+
+use std::collections::BTreeMap;
+
+use crate::status::Status;
+use crate::store::{Store, StoredService, Versioned};
+
+use super::{CliError, Context, OutputFormat, check_name, table};
+
+const EXAMPLES: &str = "\
+Examples:
+  cutover status               # every service
+  cutover status books         # one service, with conditions and recent events
+  cutover status books -o json # the status key as the daemon wrote it";
+
+/// How many events `status NAME` shows, newest last.
+const SHOWN_EVENTS: usize = 5;
+
+/// Show what the daemon reported about services.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// One service; all when omitted.
+    pub name: Option<String>,
+    /// Print the status as the daemon wrote it (null where there is none).
+    #[arg(short, long, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+/// A service's spec (if any) next to its status (if any).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub name: String,
+    pub spec: Option<StoredService>,
+    pub status: Option<Versioned<Status>>,
+}
+
+impl Report {
+    /// The line printed for a service the daemon has not reported on.
+    pub fn no_status_message(&self) -> String {
+        format!(
+            "no status yet: the daemon has not reported on {} (is cutover run running?)",
+            self.name
+        )
+    }
+}
+
+/// Reads the spec and status of one service, or of every service that has either.
+///
+/// # Errors
+/// [`CliError::NotFound`] when a named service has neither a spec nor a status.
+pub async fn fetch_reports(store: &Store, name: Option<&str>) -> Result<Vec<Report>, CliError> {
+    if let Some(name) = name {
+        let spec = store.get_service(name).await?;
+        let status = store.get_status(name).await?;
+        if spec.is_none() && status.is_none() {
+            return Err(CliError::NotFound {
+                name: name.to_owned(),
+                key: store.service_key(name),
+            });
+        }
+        return Ok(vec![Report {
+            name: name.to_owned(),
+            spec,
+            status,
+        }]);
+    }
+    let (specs, _) = store.list_services().await?;
+    let statuses = store.list_statuses().await?;
+    let mut reports: BTreeMap<String, Report> = BTreeMap::new();
+    for spec in specs {
+        reports.insert(
+            spec.name.clone(),
+            Report {
+                name: spec.name.clone(),
+                spec: Some(spec),
+                status: None,
+            },
+        );
+    }
+    for (name, status) in statuses {
+        reports
+            .entry(name.clone())
+            .or_insert_with(|| Report {
+                name,
+                spec: None,
+                status: None,
+            })
+            .status = Some(status);
+    }
+    Ok(reports.into_values().collect())
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
+    if let Some(name) = &args.name {
+        check_name(name)?;
+    }
+    let store = ctx.store()?;
+    let reports = fetch_reports(&store, args.name.as_deref()).await?;
+    match args.output {
+        Some(format) => print_machine_readable(&reports, args.name.is_some(), format)?,
+        None if args.name.is_some() => print!("{}", render_details(&reports[0])),
+        None if reports.is_empty() => {
+            eprintln!("no services under {}/services/", store.prefix());
+        }
+        None => print!("{}", render_table(&reports)),
+    }
+    Ok(())
+}
+
+fn print_machine_readable(
+    reports: &[Report],
+    one: bool,
+    format: OutputFormat,
+) -> Result<(), CliError> {
+    let value = if one {
+        serde_json::to_value(reports[0].status.as_ref().map(|s| &s.value))?
+    } else {
+        let all: BTreeMap<&str, Option<&Status>> = reports
+            .iter()
+            .map(|r| (r.name.as_str(), r.status.as_ref().map(|s| &s.value)))
+            .collect();
+        serde_json::to_value(all)?
+    };
+    for report in reports.iter().filter(|r| r.status.is_none()) {
+        eprintln!("{}", report.no_status_message());
+    }
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        OutputFormat::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&value).expect("JSON values always serialize as YAML")
+        ),
+    }
+    Ok(())
+}
+
+const HEADERS: [&str; 7] = [
+    "NAME",
+    "PHASE",
+    "ACTIVE",
+    "PREVIEW",
+    "READY/DESIRED",
+    "IMAGE",
+    "INDEX",
+];
+
+/// A table of the services that have a status, followed by one line per service without.
+pub fn render_table(reports: &[Report]) -> String {
+    let rows: Vec<Vec<String>> = reports.iter().filter_map(row).collect();
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str(&table::render(&HEADERS, &rows));
+    }
+    for report in reports.iter().filter(|r| r.status.is_none()) {
+        out.push_str(&report.no_status_message());
+        out.push('\n');
+    }
+    out
+}
+
+/// One service: its row, then conditions, the rejected revision, the last error and request,
+/// and the last few events.
+pub fn render_details(report: &Report) -> String {
+    let Some(versioned) = &report.status else {
+        return format!("{}\n", report.no_status_message());
+    };
+    let status = &versioned.value;
+    let mut out = render_table(std::slice::from_ref(report));
+    if !status.conditions.is_empty() {
+        out.push_str("\nConditions:\n");
+        let rows: Vec<Vec<String>> = status
+            .conditions
+            .iter()
+            .map(|c| {
+                vec![
+                    c.kind.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.last_transition_time.clone(),
+                    c.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table::render(
+            &["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"],
+            &rows,
+        )));
+    }
+    if let Some(rejected) = &status.rejected {
+        out.push_str(&format!(
+            "\nRejected: revision {} (spec index {}): {}: {}\n",
+            rejected.revision, rejected.spec_index, rejected.reason, rejected.message
+        ));
+    }
+    if let Some(error) = &status.last_error {
+        out.push_str(&format!("\nLast error: {error}\n"));
+    }
+    if let Some(ack) = &status.last_request {
+        out.push_str(&format!(
+            "\nLast request: {:?} of revision {}: {}: {}\n",
+            ack.action, ack.revision, ack.result, ack.message
+        ));
+    }
+    if !status.events.is_empty() {
+        out.push_str("\nEvents:\n");
+        let skip = status.events.len().saturating_sub(SHOWN_EVENTS);
+        let rows: Vec<Vec<String>> = status.events[skip..]
+            .iter()
+            .map(|e| vec![e.time.clone(), e.reason.clone(), e.message.clone()])
+            .collect();
+        out.push_str(&indent(&table::render(
+            &["TIME", "REASON", "MESSAGE"],
+            &rows,
+        )));
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+/// The table row of a service with a status; `None` without one.
+fn row(report: &Report) -> Option<Vec<String>> {
+    let status = &report.status.as_ref()?.value;
+    let dash = || "-".to_owned();
+    let active = status.active_color.and_then(|c| status.colors.get(&c));
+    let index = match &report.spec {
+        Some(spec) if spec.modify_index == status.observed_index => {
+            status.observed_index.to_string()
+        }
+        Some(spec) => format!("{}/{}", status.observed_index, spec.modify_index),
+        None => format!("{} (spec deleted)", status.observed_index),
+    };
+    Some(vec![
+        report.name.clone(),
+        status.phase.map_or_else(dash, |p| p.to_string()),
+        status.active_color.map_or_else(dash, |c| c.to_string()),
+        status.preview_color.map_or_else(dash, |c| c.to_string()),
+        active.map_or_else(dash, |c| format!("{}/{}", c.ready, c.desired)),
+        active.map_or_else(dash, |c| c.image.clone()),
+        index,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Color, ColorStatus, Condition, Event, Phase};
+
+    fn spec(name: &str, modify_index: u64) -> StoredService {
+        StoredService {
+            name: name.to_owned(),
+            key: format!("cutover/services/{name}"),
+            modify_index,
+            text: String::new(),
+            parsed: Err(Default::default()),
+        }
+    }
+
+    fn available(observed_index: u64) -> Versioned<Status> {
+        let mut status = Status {
+            observed_index,
+            phase: Some(Phase::Available),
+            active_color: Some(Color::Blue),
+            ..Status::default()
+        };
+        status.colors.insert(
+            Color::Blue,
+            ColorStatus {
+                image: "books:1".to_owned(),
+                revision: "abc".to_owned(),
+                ready: 2,
+                desired: 3,
+            },
+        );
+        status.conditions.push(Condition {
+            kind: "Available".to_owned(),
+            status: "True".to_owned(),
+            reason: "ReplicasReady".to_owned(),
+            message: "all replicas ready".to_owned(),
+            last_transition_time: "2024-01-01T00:00:00Z".to_owned(),
+        });
+        status.events.push(Event {
+            time: "2024-01-01T00:00:00Z".to_owned(),
+            reason: "Promoted".to_owned(),
+            message: "blue is live".to_owned(),
+        });
+        Versioned {
+            value: status,
+            modify_index: 40,
+        }
+    }
+
+    #[test]
+    fn table_rows_and_missing_statuses() {
+        let reports = vec![
+            Report {
+                name: "books".to_owned(),
+                spec: Some(spec("books", 12)),
+                status: Some(available(10)),
+            },
+            Report {
+                name: "users".to_owned(),
+                spec: Some(spec("users", 3)),
+                status: None,
+            },
+        ];
+        let expected = "\
+NAME    PHASE       ACTIVE   PREVIEW   READY/DESIRED   IMAGE     INDEX
+books   Available   blue     -         2/3             books:1   10/12
+no status yet: the daemon has not reported on users (is cutover run running?)
+";
+        assert_eq!(render_table(&reports), expected);
+    }
+
+    #[test]
+    fn details() {
+        let report = Report {
+            name: "books".to_owned(),
+            spec: Some(spec("books", 10)),
+            status: Some(available(10)),
+        };
+        let text = render_details(&report);
+        assert!(text.contains("books   Available   blue"), "{text}");
+        assert!(text.contains("Conditions:\n  TYPE"), "{text}");
+        assert!(text.contains("ReplicasReady"), "{text}");
+        assert!(text.contains("Events:\n  TIME"), "{text}");
+        assert!(text.contains("blue is live"), "{text}");
+    }
+}

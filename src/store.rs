@@ -1,0 +1,440 @@
+//! cutover's key layout in Consul KV, as typed reads and writes.
+//!
+//! Under a prefix (default `cutover`):
+//!
+//! * `<prefix>/services/<name>`: the manifest, YAML text exactly as the user wrote it;
+//! * `<prefix>/status/<name>`: the daemon's [`Status`], JSON;
+//! * `<prefix>/requests/<name>`: the last imperative [`Request`], JSON.
+//!
+//! Only direct children of each folder count: a key such as `<prefix>/services/a/b` or the
+//! folder key `<prefix>/services/` itself is ignored. This module parses what it reads but
+//! decides nothing; the CLI and the daemon do.
+
+use std::time::Duration;
+
+use crate::consul::{Client, ConsulError, PrefixWatch};
+use crate::spec::{self, Diagnostics, Service};
+use crate::status::{Request, Status};
+
+/// The prefix used when neither `--prefix` nor `CUTOVER_PREFIX` says otherwise.
+pub const DEFAULT_PREFIX: &str = "cutover";
+
+/// The folders under the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    Services,
+    Status,
+    Requests,
+}
+
+impl Folder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Folder::Services => "services",
+            Folder::Status => "status",
+            Folder::Requests => "requests",
+        }
+    }
+}
+
+/// `<prefix>/<folder>/<name>`.
+pub fn key_for(prefix: &str, folder: Folder, name: &str) -> String {
+    format!("{}{name}", folder_prefix(prefix, folder))
+}
+
+/// `<prefix>/<folder>/`, the prefix to list or watch.
+pub fn folder_prefix(prefix: &str, folder: Folder) -> String {
+    format!("{prefix}/{}/", folder.as_str())
+}
+
+/// The name in `<prefix>/<folder>/<name>`, or `None` for a key outside the folder, the folder
+/// key itself, or a nested key.
+pub fn name_from_key<'k>(prefix: &str, folder: Folder, key: &'k str) -> Option<&'k str> {
+    let name = key.strip_prefix(prefix)?.strip_prefix('/')?;
+    let name = name.strip_prefix(folder.as_str())?.strip_prefix('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// Cleans a user-given prefix: no leading or trailing slashes, not empty.
+pub fn normalize_prefix(prefix: &str) -> Result<String, StoreError> {
+    let trimmed = prefix.trim().trim_matches('/');
+    if trimmed.is_empty() || trimmed.split('/').any(str::is_empty) {
+        return Err(StoreError::InvalidPrefix {
+            prefix: prefix.to_owned(),
+        });
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A manifest as found in KV.
+#[derive(Debug, Clone)]
+pub struct StoredService {
+    /// The last segment of the key.
+    pub name: String,
+    pub key: String,
+    /// The ModifyIndex of the key: the version to pass as `cas` when replacing it.
+    pub modify_index: u64,
+    /// The text as stored.
+    pub text: String,
+    /// The text parsed and validated; the diagnostics' source is the KV key.
+    pub parsed: Result<Service, Diagnostics>,
+}
+
+impl StoredService {
+    /// Parses a stored value. A value that is not UTF-8 becomes a diagnostic rather than an
+    /// error, so that one broken key never hides the others.
+    fn from_bytes(name: &str, key: String, modify_index: u64, bytes: Vec<u8>) -> StoredService {
+        let (text, parsed) = match String::from_utf8(bytes) {
+            Ok(text) => {
+                let parsed = spec::parse_service(&key, &text);
+                (text, parsed)
+            }
+            Err(e) => {
+                let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let diagnostic = spec::Diagnostic {
+                    source: key.clone(),
+                    line: 0,
+                    column: 0,
+                    path: String::new(),
+                    message: "the value is not UTF-8 text; store the manifest as YAML".to_owned(),
+                };
+                (text, Err(Diagnostics(vec![diagnostic])))
+            }
+        };
+        StoredService {
+            name: name.to_owned(),
+            key,
+            modify_index,
+            text,
+            parsed,
+        }
+    }
+}
+
+/// A value read from KV with the ModifyIndex to use for check-and-set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub modify_index: u64,
+}
+
+/// What can go wrong reading or writing cutover's keys.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+
+    #[error("invalid prefix {prefix:?}: write path segments such as cutover or teams/web/cutover")]
+    InvalidPrefix { prefix: String },
+
+    #[error("{key} does not hold valid {what} JSON: {source}")]
+    InvalidJson {
+        key: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{key} would be {size} bytes, more than Consul's limit of {limit} bytes")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
+}
+
+/// Typed access to cutover's keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+}
+
+impl Store {
+    /// # Errors
+    /// An empty or malformed prefix.
+    pub fn new(client: Client, prefix: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            client,
+            prefix: normalize_prefix(prefix)?,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/services/<name>`.
+    pub fn service_key(&self, name: &str) -> String {
+        key_for(&self.prefix, Folder::Services, name)
+    }
+
+    /// `<prefix>/status/<name>`.
+    pub fn status_key(&self, name: &str) -> String {
+        key_for(&self.prefix, Folder::Status, name)
+    }
+
+    /// `<prefix>/requests/<name>`.
+    pub fn request_key(&self, name: &str) -> String {
+        key_for(&self.prefix, Folder::Requests, name)
+    }
+
+    /// Every service under `<prefix>/services/`, sorted by name, and the listing's index.
+    pub async fn list_services(&self) -> Result<(Vec<StoredService>, u64), StoreError> {
+        let listing = self
+            .client
+            .list(&folder_prefix(&self.prefix, Folder::Services))
+            .await?;
+        let services = self.services_from_entries(listing.entries);
+        Ok((services, listing.index))
+    }
+
+    /// Turns the entries of a listing (or of a [`PrefixWatch`] update on
+    /// [`Store::watch_services`]) into services, skipping keys that are not direct children.
+    pub fn services_from_entries(
+        &self,
+        entries: Vec<crate::consul::KvEntry>,
+    ) -> Vec<StoredService> {
+        let mut services = Vec::new();
+        for entry in entries {
+            let Some(name) = name_from_key(&self.prefix, Folder::Services, &entry.key) else {
+                continue;
+            };
+            let name = name.to_owned();
+            services.push(StoredService::from_bytes(
+                &name,
+                entry.key,
+                entry.modify_index,
+                entry.value,
+            ));
+        }
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        services
+    }
+
+    /// A blocking-query watch on `<prefix>/services/`.
+    pub fn watch_services(&self, wait: Duration) -> PrefixWatch {
+        PrefixWatch::new(
+            self.client.clone(),
+            folder_prefix(&self.prefix, Folder::Services),
+            wait,
+        )
+    }
+
+    /// One service, or `None` when its key does not exist.
+    pub async fn get_service(&self, name: &str) -> Result<Option<StoredService>, StoreError> {
+        let key = self.service_key(name);
+        let Some(entry) = self.client.get(&key).await? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredService::from_bytes(
+            name,
+            key,
+            entry.modify_index,
+            entry.value,
+        )))
+    }
+
+    /// Writes a manifest's text if the key's ModifyIndex is still `cas` (0: only if it does not
+    /// exist). Returns whether it was written.
+    ///
+    /// # Errors
+    /// A text over [`spec::MAX_VALUE_BYTES`] is refused before anything is sent.
+    pub async fn put_service(&self, name: &str, text: &str, cas: u64) -> Result<bool, StoreError> {
+        let key = self.service_key(name);
+        check_size(&key, text.len())?;
+        Ok(self.client.put(&key, text.as_bytes(), Some(cas)).await?)
+    }
+
+    /// Deletes a manifest if the key's ModifyIndex is still `cas`. Returns whether it was
+    /// deleted. The status key is left to the daemon, which removes it after tearing down.
+    pub async fn delete_service(&self, name: &str, cas: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .client
+            .delete(&self.service_key(name), Some(cas))
+            .await?)
+    }
+
+    /// The daemon's status of one service, or `None` when it has written none.
+    pub async fn get_status(&self, name: &str) -> Result<Option<Versioned<Status>>, StoreError> {
+        self.get_json(&self.status_key(name), "status").await
+    }
+
+    /// Every status under `<prefix>/status/`, by service name, sorted by name.
+    pub async fn list_statuses(&self) -> Result<Vec<(String, Versioned<Status>)>, StoreError> {
+        let listing = self
+            .client
+            .list(&folder_prefix(&self.prefix, Folder::Status))
+            .await?;
+        let mut statuses = Vec::new();
+        for entry in listing.entries {
+            let Some(name) = name_from_key(&self.prefix, Folder::Status, &entry.key) else {
+                continue;
+            };
+            let value = decode_json(&entry.key, "status", &entry.value)?;
+            statuses.push((
+                name.to_owned(),
+                Versioned {
+                    value,
+                    modify_index: entry.modify_index,
+                },
+            ));
+        }
+        statuses.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(statuses)
+    }
+
+    /// Writes a status, with check-and-set when `cas` is given. Returns whether it was written.
+    pub async fn put_status(
+        &self,
+        name: &str,
+        status: &Status,
+        cas: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.put_json(&self.status_key(name), status, cas).await
+    }
+
+    /// The last imperative request for a service, or `None`.
+    pub async fn get_request(&self, name: &str) -> Result<Option<Versioned<Request>>, StoreError> {
+        self.get_json(&self.request_key(name), "request").await
+    }
+
+    /// Writes a request, with check-and-set when `cas` is given. Returns whether it was written.
+    pub async fn put_request(
+        &self,
+        name: &str,
+        request: &Request,
+        cas: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.put_json(&self.request_key(name), request, cas).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &'static str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        let Some(entry) = self.client.get(key).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Versioned {
+            value: decode_json(key, what, &entry.value)?,
+            modify_index: entry.modify_index,
+        }))
+    }
+
+    async fn put_json<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        cas: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).expect("status types always serialize");
+        check_size(key, bytes.len())?;
+        Ok(self.client.put(key, &bytes, cas).await?)
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::InvalidJson {
+        key: key.to_owned(),
+        what,
+        source,
+    })
+}
+
+fn check_size(key: &str, size: usize) -> Result<(), StoreError> {
+    if size > spec::MAX_VALUE_BYTES {
+        return Err(StoreError::TooLarge {
+            key: key.to_owned(),
+            size,
+            limit: spec::MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_for_names() {
+        assert_eq!(
+            key_for("cutover", Folder::Services, "books"),
+            "cutover/services/books"
+        );
+        assert_eq!(
+            key_for("teams/web", Folder::Status, "books"),
+            "teams/web/status/books"
+        );
+        assert_eq!(
+            key_for("cutover", Folder::Requests, "books"),
+            "cutover/requests/books"
+        );
+        assert_eq!(
+            folder_prefix("cutover", Folder::Services),
+            "cutover/services/"
+        );
+    }
+
+    #[test]
+    fn names_from_keys() {
+        let cases = [
+            (
+                "cutover",
+                Folder::Services,
+                "cutover/services/books",
+                Some("books"),
+            ),
+            (
+                "cutover",
+                Folder::Status,
+                "cutover/status/books",
+                Some("books"),
+            ),
+            ("cutover", Folder::Services, "cutover/status/books", None),
+            ("cutover", Folder::Services, "cutover/services/", None),
+            ("cutover", Folder::Services, "cutover/services/a/b", None),
+            ("cutover", Folder::Services, "cutover2/services/books", None),
+            ("cutover", Folder::Services, "other/services/books", None),
+            (
+                "teams/web",
+                Folder::Services,
+                "teams/web/services/books",
+                Some("books"),
+            ),
+        ];
+        for (prefix, folder, key, expected) in cases {
+            assert_eq!(name_from_key(prefix, folder, key), expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normalized() {
+        assert_eq!(normalize_prefix("cutover").unwrap(), "cutover");
+        assert_eq!(normalize_prefix("/cutover/").unwrap(), "cutover");
+        assert_eq!(normalize_prefix("teams/web").unwrap(), "teams/web");
+        assert!(normalize_prefix("").is_err());
+        assert!(normalize_prefix("/").is_err());
+        assert!(normalize_prefix("a//b").is_err());
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        assert!(check_size("k", spec::MAX_VALUE_BYTES).is_ok());
+        let error = check_size("cutover/services/books", spec::MAX_VALUE_BYTES + 1).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cutover/services/books would be 524289 bytes, more than Consul's limit of 524288 bytes"
+        );
+    }
+}
