@@ -3,8 +3,9 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants they keep.
 #![forbid(unsafe_code)]
 
-pub mod spec;
-pub mod status;
-pub mod revision;
+pub mod docker;
 pub mod observed;
 pub mod plan;
+pub mod revision;
+pub mod spec;
+pub mod status;
