@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod health;
 pub mod observed;
 pub mod plan;
 pub mod revision;
