@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
@@ -990,14 +991,26 @@ impl Docker {
     /// The engine's events about this installation's containers: starts, stops, deaths,
     /// removals, out-of-memory kills and `HEALTHCHECK` changes, each with its service.
     ///
+    /// With `since`, the engine first replays the matching events it still remembers from
+    /// that time on (it keeps a few hundred), then continues live: a resubscription can
+    /// pass the time of the last event it saw. The subscription starts when the stream is
+    /// first polled.
+    ///
     /// # Caveats
     /// The stream ends or fails when the connection to the engine drops; subscribe again
-    /// (and resync, since events may have been missed meanwhile).
+    /// (and resync, since events may have been missed meanwhile). `since` is compared with
+    /// the engine's clock.
     pub fn events(
         &self,
         instance: &str,
+        since: Option<SystemTime>,
     ) -> impl Stream<Item = Result<ServiceEvent, DockerError>> + Send + use<> {
+        let since = since.map(|time| {
+            let elapsed = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+            format!("{}.{:09}", elapsed.as_secs(), elapsed.subsec_nanos())
+        });
         let options = EventsOptions {
+            since,
             filters: Some(HashMap::from([
                 ("type".to_owned(), vec!["container".to_owned()]),
                 (
