@@ -5,6 +5,9 @@
 
 pub mod cli;
 pub mod consul;
+
+pub mod docker;
+pub mod health;
 pub mod observed;
 pub mod plan;
 pub mod queue;
