@@ -219,6 +219,8 @@ pub enum DockerError {
     },
     #[error("side target {container} has volume {volume:?}, expected NAME:/path or NAME:/path:ro")]
     InvalidVolume { container: String, volume: String },
+    #[error("service {service} has no side target {name}; the plan and the spec disagree")]
+    UnknownSideTarget { service: String, name: String },
     #[error("the step `{step}` is not a Docker step; the router carries it out")]
     NotADockerStep { step: String },
     #[error("the Docker events stream of instance {instance} failed: {source}")]
@@ -678,8 +680,9 @@ impl Docker {
                     .side_targets
                     .iter()
                     .find(|side| &side.name == name)
-                    .ok_or_else(|| DockerError::NotADockerStep {
-                        step: format!("{step} (the spec has no side target {name})"),
+                    .ok_or_else(|| DockerError::UnknownSideTarget {
+                        service: ctx.service.name().to_owned(),
+                        name: name.clone(),
                     })?;
                 self.create_side_target(ctx, side, revision).await
             }
@@ -1413,6 +1416,21 @@ mod tests {
             panic!("DOCKER_TLS_VERIFY means TLS");
         };
         assert_eq!(ca, PathBuf::from("/home/op/.docker/ca.pem"));
+    }
+
+    #[tokio::test]
+    async fn connect_errors_name_the_address() {
+        let endpoint = Endpoint::Unix {
+            path: "/nonexistent/cutover-test.sock".to_owned(),
+        };
+        let error = Docker::connect_to(&endpoint).await.unwrap_err();
+        assert!(matches!(error, DockerError::Connect { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("unix:///nonexistent/cutover-test.sock"),
+            "{error}"
+        );
     }
 
     #[test]

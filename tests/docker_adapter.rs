@@ -12,11 +12,13 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt as _;
 
 use cutover::docker::{
-    ContainerEventKind, Docker, DockerError, ExecContext, PullFailure, Scope, is_docker_step,
+    ContainerEventKind, Docker, DockerError, DockerHealth, ExecContext, PullFailure, Scope,
+    is_docker_step,
 };
 use cutover::health::HealthMonitor;
 use cutover::observed::{
-    Container, LABEL_INSTANCE, LABEL_SERVICE, Role, replica_name, side_target_name,
+    Container, LABEL_COLOR, LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, LABEL_SLOT,
+    LABEL_SPEC_INDEX, Role, replica_name, side_target_name,
 };
 use cutover::plan::{Step, Target};
 use cutover::spec::{Service, parse_service};
@@ -171,6 +173,18 @@ impl Drop for World {
     }
 }
 
+/// `--label` values that make a container look like one of the world's replicas.
+fn our_labels(world: &World, extra: &[(&str, &str)]) -> Vec<String> {
+    let mut labels = vec![
+        format!("{LABEL_INSTANCE}={}", world.scope.instance),
+        format!("{LABEL_SERVICE}={}", world.name()),
+        format!("{LABEL_REVISION}=0123456789"),
+        format!("{LABEL_SPEC_INDEX}=3"),
+    ];
+    labels.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+    labels
+}
+
 fn create_replica(world: &World, color: Color, slot: u32) -> Step {
     Step::CreateReplica {
         color,
@@ -198,6 +212,14 @@ async fn observe_ignores_and_never_touches_unlabelled_containers() {
         &other_instance,
         &["--label", &other_labels[0], "--label", &other_labels[1]],
     );
+
+    // Ours by instance and service, but with a color that is not one: skipped, not fatal.
+    let malformed = our_labels(&world, &[(LABEL_COLOR, "purple"), (LABEL_SLOT, "1")]);
+    let mut args = vec![];
+    for label in &malformed {
+        args.extend(["--label", label.as_str()]);
+    }
+    world.run_foreign(&format!("{lookalike}-malformed"), &args);
 
     let everything = world.docker.observe(&world.scope, None).await.unwrap();
     assert_eq!(everything.containers, Vec::new());
@@ -595,4 +617,58 @@ async fn events_report_our_containers_and_nothing_else() {
         Some(ContainerEventKind::Start)
     );
     assert_eq!(seen.last().unwrap().container_name, replica.name);
+}
+
+#[tokio::test]
+async fn a_docker_healthcheck_is_observed_and_reported() {
+    let mut world = World::new("").await;
+    let since = SystemTime::now() - Duration::from_secs(1);
+    let mut events = Box::pin(world.docker.events(&world.scope.instance, Some(since)));
+    // The adapter never sets a HEALTHCHECK (images do); the docker CLI plays such an image.
+    let labels = our_labels(&world, &[(LABEL_COLOR, "blue"), (LABEL_SLOT, "1")]);
+    let mut args = vec![
+        "--health-cmd",
+        "wget -qO- http://127.0.0.1/cgi-bin/health",
+        "--health-interval",
+        "1s",
+    ];
+    for label in &labels {
+        args.extend(["--label", label.as_str()]);
+    }
+    let name = replica_name(world.name(), Color::Blue, 1);
+    let id = world.run_foreign(&name, &args);
+
+    let healthy = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let observation = world.docker.observe(&world.scope, None).await.unwrap();
+            if observation.docker_health.get(&id) == Some(&DockerHealth::Healthy) {
+                return observation;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("Docker reports the container healthy");
+    assert_eq!(healthy.containers.len(), 1);
+
+    let event = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.next().await {
+            let event = event.expect("the events stream works");
+            if matches!(event.kind, ContainerEventKind::HealthStatus(_)) {
+                return Some(event);
+            }
+        }
+        None
+    })
+    .await
+    .expect("a health_status event arrives")
+    .expect("the stream stays open");
+    assert_eq!(
+        event.kind,
+        ContainerEventKind::HealthStatus(DockerHealth::Healthy)
+    );
+    assert_eq!(
+        (event.container_id.as_str(), event.service.as_str()),
+        (id.as_str(), world.name())
+    );
 }
