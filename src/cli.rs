@@ -15,6 +15,9 @@ pub mod cas;
 pub mod delete;
 pub mod get;
 pub mod manifests;
+pub mod prune;
+pub mod request;
+pub mod run;
 pub mod scale;
 pub mod status;
 pub mod sync;
@@ -28,6 +31,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::consul::{Client, ConsulConfig, ConsulError};
 use crate::spec::Diagnostics;
+use crate::status::Action;
 use crate::store::{self, Store, StoreError};
 
 const EXAMPLES: &str = "\
@@ -39,6 +43,9 @@ Examples:
   cutover scale books +2
   cutover sync manifests/ --prune --dry-run
   cutover status books
+  cutover status books --wait --timeout 5m
+  cutover promote books
+  cutover run
   CONSUL_HTTP_ADDR=consul.internal:8500 cutover --prefix teams/web get
 
 Consul is configured like the consul CLI: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
@@ -79,6 +86,14 @@ pub enum Command {
     Scale(scale::Args),
     Sync(sync::Args),
     Status(status::Args),
+    Run(run::Args),
+    /// Promote the revision waiting in preview: scale it to full and switch traffic to it.
+    Promote(request::Args),
+    /// Switch back to the newest kept revision and reject the live one.
+    Rollback(request::Args),
+    /// Remove the rollout in progress and reject its revision.
+    Abort(request::Args),
+    Prune(prune::Args),
 }
 
 /// `-o yaml|json` for the commands that can print machine-readable output.
@@ -123,6 +138,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Scale(args) => scale::run(&ctx, args).await,
         Command::Sync(args) => sync::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
+        Command::Run(args) => run::run(&ctx, args).await,
+        Command::Promote(args) => request::run(&ctx, Action::Promote, args).await,
+        Command::Rollback(args) => request::run(&ctx, Action::Rollback, args).await,
+        Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
+        Command::Prune(args) => prune::run(&ctx, args).await,
     }
 }
 
@@ -184,6 +204,30 @@ pub enum CliError {
         dir: PathBuf,
     },
 
+    #[error("no status for {name}: the daemon has not reported on it (is cutover run running?)")]
+    NoStatus { name: String },
+
+    #[error("nothing to {action} for {name}: no revision fits; pass --revision")]
+    NothingToAct { name: String, action: String },
+
+    #[error("the daemon did not act on the request for {name}: {result}: {message}")]
+    RequestRefused {
+        name: String,
+        result: String,
+        message: String,
+    },
+
+    #[error("timed out waiting for {what}")]
+    Timeout { what: String },
+
+    #[error("{name} failed at spec index {index}: {phase}: {message}")]
+    RolloutFailed {
+        name: String,
+        index: u64,
+        phase: String,
+        message: String,
+    },
+
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -206,7 +250,7 @@ pub fn check_name(name: &str) -> Result<(), CliError> {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; write a duration such as 10s or 1m"))
 }
 

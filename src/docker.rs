@@ -377,10 +377,22 @@ pub struct Scope {
 #[derive(Debug, Clone, Copy)]
 pub struct ExecContext<'a> {
     pub scope: &'a Scope,
-    /// The service the step belongs to, as validated.
-    pub service: &'a Service,
+    /// The name of the service the step belongs to.
+    pub service_name: &'a str,
+    /// Its spec, as validated; `None` when the spec was deleted (only steps that act on
+    /// existing containers can run then).
+    pub service: Option<&'a Service>,
     /// The Consul ModifyIndex of that spec, written as [`LABEL_SPEC_INDEX`].
     pub spec_index: u64,
+}
+
+impl ExecContext<'_> {
+    /// The spec a creating step needs.
+    fn spec(&self, step: &Step) -> Result<&Service, DockerError> {
+        self.service.ok_or_else(|| DockerError::NotADockerStep {
+            step: format!("{step} (the spec of {} is gone)", self.service_name),
+        })
+    }
 }
 
 /// The state of an image's own `HEALTHCHECK`, for containers whose image has one.
@@ -675,13 +687,13 @@ impl Docker {
             } => self.create_replica(ctx, *color, *slot, revision).await,
             Step::CreateSideTarget { name, revision } => {
                 let side = ctx
-                    .service
+                    .spec(step)?
                     .spec
                     .side_targets
                     .iter()
                     .find(|side| &side.name == name)
                     .ok_or_else(|| DockerError::UnknownSideTarget {
-                        service: ctx.service.name().to_owned(),
+                        service: ctx.service_name.to_owned(),
                         name: name.clone(),
                     })?;
                 self.create_side_target(ctx, side, revision).await
@@ -703,7 +715,11 @@ impl Docker {
         slot: u32,
         revision: &str,
     ) -> Result<(), DockerError> {
-        let service = ctx.service;
+        let service = ctx.spec(&Step::CreateReplica {
+            color,
+            slot,
+            revision: revision.to_owned(),
+        })?;
         let name = replica_name(service.name(), color, slot);
         let mut labels = base_labels(ctx, revision);
         labels.insert(LABEL_COLOR.to_owned(), color.to_string());
@@ -739,7 +755,7 @@ impl Docker {
         side: &SideTarget,
         revision: &str,
     ) -> Result<(), DockerError> {
-        let name = side_target_name(ctx.service.name(), &side.name);
+        let name = side_target_name(ctx.service_name, &side.name);
         let mut labels = base_labels(ctx, revision);
         labels.insert(LABEL_SIDE_TARGET.to_owned(), side.name.clone());
         let mut mounts = Vec::new();
@@ -800,7 +816,7 @@ impl Docker {
             name: Some(volume.to_owned()),
             labels: Some(HashMap::from([
                 (LABEL_INSTANCE.to_owned(), ctx.scope.instance.clone()),
-                (LABEL_SERVICE.to_owned(), ctx.service.name().to_owned()),
+                (LABEL_SERVICE.to_owned(), ctx.service_name.to_owned()),
                 (LABEL_SIDE_TARGET.to_owned(), side_target.to_owned()),
             ])),
             ..VolumeCreateRequest::default()
@@ -1082,10 +1098,10 @@ fn check_ours(
             "its {LABEL_INSTANCE} label is {instance:?}, not {:?}",
             ctx.scope.instance
         ))
-    } else if service != Some(ctx.service.name()) {
+    } else if service != Some(ctx.service_name) {
         Some(format!(
             "its {LABEL_SERVICE} label is {service:?}, not {:?}",
-            ctx.service.name()
+            ctx.service_name
         ))
     } else {
         None
@@ -1130,14 +1146,13 @@ fn label_mismatch(
 fn base_labels(ctx: &ExecContext<'_>, revision: &str) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = ctx
         .service
-        .metadata
-        .labels
         .iter()
+        .flat_map(|service| &service.metadata.labels)
         .filter(|(key, _)| !key.starts_with("dev.cutover."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     labels.insert(LABEL_INSTANCE.to_owned(), ctx.scope.instance.clone());
-    labels.insert(LABEL_SERVICE.to_owned(), ctx.service.name().to_owned());
+    labels.insert(LABEL_SERVICE.to_owned(), ctx.service_name.to_owned());
     labels.insert(LABEL_REVISION.to_owned(), revision.to_owned());
     labels.insert(LABEL_SPEC_INDEX.to_owned(), ctx.spec_index.to_string());
     labels

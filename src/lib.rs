@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod consul;
+pub mod controller;
 
 pub mod docker;
 pub mod health;

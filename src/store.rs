@@ -298,6 +298,11 @@ impl Store {
         self.put_json(&self.status_key(name), status, cas).await
     }
 
+    /// Removes a status; the daemon does so once a deleted service's containers are gone.
+    pub async fn delete_status(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.client.delete(&self.status_key(name), None).await?)
+    }
+
     /// The last imperative request for a service, or `None`.
     pub async fn get_request(&self, name: &str) -> Result<Option<Versioned<Request>>, StoreError> {
         self.get_json(&self.request_key(name), "request").await

@@ -107,7 +107,8 @@ impl World {
     fn ctx(&self) -> ExecContext<'_> {
         ExecContext {
             scope: &self.scope,
-            service: &self.service,
+            service_name: self.service.name(),
+            service: Some(&self.service),
             spec_index: 7,
         }
     }
@@ -493,7 +494,8 @@ async fn pulling_a_missing_image_fails_with_a_clear_error() {
     let mut service = world.service.clone();
     service.spec.image = image.into();
     let ctx = ExecContext {
-        service: &service,
+        service_name: service.name(),
+        service: Some(&service),
         ..world.ctx()
     };
     let step = Step::CreateReplica {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::status::Status;
+use crate::status::{Phase, Status};
 use crate::store::{Store, StoredService, Versioned};
 
 use super::{CliError, Context, OutputFormat, check_name, table};
@@ -30,6 +30,13 @@ pub struct Args {
     /// Print the status as the daemon wrote it (null where there is none).
     #[arg(short, long, value_enum)]
     pub output: Option<OutputFormat>,
+    /// Wait until the daemon made the current spec Available (exit 0) or gave up on it
+    /// (exit 1): invalid, rejected, or its image cannot be had. Needs NAME.
+    #[arg(long, requires = "name")]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// A service's spec (if any) next to its status (if any).
@@ -101,6 +108,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         check_name(name)?;
     }
     let store = ctx.store()?;
+    if let (true, Some(name)) = (args.wait, &args.name) {
+        wait_for_outcome(&store, name, args.timeout).await?;
+    }
     let reports = fetch_reports(&store, args.name.as_deref()).await?;
     match args.output {
         Some(format) => print_machine_readable(&reports, args.name.is_some(), format)?,
@@ -247,6 +257,81 @@ fn row(report: &Report) -> Option<Vec<String>> {
         active.map_or_else(dash, |c| c.image.clone()),
         index,
     ])
+}
+
+/// What a status says about the spec at `index`: `Some(Ok)` when it is live, `Some(Err)`
+/// when the daemon gave up on it, `None` while it is still working on it.
+pub fn outcome(status: &Status, index: u64) -> Option<Result<(), String>> {
+    if status.observed_index != index {
+        return None;
+    }
+    let degraded = status.condition("Degraded").filter(|c| c.status == "True");
+    let message = || degraded.map_or_else(String::new, |c| format!("{}: {}", c.reason, c.message));
+    match status.phase? {
+        Phase::Available => Some(Ok(())),
+        Phase::Invalid => Some(Err(message())),
+        Phase::Degraded
+            if status
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.spec_index == index)
+                || degraded.is_some_and(|c| {
+                    matches!(c.reason.as_str(), "ImageNotFound" | "ImagePullFailed")
+                }) =>
+        {
+            Some(Err(message()))
+        }
+        _ => None,
+    }
+}
+
+/// Blocks (on Consul blocking queries, not polling) until [`outcome`] decides for the
+/// current spec of `name`.
+async fn wait_for_outcome(
+    store: &Store,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<(), CliError> {
+    let watched = format!("{}/", store.prefix());
+    let wait = async {
+        let mut index = 0;
+        loop {
+            let spec = store
+                .get_service(name)
+                .await?
+                .ok_or_else(|| CliError::NotFound {
+                    name: name.to_owned(),
+                    key: store.service_key(name),
+                })?;
+            if let Some(status) = store.get_status(name).await? {
+                match outcome(&status.value, spec.modify_index) {
+                    Some(Ok(())) => return Ok(()),
+                    Some(Err(message)) => {
+                        return Err(CliError::RolloutFailed {
+                            name: name.to_owned(),
+                            index: spec.modify_index,
+                            phase: status
+                                .value
+                                .phase
+                                .map_or_else(String::new, |p| p.to_string()),
+                            message,
+                        });
+                    }
+                    None => {}
+                }
+            }
+            let listing = store
+                .client()
+                .list_blocking(&watched, index, std::time::Duration::from_secs(30))
+                .await?;
+            index = listing.index;
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| CliError::Timeout {
+            what: format!("{name} to become Available"),
+        })?
 }
 
 #[cfg(test)]
