@@ -656,7 +656,9 @@ pub struct WatchUpdate {
 /// something changes.
 ///
 /// The first [`PrefixWatch::next`] returns at once with the current listing; later calls block
-/// until a change. An index reset is handled inside (the next read is a full, non-blocking one)
+/// until the listing differs from the one last yielded (Consul also wakes blocking queries
+/// when nothing under the prefix changed, for instance on writes elsewhere while the prefix is
+/// empty; those wake-ups are absorbed here). An index reset is handled inside (the next read is a full, non-blocking one)
 /// and is reported through [`WatchUpdate::reset`]; [`PrefixWatch::reset_pending`] tells whether
 /// a reset was seen and no full read has succeeded since.
 #[derive(Debug, Clone)]
@@ -666,6 +668,8 @@ pub struct PrefixWatch {
     wait: Duration,
     index: u64,
     reset_pending: bool,
+    /// The entries last yielded, to tell a real change from a wake-up.
+    last_entries: Option<Vec<KvEntry>>,
 }
 
 impl PrefixWatch {
@@ -677,6 +681,7 @@ impl PrefixWatch {
             wait: wait.min(MAX_WAIT),
             index: 0,
             reset_pending: false,
+            last_entries: None,
         }
     }
 
@@ -708,6 +713,11 @@ impl PrefixWatch {
             match next_index(self.index, listing.index) {
                 IndexStep::Changed { next } => {
                     self.index = next;
+                    let same = self.last_entries.as_ref() == Some(&listing.entries);
+                    if same && !self.reset_pending {
+                        continue;
+                    }
+                    self.last_entries = Some(listing.entries.clone());
                     let reset = std::mem::take(&mut self.reset_pending);
                     return Ok(WatchUpdate { listing, reset });
                 }
