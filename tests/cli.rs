@@ -758,3 +758,38 @@ fn a_bad_consul_address_is_reported() {
         run.stderr
     );
 }
+
+#[test]
+fn the_acl_token_comes_from_consul_http_token() {
+    // An agent of its own: ACLs on, everything denied without the master token.
+    let acl =
+        r#"acl { enabled = true, default_policy = "deny", tokens { master = "root-token" } }"#;
+    let agent = support::Agent::start_with(&["-hcl", acl]);
+    agent.wait_for_token("root-token");
+    let dir = TempDir::new();
+    let file = dir.write("books.yaml", &manifest("books", "books:1", 1));
+
+    let started = Instant::now();
+    let run = agent
+        .cutover("acl")
+        .arg("apply")
+        .arg("-f")
+        .arg(&file)
+        .fails();
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: permission denied by Consul at http://{} (GET acl/services/books): check CONSUL_HTTP_TOKEN\n",
+            agent.address()
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "a 403 is not retried"
+    );
+
+    let mut with_token = agent.cutover("acl");
+    with_token.command.env("CONSUL_HTTP_TOKEN", "root-token");
+    let run = with_token.arg("apply").arg("-f").arg(&file).succeeds();
+    assert_eq!(run.stdout, "service/books created\n");
+}

@@ -47,6 +47,12 @@ impl Agent {
     /// Starts an agent and waits until it has elected itself leader. Retries with new ports
     /// when another process took one of them first.
     pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// Like [`Agent::start`], with more arguments for `consul agent`, such as
+    /// `["-hcl", "acl { enabled = true }"]`.
+    pub fn start_with(extra_args: &[&str]) -> Agent {
         let consul = which("consul").unwrap_or_else(|| {
             panic!(
                 "consul not found: run scripts/install-deps (these tests need a real Consul agent)"
@@ -54,7 +60,7 @@ impl Agent {
         });
         let mut last_failure = String::new();
         for _ in 0..3 {
-            match Agent::try_start(&consul) {
+            match Agent::try_start(&consul, extra_args) {
                 Ok(agent) => return agent,
                 Err(failure) => last_failure = failure,
             }
@@ -62,7 +68,7 @@ impl Agent {
         panic!("the Consul agent did not start: {last_failure}");
     }
 
-    fn try_start(consul: &Path) -> Result<Agent, String> {
+    fn try_start(consul: &Path, extra_args: &[&str]) -> Result<Agent, String> {
         let [http, serf_lan, serf_wan, server] = free_ports();
         let data_dir = unique_temp_path("consul");
         std::fs::create_dir_all(&data_dir).expect("create the agent's data directory");
@@ -88,6 +94,7 @@ impl Agent {
             .args(["-server-port", &server.to_string()])
             .arg("-data-dir")
             .arg(&data_dir)
+            .args(extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("start sh for the consul watchdog");
@@ -114,6 +121,19 @@ impl Agent {
         Err(format!(
             "no leader within {STARTUP_TIMEOUT:?}; its log:\n{log}"
         ))
+    }
+
+    /// Waits until the agent accepts `token` (a master token from `-hcl` becomes valid only
+    /// after the leader has written it).
+    pub fn wait_for_token(&self, token: &str) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while http_get_with_token(self.http_port, "/v1/acl/token/self", Some(token)).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never accepted the ACL token"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `127.0.0.1:<port>`, as `CONSUL_HTTP_ADDR` wants it.
@@ -384,9 +404,18 @@ pub fn unused_port() -> u16 {
 
 /// A minimal HTTP/1.0 GET on loopback; `None` on any failure or non-200 answer.
 fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_with_token(port, path, None)
+}
+
+fn http_get_with_token(port: u16, path: &str, token: Option<&str>) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let token_header = token.map_or(String::new(), |t| format!("X-Consul-Token: {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{token_header}\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
