@@ -342,3 +342,42 @@ async fn the_cas_loop_retries_when_another_writer_gets_in_between() {
         ours
     );
 }
+
+#[tokio::test]
+async fn the_cas_loop_gives_up_clearly_when_it_always_loses() {
+    let agent = agent();
+    let store = agent.store(&unique_prefix("cas-fight"));
+    // Consul ignores a put of the value already stored, so the other writer alternates.
+    let other = TempDir::new();
+    let other_files = [
+        other.write("a.yaml", &manifest("books", "books:8", 8)),
+        other.write("b.yaml", &manifest("books", "books:9", 9)),
+    ];
+    store
+        .put_service("books", &manifest("books", "books:1", 1), 0)
+        .await
+        .unwrap();
+
+    let mut round = 0;
+    let policy = RetryPolicy {
+        attempts: 3,
+        first_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    };
+    let error = update_service(&store, "books", policy, |_| {
+        // Another writer always gets in between the read and the write.
+        round += 1;
+        agent.kv_put_file(&store.service_key("books"), &other_files[round % 2]);
+        Ok(Decision::Write(manifest("books", "books:2", 2)))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{} kept changing while cutover tried to update it (3 attempts); \
+             someone else is writing it, try again",
+            store.service_key("books")
+        )
+    );
+}
