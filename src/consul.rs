@@ -11,7 +11,8 @@
 //! backoff for at most [`ConsulConfig::retry_timeout`]; HTTP 4xx answers are final.
 //!
 //! Sessions and locks (for the daemon's leader election) belong here too when they are built:
-//! they are more requests through the same [`Client::send`] path.
+//! they are more requests through the same private `Client::send`, which owns the retries and
+//! the error messages.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -224,9 +225,11 @@ impl fmt::Debug for Client {
     }
 }
 
-/// How a request's body and query look, without any `reqwest` type.
+/// One request to send: the method, the URL and what to name in errors (the KV key for KV
+/// requests; a session ID or a path for the other endpoints when they are added).
 struct Call<'a> {
     method: Method,
+    url: Url,
     key: &'a str,
     query: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
@@ -402,9 +405,11 @@ impl Client {
         self.decode_bool(&Method::DELETE, key, &answer.body)
     }
 
+    /// A request on `/v1/kv/<key>`.
     fn call<'a>(&self, method: Method, key: &'a str) -> Call<'a> {
         Call {
             method,
+            url: self.kv_url(key),
             key,
             query: Vec::new(),
             body: None,
@@ -412,18 +417,17 @@ impl Client {
         }
     }
 
-    /// Sends one KV request, retrying transport failures and 5xx answers with exponential
+    /// Sends one request, retrying transport failures and 5xx answers with exponential
     /// backoff for at most the configured retry time. A 404 is returned as an answer; other
     /// statuses of 400 and above are errors.
     async fn send(&self, call: Call<'_>) -> Result<Answer, ConsulError> {
-        let url = self.kv_url(call.key);
         let policy = backoff::ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(100))
             .with_max_interval(Duration::from_secs(2))
             .with_max_elapsed_time(Some(self.retry_timeout))
             .build();
         backoff::future::retry(policy, || async {
-            self.attempt(&call, url.clone()).await.map_err(|e| {
+            self.attempt(&call).await.map_err(|e| {
                 if e.is_transient() {
                     tracing::debug!(error = %e, "retrying a Consul request");
                     backoff::Error::transient(e)
@@ -435,7 +439,8 @@ impl Client {
         .await
     }
 
-    async fn attempt(&self, call: &Call<'_>, mut url: Url) -> Result<Answer, ConsulError> {
+    async fn attempt(&self, call: &Call<'_>) -> Result<Answer, ConsulError> {
+        let mut url = call.url.clone();
         if !call.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&call.query);
         }
@@ -656,7 +661,9 @@ pub struct WatchUpdate {
 /// something changes.
 ///
 /// The first [`PrefixWatch::next`] returns at once with the current listing; later calls block
-/// until a change. An index reset is handled inside (the next read is a full, non-blocking one)
+/// until the listing differs from the one last yielded (Consul also wakes blocking queries
+/// when nothing under the prefix changed, for instance on writes elsewhere while the prefix is
+/// empty; those wake-ups are absorbed here). An index reset is handled inside (the next read is a full, non-blocking one)
 /// and is reported through [`WatchUpdate::reset`]; [`PrefixWatch::reset_pending`] tells whether
 /// a reset was seen and no full read has succeeded since.
 #[derive(Debug, Clone)]
@@ -666,6 +673,8 @@ pub struct PrefixWatch {
     wait: Duration,
     index: u64,
     reset_pending: bool,
+    /// The entries last yielded, to tell a real change from a wake-up.
+    last_entries: Option<Vec<KvEntry>>,
 }
 
 impl PrefixWatch {
@@ -677,6 +686,7 @@ impl PrefixWatch {
             wait: wait.min(MAX_WAIT),
             index: 0,
             reset_pending: false,
+            last_entries: None,
         }
     }
 
@@ -708,6 +718,11 @@ impl PrefixWatch {
             match next_index(self.index, listing.index) {
                 IndexStep::Changed { next } => {
                     self.index = next;
+                    let same = self.last_entries.as_ref() == Some(&listing.entries);
+                    if same && !self.reset_pending {
+                        continue;
+                    }
+                    self.last_entries = Some(listing.entries.clone());
                     let reset = std::mem::take(&mut self.reset_pending);
                     return Ok(WatchUpdate { listing, reset });
                 }

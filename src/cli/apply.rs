@@ -22,7 +22,7 @@ Examples:
   cutover apply -f manifests/
   cutover apply -f books.yaml -f users.yaml";
 
-/// Validate manifests, then write each to <prefix>/services/<name> with check-and-set.
+/// Validate manifests, then write each to PREFIX/services/NAME with check-and-set.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {

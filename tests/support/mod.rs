@@ -47,12 +47,20 @@ impl Agent {
     /// Starts an agent and waits until it has elected itself leader. Retries with new ports
     /// when another process took one of them first.
     pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// Like [`Agent::start`], with more arguments for `consul agent`, such as
+    /// `["-hcl", "acl { enabled = true }"]`.
+    pub fn start_with(extra_args: &[&str]) -> Agent {
         let consul = which("consul").unwrap_or_else(|| {
-            panic!("consul not found: run scripts/install-deps (these tests need a real Consul agent)")
+            panic!(
+                "consul not found: run scripts/install-deps (these tests need a real Consul agent)"
+            )
         });
         let mut last_failure = String::new();
         for _ in 0..3 {
-            match Agent::try_start(&consul) {
+            match Agent::try_start(&consul, extra_args) {
                 Ok(agent) => return agent,
                 Err(failure) => last_failure = failure,
             }
@@ -60,7 +68,7 @@ impl Agent {
         panic!("the Consul agent did not start: {last_failure}");
     }
 
-    fn try_start(consul: &Path) -> Result<Agent, String> {
+    fn try_start(consul: &Path, extra_args: &[&str]) -> Result<Agent, String> {
         let [http, serf_lan, serf_wan, server] = free_ports();
         let data_dir = unique_temp_path("consul");
         std::fs::create_dir_all(&data_dir).expect("create the agent's data directory");
@@ -71,7 +79,14 @@ impl Agent {
             .arg(&data_dir)
             .arg(std::process::id().to_string())
             .arg(consul)
-            .args(["agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1"])
+            .args([
+                "agent",
+                "-dev",
+                "-client",
+                "127.0.0.1",
+                "-bind",
+                "127.0.0.1",
+            ])
             .args(["-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn"])
             .args(["-http-port", &http.to_string()])
             .args(["-serf-lan-port", &serf_lan.to_string()])
@@ -79,6 +94,7 @@ impl Agent {
             .args(["-server-port", &server.to_string()])
             .arg("-data-dir")
             .arg(&data_dir)
+            .args(extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("start sh for the consul watchdog");
@@ -105,6 +121,19 @@ impl Agent {
         Err(format!(
             "no leader within {STARTUP_TIMEOUT:?}; its log:\n{log}"
         ))
+    }
+
+    /// Waits until the agent accepts `token` (a master token from `-hcl` becomes valid only
+    /// after the leader has written it).
+    pub fn wait_for_token(&self, token: &str) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while http_get_with_token(self.http_port, "/v1/acl/token/self", Some(token)).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never accepted the ACL token"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `127.0.0.1:<port>`, as `CONSUL_HTTP_ADDR` wants it.
@@ -178,10 +207,23 @@ impl Drop for Agent {
     }
 }
 
-/// The agent shared by every test of this test binary.
+/// The agent shared by every test of this test binary. If it cannot start, every test fails
+/// with the first failure's message, without trying again.
 pub fn agent() -> &'static Agent {
-    static AGENT: OnceLock<Agent> = OnceLock::new();
-    AGENT.get_or_init(Agent::start)
+    static AGENT: OnceLock<Result<Agent, String>> = OnceLock::new();
+    let started = AGENT.get_or_init(|| {
+        std::panic::catch_unwind(Agent::start).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the Consul agent did not start".to_owned())
+        })
+    });
+    match started {
+        Ok(agent) => agent,
+        Err(message) => panic!("{message}"),
+    }
 }
 
 /// A KV prefix no other test uses, such as `test/apply-4242-1`.
@@ -213,6 +255,11 @@ pub struct Cutover {
 }
 
 impl Cutover {
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Cutover {
+        self.command.arg(arg);
+        self
+    }
+
     pub fn args<I, S>(mut self, args: I) -> Cutover
     where
         I: IntoIterator<Item = S>,
@@ -242,7 +289,11 @@ impl Cutover {
     /// Runs it and asserts exit code 1.
     pub fn fails(self) -> Run {
         let run = self.run();
-        assert_eq!(run.status.code(), Some(1), "cutover should fail with 1: {run}");
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "cutover should fail with 1: {run}"
+        );
         run
     }
 
@@ -353,13 +404,23 @@ pub fn unused_port() -> u16 {
 
 /// A minimal HTTP/1.0 GET on loopback; `None` on any failure or non-200 answer.
 fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_with_token(port, path, None)
+}
+
+fn http_get_with_token(port: u16, path: &str, token: Option<&str>) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let token_header = token.map_or(String::new(), |t| format!("X-Consul-Token: {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{token_header}\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_owned())
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -1,0 +1,383 @@
+//! The Consul client and the store against a real Consul agent.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cutover::cli::cas::{Decision, Outcome, RetryPolicy, update_service};
+use cutover::consul::{Client, ConsulConfig, ConsulError, PrefixWatch};
+use cutover::status::{Action, Phase, Request, Status};
+use support::{TempDir, agent, manifest, unique_prefix};
+
+#[tokio::test]
+async fn put_get_list_delete() {
+    let client = agent().client();
+    let prefix = unique_prefix("kv");
+    let key = format!("{prefix}/a");
+
+    assert_eq!(client.get(&key).await.unwrap(), None);
+    assert!(client.put(&key, b"one", None).await.unwrap());
+    let entry = client.get(&key).await.unwrap().unwrap();
+    assert_eq!(entry.key, key);
+    assert_eq!(entry.value, b"one");
+    assert!(entry.modify_index >= entry.create_index);
+
+    // Bytes that are not UTF-8 survive.
+    assert!(
+        client
+            .put(&format!("{prefix}/b"), &[0, 159, 255], None)
+            .await
+            .unwrap()
+    );
+    let listing = client.list(&format!("{prefix}/")).await.unwrap();
+    let keys: Vec<&str> = listing.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, [key.clone(), format!("{prefix}/b")]);
+    assert_eq!(listing.entries[1].value, [0, 159, 255]);
+    assert!(listing.index >= entry.modify_index);
+
+    assert!(client.delete(&key, None).await.unwrap());
+    assert_eq!(client.get(&key).await.unwrap(), None);
+
+    // An empty prefix lists as empty, with an index to block on.
+    let empty = client.list(&format!("{prefix}/nothing/")).await.unwrap();
+    assert!(empty.entries.is_empty());
+    assert!(empty.index > 0);
+}
+
+#[tokio::test]
+async fn check_and_set() {
+    let client = agent().client();
+    let key = format!("{}/cas", unique_prefix("cas"));
+
+    assert!(
+        client.put(&key, b"v1", Some(0)).await.unwrap(),
+        "cas=0 creates"
+    );
+    assert!(
+        !client.put(&key, b"v2", Some(0)).await.unwrap(),
+        "cas=0 never overwrites"
+    );
+    let first = client.get(&key).await.unwrap().unwrap();
+
+    assert!(
+        client
+            .put(&key, b"v2", Some(first.modify_index))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !client
+            .put(&key, b"v3", Some(first.modify_index))
+            .await
+            .unwrap(),
+        "a stale index is refused"
+    );
+    assert_eq!(client.get(&key).await.unwrap().unwrap().value, b"v2");
+
+    assert!(
+        !client.delete(&key, Some(first.modify_index)).await.unwrap(),
+        "a stale delete is refused"
+    );
+    let second = client.get(&key).await.unwrap().unwrap();
+    assert!(
+        client
+            .delete(&key, Some(second.modify_index))
+            .await
+            .unwrap()
+    );
+    assert_eq!(client.get(&key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_put_wakes_a_blocked_list_long_before_the_wait() {
+    let client = agent().client();
+    let prefix = format!("{}/", unique_prefix("blocking"));
+    let before = client.list(&prefix).await.unwrap();
+
+    let writer = client.clone();
+    let key = format!("{prefix}books");
+    let write = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        writer.put(&key, b"hello", None).await.unwrap();
+    });
+    let started = Instant::now();
+    // Consul may answer early when unrelated keys change (other tests write to this agent),
+    // so keep blocking until the put shows, as any client must.
+    let mut after = before.clone();
+    while after.entries.is_empty() {
+        after = client
+            .list_blocking(&prefix, after.index, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    write.await.unwrap();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the put should wake the query well before its 60 s wait"
+    );
+    assert!(after.index > before.index);
+    assert_eq!(after.entries.len(), 1);
+    assert_eq!(after.entries[0].value, b"hello");
+}
+
+#[tokio::test]
+async fn a_prefix_watch_yields_each_change() {
+    let client = agent().client();
+    let prefix = format!("{}/", unique_prefix("watch"));
+    client.put(&format!("{prefix}a"), b"1", None).await.unwrap();
+
+    let mut watch = PrefixWatch::new(client.clone(), prefix.clone(), Duration::from_secs(60));
+    let first = watch.next().await.unwrap();
+    assert!(!first.reset);
+    assert_eq!(first.listing.entries.len(), 1);
+    assert_eq!(watch.index(), first.listing.index);
+
+    // A write under another prefix must not wake this watch with a "change"; a write under
+    // this one must.
+    let writer = client.clone();
+    let other = format!("{}/", unique_prefix("watch-other"));
+    let key = format!("{prefix}b");
+    let write = tokio::spawn(async move {
+        writer
+            .put(&format!("{other}x"), b"noise", None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        writer.put(&key, b"2", None).await.unwrap();
+    });
+    let second = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("the watch should wake up on the put")
+        .unwrap();
+    write.await.unwrap();
+    assert!(!second.reset);
+    assert!(!watch.reset_pending());
+    let keys: Vec<String> = second
+        .listing
+        .entries
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    assert_eq!(keys, [format!("{prefix}a"), format!("{prefix}b")]);
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_is_named_in_the_error() {
+    let address = format!("127.0.0.1:{}", support::unused_port());
+    let client = Client::new(&ConsulConfig {
+        address: address.clone(),
+        retry_timeout: Duration::from_secs(1),
+        ..ConsulConfig::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let error = client.get("cutover/services/books").await.unwrap_err();
+    assert!(
+        matches!(error, ConsulError::Unreachable { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_transient());
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot reach Consul at http://{address} (GET cutover/services/books): connection refused"
+        )
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn the_store_reads_services_with_their_diagnostics() {
+    let agent = agent();
+    let prefix = unique_prefix("store");
+    let store = agent.store(&prefix);
+    let client = agent.client();
+
+    let books = manifest("books", "books:1", 2);
+    assert!(store.put_service("books", &books, 0).await.unwrap());
+    client
+        .put(&store.service_key("broken"), b"spec: [", None)
+        .await
+        .unwrap();
+    client
+        .put(&store.service_key("binary"), &[0xff, 0xfe], None)
+        .await
+        .unwrap();
+    // Neither a nested key nor another folder is a service.
+    client
+        .put(&format!("{prefix}/services/nested/key"), b"x", None)
+        .await
+        .unwrap();
+    client
+        .put(&format!("{prefix}/status/books"), b"{}", None)
+        .await
+        .unwrap();
+
+    let (services, index) = store.list_services().await.unwrap();
+    assert!(index > 0);
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["binary", "books", "broken"]);
+
+    let stored_books = &services[1];
+    assert_eq!(stored_books.key, format!("{prefix}/services/books"));
+    assert_eq!(stored_books.text, books);
+    assert_eq!(stored_books.parsed.as_ref().unwrap().spec.replicas, 2);
+
+    for invalid in [&services[0], &services[2]] {
+        let diagnostics = invalid.parsed.as_ref().unwrap_err();
+        assert_eq!(
+            diagnostics.0[0].source, invalid.key,
+            "the source is the KV key"
+        );
+    }
+
+    let one = store.get_service("books").await.unwrap().unwrap();
+    assert_eq!(one.modify_index, stored_books.modify_index);
+    assert!(store.get_service("missing").await.unwrap().is_none());
+
+    // Check-and-set through the store.
+    assert!(!store.put_service("books", &books, 0).await.unwrap());
+    assert!(
+        !store
+            .delete_service("books", one.modify_index + 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_service("books", one.modify_index)
+            .await
+            .unwrap()
+    );
+
+    // Oversized values never reach Consul.
+    let huge = "#".repeat(cutover::spec::MAX_VALUE_BYTES + 1);
+    let error = store.put_service("huge", &huge, 0).await.unwrap_err();
+    assert!(
+        error.to_string().contains("more than Consul's limit"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn statuses_and_requests_round_trip() {
+    let store = agent().store(&unique_prefix("status"));
+    assert!(store.get_status("books").await.unwrap().is_none());
+
+    let status = Status {
+        observed_index: 12,
+        phase: Some(Phase::Available),
+        ..Status::default()
+    };
+    assert!(store.put_status("books", &status, None).await.unwrap());
+    let read = store.get_status("books").await.unwrap().unwrap();
+    assert_eq!(read.value, status);
+    let listed = store.list_statuses().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "books");
+
+    let request = Request {
+        id: "r1".to_owned(),
+        action: Action::Promote,
+        revision: "abc".to_owned(),
+        requested_at: "2024-01-01T00:00:00Z".to_owned(),
+    };
+    assert!(store.get_request("books").await.unwrap().is_none());
+    assert!(store.put_request("books", &request, Some(0)).await.unwrap());
+    assert!(!store.put_request("books", &request, Some(0)).await.unwrap());
+    assert_eq!(
+        store.get_request("books").await.unwrap().unwrap().value,
+        request
+    );
+
+    // A status that is not the daemon's JSON is an error that names the key.
+    store
+        .client()
+        .put(&store.status_key("bad"), b"not json", None)
+        .await
+        .unwrap();
+    let error = store.get_status("bad").await.unwrap_err();
+    assert!(
+        error.to_string().contains(&store.status_key("bad")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_cas_loop_retries_when_another_writer_gets_in_between() {
+    let agent = agent();
+    let prefix = unique_prefix("cas-retry");
+    let store = agent.store(&prefix);
+    let ours = manifest("books", "books:2", 3);
+    let theirs = TempDir::new();
+    let theirs_file = theirs.write("books.yaml", &manifest("books", "books:9", 9));
+    store
+        .put_service("books", &manifest("books", "books:1", 1), 0)
+        .await
+        .unwrap();
+
+    let mut decisions = 0;
+    let updated = update_service(&store, "books", RetryPolicy::WRITE, |current| {
+        decisions += 1;
+        if decisions == 1 {
+            // Another writer (the consul CLI) changes the key after we read it.
+            agent.kv_put_file(&store.service_key("books"), &theirs_file);
+        } else {
+            let seen = current.expect("the key exists");
+            assert!(
+                seen.text.contains("books:9"),
+                "the retry sees the other write"
+            );
+        }
+        Ok(Decision::Write(ours.clone()))
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(updated.outcome, Outcome::Configured);
+    assert_eq!(updated.attempts, 2);
+    assert_eq!(
+        store.get_service("books").await.unwrap().unwrap().text,
+        ours
+    );
+}
+
+#[tokio::test]
+async fn the_cas_loop_gives_up_clearly_when_it_always_loses() {
+    let agent = agent();
+    let store = agent.store(&unique_prefix("cas-fight"));
+    // Consul ignores a put of the value already stored, so the other writer alternates.
+    let other = TempDir::new();
+    let other_files = [
+        other.write("a.yaml", &manifest("books", "books:8", 8)),
+        other.write("b.yaml", &manifest("books", "books:9", 9)),
+    ];
+    store
+        .put_service("books", &manifest("books", "books:1", 1), 0)
+        .await
+        .unwrap();
+
+    let mut round = 0;
+    let policy = RetryPolicy {
+        attempts: 3,
+        first_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    };
+    let error = update_service(&store, "books", policy, |_| {
+        // Another writer always gets in between the read and the write.
+        round += 1;
+        agent.kv_put_file(&store.service_key("books"), &other_files[round % 2]);
+        Ok(Decision::Write(manifest("books", "books:2", 2)))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{} kept changing while cutover tried to update it (3 attempts); \
+             someone else is writing it, try again",
+            store.service_key("books")
+        )
+    );
+}
