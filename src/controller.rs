@@ -56,7 +56,7 @@ pub enum ReconcileError {
 struct Shared {
     /// The specs by service name; `None` until a full read succeeded.
     desired: Option<BTreeMap<String, StoredService>>,
-    /// Services that have containers, from the last resync.
+    /// Services that have containers (from the last resync) or had a spec since then.
     managed: BTreeSet<String>,
     /// Consecutive failures by service, for backoff.
     failures: HashMap<String, u32>,
@@ -396,6 +396,14 @@ impl Controller {
                     changed
                 }
             };
+            // Services that had a spec count as managed until a resync finds them gone, so
+            // that the deletion guard sees them vanish.
+            let previous: Vec<String> = shared
+                .desired
+                .iter()
+                .flat_map(|d| d.keys().cloned())
+                .collect();
+            shared.managed.extend(previous);
             shared.desired = Some(new);
             changed
         };
@@ -481,12 +489,13 @@ impl Controller {
     async fn resync_loop(self: Arc<Self>) {
         loop {
             if let Ok(observation) = self.docker.observe(&self.settings.scope, None).await {
-                let managed: BTreeSet<String> = observation
+                let mut shared = self.shared.lock().expect("shared lock");
+                shared.managed = observation
                     .containers
                     .iter()
                     .map(|c| c.service.clone())
+                    .chain(shared.desired.iter().flat_map(|d| d.keys().cloned()))
                     .collect();
-                self.shared.lock().expect("shared lock").managed = managed;
             }
             self.queue_all();
             let jitter = self.settings.resync.mul_f64(0.2 * rand::random::<f64>());

@@ -2,7 +2,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use support::{TempDir, agent, cutover_command, manifest, unique_prefix};
 

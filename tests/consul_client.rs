@@ -2,7 +2,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cutover::cli::cas::{Decision, Outcome, RetryPolicy, update_service};
 use cutover::consul::{Client, ConsulConfig, ConsulError, PrefixWatch};

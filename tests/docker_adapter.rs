@@ -510,7 +510,7 @@ async fn pulling_a_missing_image_fails_with_a_clear_error() {
 #[tokio::test]
 async fn the_health_monitor_follows_a_replica() {
     let world = World::new(
-        "  health: {path: /cgi-bin/health, interval: 200ms, timeout: 2s, healthyThreshold: 1, unhealthyThreshold: 2}\n",
+        "  health: {path: /cgi-bin/health, interval: 200ms, timeout: 200ms, healthyThreshold: 1, unhealthyThreshold: 2}\n",
     )
     .await;
     world

@@ -7,7 +7,9 @@
 mod support;
 
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use support::{Agent, TempDir, agent, unique_prefix};
 
@@ -26,15 +28,14 @@ impl World {
         require_images();
         let prefix = unique_prefix(test);
         let instance = prefix.replace('/', "-");
-        let world = World {
+        World {
             agent: agent(),
             network: format!("cutover-{instance}"),
             prefix,
             instance,
             dir: TempDir::new(),
             daemon: None,
-        };
-        world
+        }
     }
 
     fn start_daemon(&mut self) {
@@ -43,7 +44,13 @@ impl World {
             .env("CONSUL_HTTP_ADDR", self.agent.address())
             .env("CUTOVER_PREFIX", &self.prefix)
             .env("RUST_LOG", "cutover=debug")
-            .args(["run", "--network", &self.network, "--instance", &self.instance])
+            .args([
+                "run",
+                "--network",
+                &self.network,
+                "--instance",
+                &self.instance,
+            ])
             .args(["--resync", "5s"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -82,7 +89,11 @@ impl World {
 
     fn wait_available(&self, name: &str) {
         let (ok, output) = self.wait(name);
-        assert!(ok, "{name} did not become Available: {output}\n--- daemon log\n{}", self.log());
+        assert!(
+            ok,
+            "{name} did not become Available: {output}\n--- daemon log\n{}",
+            self.log()
+        );
     }
 
     fn status(&self, name: &str) -> serde_json::Value {
@@ -94,8 +105,12 @@ impl World {
     /// `name image state` of this test's containers, sorted.
     fn containers(&self) -> Vec<String> {
         let out = docker(&[
-            "ps", "-a", "--filter", &format!("label=dev.cutover.instance={}", self.instance),
-            "--format", "{{.Names}} {{.Image}} {{.State}}",
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=dev.cutover.instance={}", self.instance),
+            "--format",
+            "{{.Names}} {{.Image}} {{.State}}",
         ]);
         let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
         lines.sort();
@@ -105,8 +120,12 @@ impl World {
     /// What the replica answers on `/`, asked from the host through its address.
     fn answer(&self, container: &str) -> String {
         let ip = docker(&[
-            "inspect", "-f",
-            &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.network),
+            "inspect",
+            "-f",
+            &format!(
+                "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+                self.network
+            ),
             container,
         ]);
         http_get(ip.trim(), "/")
@@ -120,39 +139,66 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("timed out waiting for {what}; containers: {:?}\n--- daemon log\n{}", self.containers(), self.log());
+        panic!(
+            "timed out waiting for {what}; containers: {:?}\n--- daemon log\n{}",
+            self.containers(),
+            self.log()
+        );
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         self.kill_daemon();
-        let ids = docker(&["ps", "-aq", "--filter", &format!("label=dev.cutover.instance={}", self.instance)]);
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.cutover.instance={}", self.instance),
+        ]);
         let ids: Vec<&str> = ids.split_whitespace().collect();
         if !ids.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(ids);
             docker(&args);
         }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
     }
 }
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("run docker");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn require_images() {
     for image in ["cutover-demo:a", "cutover-demo:b"] {
-        let out = Command::new("docker").args(["image", "inspect", image]).output().expect("run docker");
-        assert!(out.status.success(), "image {image} is missing: run scripts/test-images");
+        let out = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "image {image} is missing: run scripts/test-images"
+        );
     }
 }
 
 fn http_get(ip: &str, path: &str) -> String {
-    let out = Command::new("curl").args(["-fsS", "--max-time", "5", &format!("http://{ip}{path}")]).output().expect("run curl");
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", &format!("http://{ip}{path}")])
+        .output()
+        .expect("run curl");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -182,7 +228,13 @@ fn a_new_image_rolls_to_the_other_color_and_the_old_one_is_kept_stopped() {
     let status = w.status("web");
     assert_eq!(status["activeColor"], "blue");
     assert_eq!(w.answer("web-blue-1"), "version A");
-    assert_eq!(w.containers(), ["web-blue-1 cutover-demo:a running", "web-blue-2 cutover-demo:a running"]);
+    assert_eq!(
+        w.containers(),
+        [
+            "web-blue-1 cutover-demo:a running",
+            "web-blue-2 cutover-demo:a running"
+        ]
+    );
 
     w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
     w.wait_available("web");
@@ -193,10 +245,16 @@ fn a_new_image_rolls_to_the_other_color_and_the_old_one_is_kept_stopped() {
     // After scaleDownDelay the old color is stopped and kept under its revision's name.
     w.eventually("blue to be retired", || {
         let c = w.containers();
-        c.iter().filter(|l| l.contains(" exited")).count() == 2 && c.iter().all(|l| !l.starts_with("web-blue-"))
+        c.iter().filter(|l| l.contains(" exited")).count() == 2
+            && c.iter().all(|l| !l.starts_with("web-blue-"))
     });
     let c = w.containers();
-    assert!(c.iter().all(|l| l.starts_with("web-green-") && l.ends_with("running") || l.starts_with("web-r") && l.ends_with("exited")), "{c:?}");
+    assert!(
+        c.iter()
+            .all(|l| l.starts_with("web-green-") && l.ends_with("running")
+                || l.starts_with("web-r") && l.ends_with("exited")),
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -211,7 +269,9 @@ fn scaling_changes_the_live_color_in_place() {
     assert_eq!(w.status("web")["colors"]["blue"]["ready"], 3);
     let run = w.cutover(&["scale", "web", "-2"]);
     assert!(run.status.success(), "{run}");
-    w.eventually("one replica left", || w.containers() == ["web-blue-1 cutover-demo:a running"]);
+    w.eventually("one replica left", || {
+        w.containers() == ["web-blue-1 cutover-demo:a running"]
+    });
 }
 
 #[test]
@@ -222,12 +282,19 @@ fn an_invalid_spec_leaves_the_old_revision_running_and_says_where() {
     w.wait_available("web");
     let before = w.containers();
 
-    let bad = w.dir.write("bad.yaml", &demo("web", "cutover-demo:b", 2, "  replica: 3\n"));
-    w.agent.kv_put_file(&format!("{}/services/web", w.prefix), &bad);
+    let bad = w.dir.write(
+        "bad.yaml",
+        &demo("web", "cutover-demo:b", 2, "  replica: 3\n"),
+    );
+    w.agent
+        .kv_put_file(&format!("{}/services/web", w.prefix), &bad);
     let (ok, output) = w.wait("web");
     assert!(!ok, "--wait must fail on an invalid spec: {output}");
     assert!(output.contains("Invalid"), "{output}");
-    assert!(output.contains(":9:3: spec: unknown field \"replica\", did you mean \"replicas\"?"), "{output}");
+    assert!(
+        output.contains(":9:3: spec: unknown field \"replica\", did you mean \"replicas\"?"),
+        "{output}"
+    );
     let status = w.status("web");
     assert_eq!(status["phase"], "Invalid");
     assert_eq!(status["activeColor"], "blue");
@@ -246,7 +313,10 @@ fn a_missing_image_is_reported_and_the_live_color_keeps_serving() {
     w.apply("web", &demo("web", "cutover-missing-image:never", 1, FAST));
     let (ok, output) = w.wait("web");
     assert!(!ok, "{output}");
-    assert!(output.contains("ImagePullFailed") || output.contains("ImageNotFound"), "{output}");
+    assert!(
+        output.contains("ImagePullFailed") || output.contains("ImageNotFound"),
+        "{output}"
+    );
     assert!(output.contains("cutover-missing-image:never"), "{output}");
     assert_eq!(w.containers(), ["web-blue-1 cutover-demo:a running"]);
     assert_eq!(w.answer("web-blue-1"), "version A");
@@ -269,7 +339,9 @@ fn a_release_that_never_gets_healthy_is_aborted_and_rejected() {
     let status = w.status("web");
     assert_eq!(status["activeColor"], "blue");
     assert_eq!(status["rejected"]["reason"], "ProgressDeadlineExceeded");
-    w.eventually("green to be removed", || w.containers() == ["web-blue-1 cutover-demo:a running"]);
+    w.eventually("green to be removed", || {
+        w.containers() == ["web-blue-1 cutover-demo:a running"]
+    });
     // Not retried: it stays that way across resyncs.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(w.containers(), ["web-blue-1 cutover-demo:a running"]);
@@ -280,24 +352,39 @@ fn a_release_that_never_gets_healthy_is_aborted_and_rejected() {
 fn preview_waits_for_promote_and_rollback_switches_back() {
     let mut w = World::new("promote");
     w.start_daemon();
-    let manual = "  strategy: {blueGreen: {autoPromote: false, previewReplicas: 1, scaleDownDelay: 30s}}\n";
+    let manual =
+        "  strategy: {blueGreen: {autoPromote: false, previewReplicas: 1, scaleDownDelay: 30s}}\n";
     w.apply("web", &demo("web", "cutover-demo:a", 2, manual));
     w.wait_available("web");
     w.apply("web", &demo("web", "cutover-demo:b", 2, manual));
     w.eventually("the preview", || w.status("web")["phase"] == "Preview");
     assert_eq!(w.status("web")["activeColor"], "blue");
-    assert_eq!(w.containers().iter().filter(|c| c.starts_with("web-green-")).count(), 1);
+    assert_eq!(
+        w.containers()
+            .iter()
+            .filter(|c| c.starts_with("web-green-"))
+            .count(),
+        1
+    );
 
     let run = w.cutover(&["promote", "web"]);
     assert!(run.status.success(), "{run}\n{}", w.log());
     w.wait_available("web");
     assert_eq!(w.status("web")["activeColor"], "green");
-    assert_eq!(w.containers().iter().filter(|c| c.starts_with("web-green-")).count(), 2);
+    assert_eq!(
+        w.containers()
+            .iter()
+            .filter(|c| c.starts_with("web-green-"))
+            .count(),
+        2
+    );
 
     // Blue still drains (scaleDownDelay 30s): rolling back is a switch, nothing to start.
     let run = w.cutover(&["rollback", "web"]);
     assert!(run.status.success(), "{run}\n{}", w.log());
-    w.eventually("blue live again", || w.status("web")["activeColor"] == "blue");
+    w.eventually("blue live again", || {
+        w.status("web")["activeColor"] == "blue"
+    });
     let status = w.status("web");
     assert_eq!(status["rejected"]["reason"], "RolledBack");
     assert_eq!(status["lastRequest"]["result"], "Done");
@@ -314,14 +401,28 @@ fn kill_9_during_a_rollout_then_restart_converges_without_duplicates() {
     w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
     w.wait_available("web");
     w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
-    w.eventually("the green color to be created", || w.containers().iter().any(|c| c.starts_with("web-green-")));
+    w.eventually("the green color to be created", || {
+        w.containers().iter().any(|c| c.starts_with("web-green-"))
+    });
     w.kill_daemon();
     w.start_daemon();
     w.wait_available("web");
     assert_eq!(w.status("web")["activeColor"], "green");
-    w.eventually("blue retired", || w.containers().iter().all(|c| !c.starts_with("web-blue-")));
-    let running: Vec<String> = w.containers().into_iter().filter(|c| c.ends_with("running")).collect();
-    assert_eq!(running, ["web-green-1 cutover-demo:b running", "web-green-2 cutover-demo:b running"]);
+    w.eventually("blue retired", || {
+        w.containers().iter().all(|c| !c.starts_with("web-blue-"))
+    });
+    let running: Vec<String> = w
+        .containers()
+        .into_iter()
+        .filter(|c| c.ends_with("running"))
+        .collect();
+    assert_eq!(
+        running,
+        [
+            "web-green-1 cutover-demo:b running",
+            "web-green-2 cutover-demo:b running"
+        ]
+    );
 }
 
 #[test]
@@ -336,15 +437,31 @@ fn a_deleted_service_is_removed_and_unlabelled_containers_are_never_touched() {
     w.wait_available("www");
     // A container on the same network, named like ours, without our labels.
     let stranger = format!("web-blue-9-{}", w.instance);
-    docker(&["run", "-d", "--name", &stranger, "--network", &w.network, "cutover-demo:a"]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &stranger,
+        "--network",
+        &w.network,
+        "cutover-demo:a",
+    ]);
 
     let run = w.cutover(&["delete", "web"]);
     assert!(run.status.success(), "{run}");
-    w.eventually("web's containers to go", || w.containers().iter().all(|c| !c.starts_with("web-blue-1")));
-    w.eventually("web's status to go", || w.cutover(&["status", "web"]).status.code() == Some(1));
+    w.eventually("web's containers to go", || {
+        w.containers().iter().all(|c| !c.starts_with("web-blue-1"))
+    });
+    w.eventually("web's status to go", || {
+        w.cutover(&["status", "web"]).status.code() == Some(1)
+    });
     let state = docker(&["inspect", "-f", "{{.State.Status}}", &stranger]);
     docker(&["rm", "-f", &stranger]);
-    assert_eq!(state.trim(), "running", "the unlabelled container was touched");
+    assert_eq!(
+        state.trim(),
+        "running",
+        "the unlabelled container was touched"
+    );
 }
 
 #[test]
@@ -357,15 +474,30 @@ fn every_spec_vanishing_at_once_is_refused_until_confirmed() {
     w.wait_available("api");
     // A stray recursive delete of every spec.
     let out = Command::new("consul")
-        .args(["kv", "delete", &format!("-http-addr={}", w.agent.address()), "-recurse", &format!("{}/services/", w.prefix)])
+        .args([
+            "kv",
+            "delete",
+            &format!("-http-addr={}", w.agent.address()),
+            "-recurse",
+            &format!("{}/services/", w.prefix),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     w.eventually("the refusal in status", || {
-        w.status("web")["conditions"].as_array().unwrap().iter().any(|c| c["reason"] == "DeletionRefused")
+        w.status("web")["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["reason"] == "DeletionRefused")
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.containers().len(), 2, "nothing removed: {:?}", w.containers());
+    assert_eq!(
+        w.containers().len(),
+        2,
+        "nothing removed: {:?}",
+        w.containers()
+    );
 
     let run = w.cutover(&["prune", "--confirm"]);
     assert!(run.status.success(), "{run}");

@@ -830,16 +830,8 @@ fn cross_field_diagnostics(
     }
 
     if let Strategy::BlueGreen(blue_green) = &spec.strategy {
-        if let Some(preview) = blue_green.preview_replicas {
-            if preview > spec.replicas {
-                let message = format!(
-                    "must not exceed spec.replicas ({}{}), found {preview}",
-                    spec.replicas,
-                    default_note("spec.replicas")
-                );
-                report("spec.strategy.blueGreen.previewReplicas", message);
-            }
-        }
+        // previewReplicas above replicas is capped, not refused: `cutover scale web 0`
+        // must not turn a valid spec invalid.
         let deadline_path = "spec.strategy.blueGreen.progressDeadline";
         if blue_green.progress_deadline <= health.start_period {
             if positions.contains_key(deadline_path) {
