@@ -503,3 +503,67 @@ fn every_spec_vanishing_at_once_is_refused_until_confirmed() {
     assert!(run.status.success(), "{run}");
     w.eventually("the confirmed removal", || w.containers().is_empty());
 }
+
+#[test]
+fn consul_going_away_stops_nothing_and_reconciles_resume_after() {
+    // This test freezes its own agent, so it does not share one.
+    let own = Box::leak(Box::new(Agent::start()));
+    let mut w = World::new("consul-away");
+    w.agent = own;
+    w.start_daemon();
+    w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
+    w.wait_available("web");
+    let before = w.containers();
+
+    // SIGSTOP: the agent accepts nothing and answers nothing, like a dead host.
+    let pid = own.pid();
+    signal(pid, "STOP");
+    std::thread::sleep(Duration::from_secs(10));
+    let during = w.containers();
+    signal(pid, "CONT");
+    assert_eq!(
+        during, before,
+        "no container may change while Consul is away"
+    );
+
+    // The daemon carries on: a new spec rolls out.
+    w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
+    w.wait_available("web");
+    assert_eq!(
+        w.status("web")["colors"]["green"]["image"],
+        "cutover-demo:b"
+    );
+}
+
+#[test]
+fn twenty_services_converge_together_and_a_missing_image_delays_none() {
+    let mut w = World::new("twenty");
+    w.start_daemon();
+    let names: Vec<String> = (1..=20).map(|i| format!("s{i:02}")).collect();
+    for name in &names {
+        let image = if name == "s07" {
+            "cutover-missing-image:never"
+        } else {
+            "cutover-demo:a"
+        };
+        w.apply(name, &demo(name, image, 1, FAST));
+    }
+    for name in names.iter().filter(|n| *n != "s07") {
+        w.wait_available(name);
+    }
+    let (ok, output) = w.wait("s07");
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("ImagePullFailed") || output.contains("ImageNotFound"),
+        "{output}"
+    );
+    assert_eq!(w.containers().len(), 19, "{:?}", w.containers());
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}

@@ -158,6 +158,19 @@ impl Agent {
         cutover::store::Store::new(self.client(), prefix).expect("a valid test prefix")
     }
 
+    /// The process id of the consul agent itself (not its watchdog), to signal it.
+    pub fn pid(&self) -> u32 {
+        let output = Command::new("pgrep")
+            .args(["-f", &format!("consul agent .*{}", self.data_dir.display())])
+            .output()
+            .expect("run pgrep");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .find(|pid: &u32| *pid != self.watchdog.id())
+            .expect("the consul agent's process")
+    }
+
     /// The agent's output so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
