@@ -394,35 +394,190 @@ fn preview_waits_for_promote_and_rollback_switches_back() {
     assert!(run.stderr.contains("Stale"), "{run}");
 }
 
+/// Where a rollout is when the daemon is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    NewColorCreated,
+    NewColorHealthy,
+    AfterSwitch,
+    DuringDrain,
+}
+
 #[test]
-fn kill_9_during_a_rollout_then_restart_converges_without_duplicates() {
-    let mut w = World::new("kill");
+fn kill_9_at_any_point_of_a_rollout_then_restart_converges_without_duplicates() {
+    for point in [
+        KillPoint::NewColorCreated,
+        KillPoint::NewColorHealthy,
+        KillPoint::AfterSwitch,
+        KillPoint::DuringDrain,
+    ] {
+        let mut w = World::new("kill");
+        w.start_daemon();
+        // Promotion by hand for the healthy point, so the kill lands between health and switch.
+        let strategy = match point {
+            KillPoint::NewColorHealthy => {
+                "  strategy: {blueGreen: {autoPromote: false, scaleDownDelay: 5s}}\n"
+            }
+            _ => "  strategy: {blueGreen: {scaleDownDelay: 5s}}\n",
+        };
+        w.apply("web", &demo("web", "cutover-demo:a", 2, strategy));
+        w.wait_available("web");
+        w.apply("web", &demo("web", "cutover-demo:b", 2, strategy));
+        match point {
+            KillPoint::NewColorCreated => w.eventually("green created", || {
+                w.containers().iter().any(|c| c.starts_with("web-green-"))
+            }),
+            KillPoint::NewColorHealthy => w.eventually("green healthy in preview", || {
+                w.status("web")["phase"] == "Preview"
+            }),
+            KillPoint::AfterSwitch | KillPoint::DuringDrain => {
+                w.eventually("the switch", || w.status("web")["activeColor"] == "green")
+            }
+        }
+        if let KillPoint::DuringDrain = point {
+            assert!(
+                w.containers()
+                    .iter()
+                    .any(|c| c.starts_with("web-blue-") && c.ends_with("running")),
+                "blue drains"
+            );
+        }
+        w.kill_daemon();
+        w.start_daemon();
+        if let KillPoint::NewColorHealthy = point {
+            let run = w.cutover(&["promote", "web"]);
+            assert!(run.status.success(), "{point:?}: {run}\n{}", w.log());
+        }
+        w.wait_available("web");
+        assert_eq!(w.status("web")["activeColor"], "green", "{point:?}");
+        w.eventually("blue retired", || {
+            w.containers().iter().all(|c| !c.starts_with("web-blue-"))
+        });
+        let running: Vec<String> = w
+            .containers()
+            .into_iter()
+            .filter(|c| c.ends_with("running"))
+            .collect();
+        assert_eq!(
+            running,
+            [
+                "web-green-1 cutover-demo:b running",
+                "web-green-2 cutover-demo:b running"
+            ],
+            "{point:?}"
+        );
+        let kept = w
+            .containers()
+            .into_iter()
+            .filter(|c| c.starts_with("web-r"))
+            .count();
+        assert_eq!(
+            kept,
+            2,
+            "{point:?}: the old revision is kept once: {:?}",
+            w.containers()
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_the_daemon_and_leaves_every_container_running() {
+    let mut w = World::new("sigterm");
     w.start_daemon();
     w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
     w.wait_available("web");
-    w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
-    w.eventually("the green color to be created", || {
-        w.containers().iter().any(|c| c.starts_with("web-green-"))
-    });
-    w.kill_daemon();
+    let before = w.containers();
+    let mut child = w.daemon.take().unwrap();
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}\n{}", w.log());
+    assert_eq!(w.containers(), before);
+}
+
+#[test]
+fn abort_removes_the_rollout_in_preview() {
+    let mut w = World::new("abort");
     w.start_daemon();
+    let manual = "  strategy: {blueGreen: {autoPromote: false}}\n";
+    w.apply("web", &demo("web", "cutover-demo:a", 1, manual));
     w.wait_available("web");
-    assert_eq!(w.status("web")["activeColor"], "green");
-    w.eventually("blue retired", || {
-        w.containers().iter().all(|c| !c.starts_with("web-blue-"))
+    w.apply("web", &demo("web", "cutover-demo:b", 1, manual));
+    w.eventually("the preview", || w.status("web")["phase"] == "Preview");
+    let run = w.cutover(&["abort", "web"]);
+    assert!(run.status.success(), "{run}\n{}", w.log());
+    w.eventually("green removed", || {
+        w.containers() == ["web-blue-1 cutover-demo:a running"]
     });
-    let running: Vec<String> = w
-        .containers()
-        .into_iter()
-        .filter(|c| c.ends_with("running"))
-        .collect();
-    assert_eq!(
-        running,
-        [
-            "web-green-1 cutover-demo:b running",
-            "web-green-2 cutover-demo:b running"
-        ]
+    let status = w.status("web");
+    assert_eq!(status["rejected"]["reason"], "Aborted");
+    assert_eq!(status["phase"], "Degraded");
+}
+
+#[test]
+fn orphans_are_reported_and_removed_only_when_told() {
+    let mut w = World::new("orphans");
+    w.start_daemon();
+    // Another service keeps KV from looking wiped (the deletion guard applies to orphans
+    // too). Then a labelled container that no spec or status explains appears.
+    w.apply("web", &demo("web", "cutover-demo:a", 1, FAST));
+    w.wait_available("web");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &format!("ghost-blue-1-{}", w.instance),
+        "--network",
+        &w.network,
+        "--label",
+        &format!("dev.cutover.instance={}", w.instance),
+        "--label",
+        "dev.cutover.service=ghost",
+        "--label",
+        "dev.cutover.color=blue",
+        "--label",
+        "dev.cutover.slot=1",
+        "--label",
+        "dev.cutover.revision=0123456789",
+        "--label",
+        "dev.cutover.spec-index=1",
+        "cutover-demo:a",
+    ]);
+    w.eventually("the orphan report", || {
+        w.log().contains("orphaned containers")
+    });
+    assert_eq!(w.containers().len(), 2, "reported, not removed");
+    w.kill_daemon();
+    let log = std::fs::File::create(w.dir.path().join("daemon.log")).unwrap();
+    w.daemon = Some(
+        support::cutover_command()
+            .env("CONSUL_HTTP_ADDR", w.agent.address())
+            .env("CUTOVER_PREFIX", &w.prefix)
+            .args([
+                "run",
+                "--network",
+                &w.network,
+                "--instance",
+                &w.instance,
+                "--prune-orphans",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
     );
+    w.eventually("the orphan removed", || {
+        w.containers() == ["web-blue-1 cutover-demo:a running"]
+    });
 }
 
 #[test]
