@@ -23,7 +23,7 @@ use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::health::{HealthMonitor, ReadinessChange};
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
-use crate::queue::{WorkQueue, backoff_delay};
+use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::status::{Phase, Status};
 use crate::store::{Store, StoreError, StoredService};
 
@@ -365,11 +365,7 @@ impl Controller {
                     if watch.reset_pending() {
                         self.shared.lock().expect("shared lock").desired = None;
                     }
-                    let delay = backoff_delay(
-                        failures,
-                        Duration::from_millis(500),
-                        Duration::from_secs(10),
-                    );
+                    let delay = retry_delay(failures);
                     warn!(error = %e, retry_in = ?delay, "cannot watch specs in Consul; everything keeps running");
                     tokio::time::sleep(delay).await;
                 }
@@ -433,11 +429,7 @@ impl Controller {
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff_delay(
-                        failures,
-                        Duration::from_millis(500),
-                        Duration::from_secs(10),
-                    );
+                    let delay = retry_delay(failures);
                     debug!(error = %e, "cannot watch requests in Consul");
                     tokio::time::sleep(delay).await;
                 }
@@ -464,12 +456,7 @@ impl Controller {
                 }
             }
             failures += 1;
-            tokio::time::sleep(backoff_delay(
-                failures,
-                Duration::from_millis(500),
-                Duration::from_secs(10),
-            ))
-            .await;
+            tokio::time::sleep(retry_delay(failures)).await;
             // Events may have been missed meanwhile.
             self.queue_all();
         }

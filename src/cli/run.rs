@@ -7,7 +7,7 @@ use tracing::{info, warn};
 use super::{CliError, Context, parse_duration};
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
-use crate::queue::backoff_delay;
+use crate::queue::retry_delay;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -57,11 +57,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             Ok(docker) => break docker,
             Err(e) => {
                 failures += 1;
-                let delay = backoff_delay(
-                    failures,
-                    Duration::from_millis(500),
-                    Duration::from_secs(10),
-                );
+                let delay = retry_delay(failures);
                 warn!(error = %e, retry_in = ?delay, "cannot use the Docker engine yet");
                 tokio::time::sleep(delay).await;
             }
