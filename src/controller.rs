@@ -229,6 +229,7 @@ impl Controller {
             },
             (None, _) => {
                 if observed.containers.is_empty() {
+                    self.health.forget_service(name);
                     if stored_status.is_some() {
                         self.store.delete_status(name).await?;
                         info!(service = %name, "service removed");
