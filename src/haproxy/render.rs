@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use crate::spec::Route;
 use crate::status::Color;
 
+use super::runtime::command;
 use super::{ServerState, ServiceRoutes, Settings};
 
 /// The backend every unrouted request, and every route whose service has no live color,
@@ -440,7 +441,7 @@ pub fn runtime_commands(
         let old_slots = old.map(slots_of);
         let new_slots = slots_of(new);
         for slot in 1..=new.slots {
-            let server = format!("{backend}/{}", server_name(slot));
+            let server = server_name(slot);
             let before = old_slots.as_ref().map(|o| o.get(&slot));
             let after = new_slots.get(&slot);
             let (address, state) = match after {
@@ -457,13 +458,12 @@ pub fn runtime_commands(
                 &mut down
             };
             if readdress && let Some(address) = address {
-                target.push(format!(
-                    "set server {server} addr {address} port {}",
-                    new.port
+                target.push(command::set_server_addr(
+                    &backend, &server, address, new.port,
                 ));
             }
             if restate || readdress {
-                target.push(format!("set server {server} state {}", state.as_str()));
+                target.push(command::set_server_state(&backend, &server, state));
             }
         }
     }
@@ -480,11 +480,8 @@ pub fn runtime_commands(
         keys.sort();
         keys.dedup();
         for (kind, key) in keys {
-            maps.push(format!(
-                "set map {}/{} {key} {target}",
-                settings.dir.display(),
-                map_file_name(listener, kind)
-            ));
+            let file = settings.dir.join(map_file_name(listener, kind));
+            maps.push(command::set_map(&file, &key, &target));
         }
     }
     up.extend(maps);

@@ -42,6 +42,57 @@ pub async fn send(socket: &Path, command: &str) -> Result<String, ProxyError> {
     }
 }
 
+/// The Runtime API commands the adapter uses, spelled in one place.
+pub mod command {
+    use std::path::Path;
+
+    /// `set map <file> <key> <value>`: change the value of an existing key.
+    pub fn set_map(file: &Path, key: &str, value: &str) -> String {
+        format!("set map {} {key} {value}", file.display())
+    }
+
+    /// `add map <file> <key> <value>`: append an entry (it goes last, so a prefix map's
+    /// longest-first order is not kept: the adapter reloads for new routes instead).
+    pub fn add_map(file: &Path, key: &str, value: &str) -> String {
+        format!("add map {} {key} {value}", file.display())
+    }
+
+    /// `del map <file> <key>`.
+    pub fn del_map(file: &Path, key: &str) -> String {
+        format!("del map {} {key}", file.display())
+    }
+
+    /// `show map <file>`.
+    pub fn show_map(file: &Path) -> String {
+        format!("show map {}", file.display())
+    }
+
+    /// `set server <backend>/<server> addr <ip> port <port>`.
+    pub fn set_server_addr(backend: &str, server: &str, address: &str, port: u16) -> String {
+        format!("set server {backend}/{server} addr {address} port {port}")
+    }
+
+    /// `set server <backend>/<server> state ready|drain|maint`.
+    pub fn set_server_state(
+        backend: &str,
+        server: &str,
+        state: super::super::ServerState,
+    ) -> String {
+        format!("set server {backend}/{server} state {}", state.as_str())
+    }
+
+    /// `show servers state [<backend>]`.
+    pub fn show_servers_state(backend: Option<&str>) -> String {
+        match backend {
+            Some(b) => format!("show servers state {b}"),
+            None => "show servers state".to_owned(),
+        }
+    }
+
+    /// `show stat`: CSV, with `scur` (current sessions) per server and backend.
+    pub const SHOW_STAT: &str = "show stat";
+}
+
 /// Whether the reply to a `set`/`add`/`del` command says it worked. HAProxy answers those
 /// with an empty line, except `set server ... addr`, which reports what it changed.
 pub fn reply_is_success(command: &str, reply: &str) -> bool {
