@@ -8,6 +8,7 @@ pub mod consul;
 pub mod controller;
 
 pub mod docker;
+pub mod haproxy;
 pub mod health;
 pub mod observed;
 pub mod plan;
