@@ -228,6 +228,9 @@ pub enum CliError {
         message: String,
     },
 
+    #[error("cannot start the proxy: {0}")]
+    Proxy(crate::haproxy::ProxyError),
+
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -20,12 +20,14 @@ use futures::StreamExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
+use crate::haproxy::ProxyError;
 use crate::health::{HealthMonitor, ReadinessChange};
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::status::{Phase, Status};
 use crate::store::{Store, StoreError, StoredService};
+use crate::traffic::{self, Traffic};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -48,8 +50,26 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("the desired state is not known yet (waiting for a full read of Consul)")]
     DesiredUnknown,
+}
+
+impl ReconcileError {
+    /// The condition reason a failed step is reported under.
+    fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Docker(DockerError::Pull {
+                kind: PullFailure::NotFound,
+                ..
+            }) => "ImageNotFound",
+            ReconcileError::Docker(DockerError::Pull { .. }) => "ImagePullFailed",
+            ReconcileError::Proxy(ProxyError::Rejected { .. }) => "ProxyConfigRejected",
+            ReconcileError::Proxy(_) => "ProxyFailed",
+            _ => "StepFailed",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -66,6 +86,8 @@ struct Shared {
 pub struct Controller {
     store: Store,
     docker: Docker,
+    /// The proxy, unless the daemon runs without one.
+    traffic: Option<Traffic>,
     health: HealthMonitor,
     /// Readiness flips from the health monitor, taken by the task that watches them.
     health_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReadinessChange>>>,
@@ -86,11 +108,17 @@ pub fn prune_confirm_key(prefix: &str) -> String {
 }
 
 impl Controller {
-    pub fn new(store: Store, docker: Docker, settings: Settings) -> Arc<Controller> {
+    pub fn new(
+        store: Store,
+        docker: Docker,
+        traffic: Option<Traffic>,
+        settings: Settings,
+    ) -> Arc<Controller> {
         let (health, health_changes) = HealthMonitor::new();
         Arc::new(Controller {
             store,
             docker,
+            traffic,
             health,
             health_changes: Mutex::new(Some(health_changes)),
             queue: WorkQueue::new(),
@@ -273,29 +301,18 @@ impl Controller {
             spec_index: stored.as_ref().map_or(0, |s| s.modify_index),
         };
         let mut new_status = plan.status.clone();
-        let mut failed = None;
-        for step in &plan.steps {
-            log_step(name, step);
-            let result = match step {
-                // The traffic seam: until a proxy is plugged in, the switch is the status
-                // write that follows (it is always the last step).
-                Step::Switch { .. } => Ok(()),
-                _ => self.docker.execute(&exec, step).await,
-            };
-            if let Err(e) = result {
-                failed = Some(e);
-                break;
-            }
-        }
+        let failed = self
+            .execute(&exec, &plan, &status, &observed.containers)
+            .await
+            .err();
         if let Some(e) = &failed {
-            let reason = match e {
-                DockerError::Pull {
-                    kind: PullFailure::NotFound,
-                    ..
-                } => "ImageNotFound",
-                DockerError::Pull { .. } => "ImagePullFailed",
-                _ => "StepFailed",
+            // What the plan meant to report did not all happen (a switch in particular):
+            // report the status as it was, degraded.
+            new_status = Status {
+                observed_index: plan.status.observed_index,
+                ..status.clone()
             };
+            let reason = e.reason();
             let message = e.to_string();
             error!(service = %name, reason, error = %message, "step failed; the live color keeps serving");
             degrade(&mut new_status, reason, &message);
@@ -306,13 +323,72 @@ impl Controller {
                 .await?;
         }
         if let Some(e) = failed {
-            return Err(e.into());
+            return Err(e);
         }
         if !plan.steps.is_empty() {
             // The world changed: look again at once (level-triggered).
             return Ok(Some(Duration::ZERO));
         }
         Ok(plan.requeue_after_ms.map(Duration::from_millis))
+    }
+
+    /// Carries out a plan: routes away from replicas about to go, the steps in order (the
+    /// switch through the proxy), then routes for what runs now. Stops at the first failure.
+    async fn execute(
+        &self,
+        exec: &ExecContext<'_>,
+        plan: &plan::Plan,
+        before: &Status,
+        containers: &[crate::observed::Container],
+    ) -> Result<(), ReconcileError> {
+        let name = exec.service_name;
+        let traffic = self.traffic.as_ref();
+        match (traffic, exec.service) {
+            (Some(traffic), Some(service)) => {
+                let leaving = traffic::leaving(&plan.steps, containers);
+                let routes = traffic::routes(
+                    service,
+                    before.active_color,
+                    before.preview_color,
+                    containers,
+                    &leaving,
+                );
+                let going: Vec<&crate::observed::Container> = containers
+                    .iter()
+                    .filter(|c| leaving.contains(&c.id))
+                    .collect();
+                traffic.prepare(name, &routes, &going).await?;
+            }
+            // A deleted service leaves the routes before its containers go.
+            (Some(traffic), None) => traffic.remove(name).await?,
+            (None, _) => {}
+        }
+        for step in &plan.steps {
+            log_step(name, step);
+            match (step, traffic, exec.service) {
+                (Step::Switch { to }, Some(traffic), Some(service)) => {
+                    let routes =
+                        traffic::routes(service, Some(*to), None, containers, &BTreeSet::new());
+                    traffic.apply(name, &routes).await?;
+                }
+                // Without a proxy, the switch is the status write that follows.
+                (Step::Switch { .. }, _, _) => {}
+                _ => self.docker.execute(exec, step).await?,
+            }
+        }
+        if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())
+        {
+            // Nothing changed in Docker: make the routes match what runs and is ready.
+            let routes = traffic::routes(
+                service,
+                plan.status.active_color,
+                plan.status.preview_color,
+                containers,
+                &BTreeSet::new(),
+            );
+            traffic.apply(name, &routes).await?;
+        }
+        Ok(())
     }
 
     async fn deletion_confirmed(&self, name: &str) -> Result<bool, ReconcileError> {
@@ -485,9 +561,31 @@ impl Controller {
                     .chain(shared.desired.iter().flat_map(|d| d.keys().cloned()))
                     .collect();
             }
+            self.forget_routes().await;
             self.queue_all();
             let jitter = self.settings.resync.mul_f64(0.2 * rand::random::<f64>());
             tokio::time::sleep(self.settings.resync + jitter).await;
+        }
+    }
+
+    /// Drops the routes of services that have neither a spec nor containers any more.
+    async fn forget_routes(&self) {
+        let Some(traffic) = &self.traffic else { return };
+        let routed = traffic.services().await;
+        let stale: Vec<String> = {
+            let shared = self.shared.lock().expect("shared lock");
+            let Some(desired) = &shared.desired else {
+                return;
+            };
+            routed
+                .into_iter()
+                .filter(|s| !desired.contains_key(s) && !shared.managed.contains(s))
+                .collect()
+        };
+        for name in stale {
+            if let Err(e) = traffic.remove(&name).await {
+                warn!(service = %name, error = %e, "cannot remove stale routes");
+            }
         }
     }
 

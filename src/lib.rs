@@ -17,3 +17,4 @@ pub mod revision;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod traffic;

@@ -5,9 +5,13 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{CliError, Context, parse_duration};
+use std::path::PathBuf;
+
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
+use crate::haproxy::{self, Proxy};
 use crate::queue::retry_delay;
+use crate::traffic::Traffic;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -40,6 +44,61 @@ pub struct Args {
     /// Remove labelled containers of services that have neither a spec nor a status.
     #[arg(long)]
     pub prune_orphans: bool,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// Where traffic goes: our own HAProxy (the default), one someone else runs, or none.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The live listener of the supervised HAProxy.
+    #[arg(long, env = "CUTOVER_HTTP_BIND", default_value = "0.0.0.0:80")]
+    pub http_bind: String,
+    /// The preview listener: the new color before promotion, on the same routes.
+    #[arg(long, env = "CUTOVER_PREVIEW_BIND", default_value = "0.0.0.0:8080")]
+    pub preview_bind: String,
+    /// The haproxy binary.
+    #[arg(long, default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+    /// State directory: configuration, maps, sockets (mode 0600), pid file.
+    #[arg(
+        long,
+        env = "CUTOVER_HAPROXY_DIR",
+        default_value = "/var/lib/cutover/haproxy"
+    )]
+    pub haproxy_dir: PathBuf,
+    /// Drive an HAProxy someone else runs through this Runtime API socket (needs
+    /// --haproxy-config).
+    #[arg(long, requires = "haproxy_config")]
+    pub haproxy_socket: Option<PathBuf>,
+    /// The configuration file of that HAProxy, which cutover writes.
+    #[arg(long, requires = "haproxy_socket")]
+    pub haproxy_config: Option<PathBuf>,
+    /// Its master CLI socket (`-S`), so cutover can reload it after a shape change.
+    #[arg(long, requires = "haproxy_socket")]
+    pub haproxy_master_socket: Option<PathBuf>,
+    /// Run without a proxy: switching colors only changes the status.
+    #[arg(long, conflicts_with_all = ["haproxy_socket", "haproxy_config"])]
+    pub no_proxy: bool,
+}
+
+impl ProxyArgs {
+    fn settings(&self) -> Option<haproxy::Settings> {
+        if self.no_proxy {
+            return None;
+        }
+        let mut settings = haproxy::Settings::new(&self.haproxy_dir, &self.http_bind);
+        settings.haproxy = self.haproxy_bin.clone();
+        settings.preview_bind = Some(self.preview_bind.clone());
+        if let (Some(socket), Some(config)) = (&self.haproxy_socket, &self.haproxy_config) {
+            settings.external = Some(haproxy::External {
+                runtime_socket: socket.clone(),
+                config: config.clone(),
+                master_socket: self.haproxy_master_socket.clone(),
+            });
+        }
+        Some(settings)
+    }
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
@@ -63,9 +122,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             }
         }
     };
+    let traffic = match args.proxy.settings() {
+        Some(settings) => {
+            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
+            Some(Traffic::new(proxy))
+        }
+        None => None,
+    };
     let controller = Controller::new(
         store,
         docker,
+        traffic,
         Settings {
             scope,
             workers: args.workers,
