@@ -9,6 +9,9 @@ pub mod controller;
 
 pub mod docker;
 pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod observed;
 pub mod plan;
 pub mod queue;
