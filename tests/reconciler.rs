@@ -52,6 +52,8 @@ impl World {
                 &self.instance,
             ])
             .args(["--resync", "5s"])
+            // Tests run daemons in parallel: each takes a free port for its HTTP endpoints.
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -569,6 +571,8 @@ fn orphans_are_reported_and_removed_only_when_told() {
                 "--instance",
                 &w.instance,
                 "--prune-orphans",
+                "--listen",
+                "127.0.0.1:0",
             ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
