@@ -3,7 +3,8 @@
 //! headless Chromium.
 //!
 //! Each test gets its own KV prefix, instance label, Docker network and port, and removes
-//! what it made when it ends, even when it fails. Chromium comes from Debian's `chromium`
+//! what it made when it ends, even when it fails. Container names are global on the engine,
+//! so the services here are named unlike those of the other test files. Chromium comes from Debian's `chromium`
 //! package (scripts/install-deps); without it the browser test fails, never skips.
 //!
 //! `CUTOVER_UPDATE_SCREENSHOT=1 cargo test --test http` rewrites docs/status-page.png.
@@ -282,15 +283,15 @@ const FAST: &str = "scaleDownDelay: 1s, progressDeadline: 30s";
 fn every_endpoint_reports_a_service_after_a_rollout() {
     let mut w = World::new("http-endpoints");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
-    w.wait_available("web");
-    w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
-    w.wait_available("web");
+    w.apply("shop", &demo("shop", "cutover-demo:a", 2, FAST));
+    w.wait_available("shop");
+    w.apply("shop", &demo("shop", "cutover-demo:b", 2, FAST));
+    w.wait_available("shop");
     w.kv_put(
-        "broken",
-        "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  image: x\n  replicas: two\n",
+        "ledger",
+        "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: ledger}\nspec:\n  image: x\n  replicas: two\n",
     );
-    w.wait_phase("broken", "Invalid");
+    w.wait_phase("ledger", "Invalid");
 
     let healthz = get_ok(w.port, "/healthz");
     assert_eq!(healthz.body, "ok\n");
@@ -354,29 +355,29 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
     let json = api.json();
     let services = json["services"].as_array().expect("a services array");
     let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
-    assert_eq!(names, ["broken", "web"], "{json:#}");
-    let web = &services[1];
-    assert_eq!(web["spec"]["image"], "cutover-demo:b");
-    assert_eq!(web["spec"]["replicas"], 2);
-    assert_eq!(web["spec"]["valid"], true);
-    assert_eq!(web["status"]["phase"], "Available");
-    assert_eq!(web["status"]["activeColor"], "green");
-    assert_eq!(web["status"]["colors"]["green"]["image"], "cutover-demo:b");
-    assert_eq!(web["status"]["colors"]["green"]["ready"], 2);
+    assert_eq!(names, ["ledger", "shop"], "{json:#}");
+    let shop = &services[1];
+    assert_eq!(shop["spec"]["image"], "cutover-demo:b");
+    assert_eq!(shop["spec"]["replicas"], 2);
+    assert_eq!(shop["spec"]["valid"], true);
+    assert_eq!(shop["status"]["phase"], "Available");
+    assert_eq!(shop["status"]["activeColor"], "green");
+    assert_eq!(shop["status"]["colors"]["green"]["image"], "cutover-demo:b");
+    assert_eq!(shop["status"]["colors"]["green"]["ready"], 2);
     assert!(
-        web["status"]["events"]
+        shop["status"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
     );
-    let broken = &services[0];
-    assert_eq!(broken["spec"]["valid"], false);
+    let ledger = &services[0];
+    assert_eq!(ledger["spec"]["valid"], false);
     assert!(
-        broken["spec"]["errors"][0]
+        ledger["spec"]["errors"][0]
             .as_str()
             .is_some_and(|e| e.contains("spec.replicas")),
-        "{broken:#}"
+        "{ledger:#}"
     );
-    assert_eq!(broken["status"]["phase"], "Invalid");
+    assert_eq!(ledger["status"]["phase"], "Invalid");
 
     let daemon = get_ok(w.port, "/api/v1/daemon").json();
     assert_eq!(daemon["role"], "leader");
@@ -571,56 +572,59 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     let mut w = World::new("http-page");
     w.start_daemon();
     // One service per phase a person should tell apart at a glance.
-    w.apply("books", &demo("books", "cutover-demo:a", 2, FAST));
+    w.apply("catalog", &demo("catalog", "cutover-demo:a", 2, FAST));
     w.apply(
-        "cart",
+        "checkout",
         &demo(
-            "cart",
+            "checkout",
             "cutover-demo:a",
             1,
             "autoPromote: false, scaleDownDelay: 1s",
         ),
     );
-    w.wait_available("books");
-    w.wait_available("cart");
-    w.apply("books", &demo("books", "cutover-demo:b", 2, FAST));
+    w.wait_available("catalog");
+    w.wait_available("checkout");
+    w.apply("catalog", &demo("catalog", "cutover-demo:b", 2, FAST));
     w.apply(
-        "cart",
+        "checkout",
         &demo(
-            "cart",
+            "checkout",
             "cutover-demo:b",
             1,
             "autoPromote: false, scaleDownDelay: 1s",
         ),
     );
     w.apply(
-        "orders",
-        &demo("orders", "localhost:1/cutover/orders:2.0", 2, FAST),
+        "inventory",
+        &demo("inventory", "localhost:1/cutover/inventory:2.0", 2, FAST),
     );
     w.kv_put(
         "payments",
         "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: payments}\nspec:\n  image: cutover-demo:a\n  replicas: two\n",
     );
-    w.wait_available("books");
-    w.wait_phase("cart", "Preview");
-    w.wait_phase("orders", "Degraded");
+    w.wait_available("catalog");
+    w.wait_phase("checkout", "Preview");
+    w.wait_phase("inventory", "Degraded");
     w.wait_phase("payments", "Invalid");
 
     let url = format!("http://127.0.0.1:{}/", w.port);
     let dom = run_chromium(chromium_profile.path(), &url, &["--dump-dom"]);
     // The script ran: the cards were built from /api/v1/services and /api/v1/daemon.
-    let books = tag_with(&dom, r#"data-service="books""#);
-    assert!(books.contains(r#"data-phase="Available""#), "{books}");
-    assert!(books.contains(r#"data-live-color="green""#), "{books}");
-    let cart = tag_with(&dom, r#"data-service="cart""#);
-    assert!(cart.contains(r#"data-phase="Preview""#), "{cart}");
-    assert!(cart.contains(r#"data-live-color="blue""#), "{cart}");
-    let orders = tag_with(&dom, r#"data-service="orders""#);
-    assert!(orders.contains(r#"data-phase="Degraded""#), "{orders}");
+    let catalog = tag_with(&dom, r#"data-service="catalog""#);
+    assert!(catalog.contains(r#"data-phase="Available""#), "{catalog}");
+    assert!(catalog.contains(r#"data-live-color="green""#), "{catalog}");
+    let checkout = tag_with(&dom, r#"data-service="checkout""#);
+    assert!(checkout.contains(r#"data-phase="Preview""#), "{checkout}");
+    assert!(checkout.contains(r#"data-live-color="blue""#), "{checkout}");
+    let inventory = tag_with(&dom, r#"data-service="inventory""#);
+    assert!(
+        inventory.contains(r#"data-phase="Degraded""#),
+        "{inventory}"
+    );
     let payments = tag_with(&dom, r#"data-service="payments""#);
     assert!(payments.contains(r#"data-phase="Invalid""#), "{payments}");
     for text in [
-        ">books<",
+        ">catalog<",
         ">Available<",
         ">Preview<",
         ">Degraded<",
