@@ -306,9 +306,10 @@ impl Controller {
                 {
                     error!(service = %name, "{reason}");
                     self.metrics.deletion_refused();
-                    if let Some(mut status) = stored_status.map(|v| v.value) {
+                    if let Some(stored) = stored_status.map(|v| v.value) {
+                        let mut status = stored.clone();
                         degrade(&mut status, "DeletionRefused", &reason);
-                        self.write_status(name, &status, None).await?;
+                        self.write_status(name, &status, Some(&stored)).await?;
                     }
                     return Ok(None);
                 }
