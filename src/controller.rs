@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::haproxy::ProxyError;
 use crate::health::{HealthMonitor, ReadinessChange};
+use crate::metrics::Metrics;
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
@@ -70,6 +71,21 @@ impl ReconcileError {
             _ => "StepFailed",
         }
     }
+
+    /// The `reason` label of `cutover_reconcile_errors_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Store(_) => "consul",
+            ReconcileError::Docker(DockerError::Pull {
+                kind: PullFailure::NotFound,
+                ..
+            }) => "image_not_found",
+            ReconcileError::Docker(DockerError::Pull { .. }) => "image_pull_failed",
+            ReconcileError::Docker(_) => "docker",
+            ReconcileError::Proxy(_) => "proxy",
+            ReconcileError::DesiredUnknown => "desired_unknown",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -94,6 +110,7 @@ pub struct Controller {
     queue: WorkQueue,
     settings: Settings,
     shared: Mutex<Shared>,
+    metrics: Arc<Metrics>,
 }
 
 fn now_ms() -> u64 {
@@ -113,6 +130,7 @@ impl Controller {
         docker: Docker,
         traffic: Option<Traffic>,
         settings: Settings,
+        metrics: Arc<Metrics>,
     ) -> Arc<Controller> {
         let (health, health_changes) = HealthMonitor::new();
         Arc::new(Controller {
@@ -124,7 +142,33 @@ impl Controller {
             queue: WorkQueue::new(),
             settings,
             shared: Mutex::new(Shared::default()),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// How many services wait in the work queue.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// `Ok` once the specs were read in full from Consul and while the Docker engine answers;
+    /// otherwise why not, in one line (for `/readyz`).
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.shared.lock().expect("shared lock").desired.is_none() {
+            return Err("waiting for a full read of the specs in Consul".to_owned());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.docker.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the Docker engine at {} did not answer within 2 s",
+                self.docker.address()
+            )),
+        }
     }
 
     /// Runs until `shutdown` completes, then lets the current steps finish (at most 30 s)
@@ -163,7 +207,16 @@ impl Controller {
     async fn worker(self: Arc<Self>) {
         while let Some(name) = self.queue.next().await {
             let span = info_span!("reconcile", service = %name);
+            let started = tokio::time::Instant::now();
             let result = self.reconcile(&name).instrument(span).await;
+            match &result {
+                // Not a failure: nothing was looked at yet.
+                Err(ReconcileError::DesiredUnknown) => {}
+                Err(e) => self
+                    .metrics
+                    .reconcile(started.elapsed(), Some(e.metric_reason())),
+                Ok(_) => self.metrics.reconcile(started.elapsed(), None),
+            }
             let retry = {
                 let mut shared = self.shared.lock().expect("shared lock");
                 match &result {
@@ -260,6 +313,7 @@ impl Controller {
                     self.health.forget_service(name);
                     if stored_status.is_some() {
                         self.store.delete_status(name).await?;
+                        self.metrics.forget(name);
                         info!(service = %name, "service removed");
                     }
                     return Ok(None);
@@ -275,9 +329,11 @@ impl Controller {
                     && !self.deletion_confirmed(name).await?
                 {
                     error!(service = %name, "{reason}");
-                    if let Some(mut status) = stored_status.map(|v| v.value) {
+                    self.metrics.deletion_refused();
+                    if let Some(stored) = stored_status.map(|v| v.value) {
+                        let mut status = stored.clone();
                         degrade(&mut status, "DeletionRefused", &reason);
-                        self.write_status(name, &status, None).await?;
+                        self.write_status(name, &status, Some(&stored)).await?;
                     }
                     return Ok(None);
                 }
@@ -373,7 +429,11 @@ impl Controller {
                 }
                 // Without a proxy, the switch is the status write that follows.
                 (Step::Switch { .. }, _, _) => {}
-                _ => self.docker.execute(exec, step).await?,
+                _ => {
+                    let result = self.docker.execute(exec, step).await;
+                    self.metrics.step(step, result.is_ok());
+                    result?;
+                }
             }
         }
         if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())
@@ -413,11 +473,12 @@ impl Controller {
         status: &Status,
         stored: Option<&Status>,
     ) -> Result<(), ReconcileError> {
-        if stored == Some(status) {
-            return Ok(());
+        if stored != Some(status) {
+            self.store.put_status(name, status, None).await?;
+            debug!(service = %name, phase = ?status.phase, "status written");
         }
-        self.store.put_status(name, status, None).await?;
-        debug!(service = %name, phase = ?status.phase, "status written");
+        // After the write, so that a failed write does not count a rollout twice.
+        self.metrics.status(name, stored, status);
         Ok(())
     }
 

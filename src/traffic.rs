@@ -8,6 +8,7 @@
 //! seamless reload.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::haproxy::{ApplyOutcome, Proxy, ProxyError, ProxyMetrics, ServiceRoutes, slots_for};
+use crate::metrics::Metrics;
 use crate::observed::Container;
 use crate::plan::Step;
 use crate::spec::Service;
@@ -26,6 +28,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The proxy, shared by the workers.
 pub struct Traffic {
     proxy: Mutex<Proxy>,
+    metrics: Arc<Metrics>,
 }
 
 /// The routes of `service`: live and preview colors, and a server for every running replica
@@ -79,9 +82,10 @@ pub fn leaving(steps: &[Step], containers: &[Container]) -> BTreeSet<String> {
 }
 
 impl Traffic {
-    pub fn new(proxy: Proxy) -> Traffic {
+    pub fn new(proxy: Proxy, metrics: Arc<Metrics>) -> Traffic {
         Traffic {
             proxy: Mutex::new(proxy),
+            metrics,
         }
     }
 
@@ -92,6 +96,7 @@ impl Traffic {
         routes: &ServiceRoutes,
     ) -> Result<ApplyOutcome, ProxyError> {
         let outcome = self.proxy.lock().await.apply(name, routes).await?;
+        self.metrics.haproxy(&outcome);
         if outcome.reloaded {
             debug!(service = %name, "HAProxy reloaded for a new shape");
         }

@@ -77,6 +77,8 @@ impl World {
             .arg("--haproxy-dir")
             .arg(&haproxy_dir)
             .args(extra)
+            // Tests run daemons in parallel: each takes a free port for its HTTP endpoints.
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -1,5 +1,7 @@
 //! `cutover run`: the daemon.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -10,6 +12,8 @@ use std::path::PathBuf;
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
 use crate::haproxy::{self, Proxy};
+use crate::http;
+use crate::metrics::Metrics;
 use crate::queue::retry_delay;
 use crate::traffic::Traffic;
 
@@ -17,7 +21,8 @@ const EXAMPLES: &str = "\
 Examples:
   cutover run
   CONSUL_HTTP_ADDR=10.0.0.5:8500 cutover run --network web --workers 8
-  RUST_LOG=cutover=debug cutover run";
+  RUST_LOG=cutover=debug cutover run
+  cutover run --listen 0.0.0.0:9090 --log-format json";
 
 /// Run the controller: converge Docker toward the specs in Consul until SIGTERM or Ctrl-C.
 ///
@@ -44,6 +49,16 @@ pub struct Args {
     /// Remove labelled containers of services that have neither a spec nor a status.
     #[arg(long)]
     pub prune_orphans: bool,
+    /// Where the HTTP endpoints listen (/healthz, /readyz, /metrics, /api/v1/services, the
+    /// status page). They have no authentication: keep them on loopback unless a firewall
+    /// or a proxy guards them. Port 0 picks a free port (logged at start).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "CUTOVER_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub listen: SocketAddr,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -109,6 +124,27 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             .unwrap_or_else(|| store.prefix().replace('/', "-")),
         network: args.network,
     };
+    // Listen first: a taken port fails at once, and /healthz and /readyz answer while the
+    // daemon waits for Docker.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| CliError::Listen {
+            address: args.listen,
+            source,
+        })?;
+    let listening = listener.local_addr().unwrap_or(args.listen);
+    if !listening.ip().is_loopback() {
+        warn!(address = %listening, "the HTTP endpoints are reachable from other hosts and have no authentication");
+    }
+    info!(address = %listening, "HTTP endpoints listening (status page at http://{listening}/)");
+    let metrics = Arc::new(Metrics::new());
+    let daemon = Arc::new(http::Daemon::new(
+        store.clone(),
+        Arc::clone(&metrics),
+        &scope.instance,
+        &scope.network,
+    ));
+    let server = tokio::spawn(http::serve(listener, Arc::clone(&daemon)));
     // Docker may come up after us (a reboot): wait for it rather than exit.
     let mut failures = 0;
     let docker = loop {
@@ -125,7 +161,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let traffic = match args.proxy.settings() {
         Some(settings) => {
             let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
-            Some(Traffic::new(proxy))
+            Some(Traffic::new(proxy, Arc::clone(&metrics)))
         }
         None => None,
     };
@@ -140,8 +176,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             allow_mass_deletion: args.allow_mass_deletion,
             prune_orphans: args.prune_orphans,
         },
+        metrics,
     );
+    daemon.set_controller(Arc::clone(&controller));
     controller.run(shutdown_signal()).await;
+    server.abort();
     info!("stopped");
     Ok(())
 }
