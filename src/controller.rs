@@ -425,10 +425,12 @@ impl Controller {
                 (Step::Switch { to }, Some(traffic), Some(service)) => {
                     let routes =
                         traffic::routes(service, Some(*to), None, containers, &BTreeSet::new());
-                    traffic.apply(name, &routes).await?;
+                    let result = traffic.apply(name, &routes).await;
+                    self.metrics.step(step, result.is_ok());
+                    result?;
                 }
                 // Without a proxy, the switch is the status write that follows.
-                (Step::Switch { .. }, _, _) => {}
+                (Step::Switch { .. }, _, _) => self.metrics.step(step, true),
                 _ => {
                     let result = self.docker.execute(exec, step).await;
                     self.metrics.step(step, result.is_ok());
