@@ -134,8 +134,12 @@ impl Client {
     /// expression, such as one from [`meta_filter`].
     ///
     /// # Errors
-    /// Consul unreachable for the retry time, a refused token, an invalid filter (HTTP 400),
-    /// or an answer that is not the expected JSON.
+    /// Consul unreachable for the retry time, a refused token, an invalid filter, or an
+    /// answer that is not the expected JSON.
+    ///
+    /// # Caveats
+    /// Consul 1.8 answers an invalid filter with HTTP 500, which is retried like any server
+    /// error until the retry time runs out; [`meta_filter`] only writes valid ones.
     pub async fn agent_services(
         &self,
         filter: Option<&str>,
