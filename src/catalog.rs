@@ -290,6 +290,25 @@ pub async fn deregister_ids(
     Ok(removed)
 }
 
+/// The services this `instance` has registrations for, from their [`META_SERVICE`]. The resync
+/// loop can enqueue those it no longer knows, so that a registration left behind by a crash is
+/// removed by [`sync`] with nothing desired.
+///
+/// # Errors
+/// The agent could not be read.
+pub async fn registered_services(
+    client: &Client,
+    instance: &str,
+) -> Result<BTreeSet<String>, ConsulError> {
+    let filter = meta_filter(META_INSTANCE, instance);
+    let current = client.agent_services(filter.as_deref()).await?;
+    Ok(current
+        .into_iter()
+        .filter(|r| r.meta.get(META_INSTANCE).map(String::as_str) == Some(instance))
+        .filter_map(|r| r.meta.get(META_SERVICE).cloned())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -422,4 +422,10 @@ async fn the_agent_filters_on_meta() {
     assert_eq!(ours[0].tags, ["green", "live"]);
     assert_eq!(ours[0].port, w.port);
     assert!(ours[0].check.is_none(), "the agent does not return checks");
+
+    // The services an instance has registrations for, for the resync loop.
+    let services = catalog::registered_services(&w.client, &w.instance)
+        .await
+        .unwrap();
+    assert_eq!(services, BTreeSet::from([w.service.clone()]));
 }
