@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::catalog;
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::haproxy::ProxyError;
 use crate::health::{HealthMonitor, ReadinessChange};
@@ -311,6 +312,10 @@ impl Controller {
             (None, _) => {
                 if observed.containers.is_empty() {
                     self.health.forget_service(name);
+                    let instance = &self.settings.scope.instance;
+                    catalog::sync(self.store.client(), name, instance, &[])
+                        .await
+                        .map_err(StoreError::from)?;
                     if stored_status.is_some() {
                         self.store.delete_status(name).await?;
                         self.metrics.forget(name);
@@ -398,6 +403,15 @@ impl Controller {
         containers: &[crate::observed::Container],
     ) -> Result<(), ReconcileError> {
         let name = exec.service_name;
+        let client = self.store.client();
+        let instance = &self.settings.scope.instance;
+        // Consul catalog users stop seeing a replica before it stops.
+        let leaving_catalog = catalog::ids_to_deregister_before(&plan.steps);
+        if !leaving_catalog.is_empty() {
+            catalog::deregister_ids(client, instance, &leaving_catalog)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let traffic = self.traffic.as_ref();
         match (traffic, exec.service) {
             (Some(traffic), Some(service)) => {
@@ -436,6 +450,23 @@ impl Controller {
                     self.metrics.step(step, result.is_ok());
                     result?;
                 }
+            }
+        }
+        if let (Some(service), true) = (exec.service, plan.steps.is_empty()) {
+            let desired = catalog::desired_registrations(
+                name,
+                instance,
+                containers,
+                plan.status.active_color,
+                plan.status.preview_color,
+                service.spec.port,
+                &service.spec.health.path,
+            );
+            let outcome = catalog::sync(client, name, instance, &desired)
+                .await
+                .map_err(StoreError::from)?;
+            if !outcome.conflicts.is_empty() {
+                warn!(service = %name, conflicts = ?outcome.conflicts, "catalog IDs taken by registrations that are not ours");
             }
         }
         if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())
