@@ -439,7 +439,7 @@ impl Controller {
                 (Step::Switch { to }, Some(traffic), Some(service)) => {
                     let routes =
                         traffic::routes(service, Some(*to), None, containers, &BTreeSet::new());
-                    let result = traffic.apply(name, &routes).await;
+                    let result = traffic.switch(name, &routes).await;
                     self.metrics.step(step, result.is_ok());
                     result?;
                 }

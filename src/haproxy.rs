@@ -339,13 +339,26 @@ impl Proxy {
             metrics: ProxyMetrics::default(),
         };
         let table = proxy.table.clone();
+        // What the running HAProxy (if any) was last given.
+        let previous_config = std::fs::read_to_string(proxy.settings.config_path()).ok();
         proxy.write_files(&table).await?;
         match proxy.settings.master_socket() {
             Some(master) => {
                 if process::show_proc(&master).await.is_some() {
                     tracing::info!(master = %master.display(), "adopting the running HAProxy");
                     proxy.metrics.adoptions += 1;
-                    proxy.reload(&master).await?;
+                    if previous_config.as_deref() == Some(&render(&proxy.settings, &table)) {
+                        // It runs these very files, and every runtime change was written
+                        // to them before it was sent: no reload, and nothing to re-send
+                        // (re-setting a server's address restarts its health checks, which
+                        // would fail requests). Caveat: a daemon killed between writing the
+                        // files and sending the commands leaves that one change unsent until
+                        // the service changes again.
+                        proxy.loaded = Some(render::shapes(&proxy.table));
+                        proxy.runtime = proxy.table.clone();
+                    } else {
+                        proxy.reload(&master).await?;
+                    }
                 } else if proxy.settings.external.is_none() {
                     proxy.launch().await?;
                 } else {
@@ -373,6 +386,12 @@ impl Proxy {
     }
 
     async fn reload(&mut self, master: &Path) -> Result<(), ProxyError> {
+        // Carry the servers' health over to the new worker (see `server-state-file`).
+        if let Ok(state) = self.command("show servers state").await {
+            let path = self.settings.dir.join(render::SERVER_STATE_FILE);
+            std::fs::write(&path, render::server_state_for_reload(&state))
+                .map_err(|source| ProxyError::Io { path, source })?;
+        }
         let processes = process::reload(master).await?;
         tracing::info!(
             reloads = processes.reloads,
@@ -565,6 +584,23 @@ impl Proxy {
             .filter(|row| matches(row))
             .map(|row| row.scur + row.qcur)
             .sum())
+    }
+
+    /// Whether HAProxy's own health checks see every one of `slots` of `color` as UP on the
+    /// current worker: the moment a switch to that color can happen without a 503.
+    pub async fn servers_up(
+        &self,
+        service: &str,
+        color: Color,
+        slots: &[u32],
+    ) -> Result<bool, ProxyError> {
+        let backend = backend_name(service, color);
+        let rows = runtime::parse_show_stat(&self.command("show stat").await?);
+        Ok(slots.iter().all(|slot| {
+            let server = server_name(*slot);
+            rows.iter()
+                .any(|r| r.proxy == backend && r.name == server && r.status.starts_with("UP"))
+        }))
     }
 
     /// Runs a raw Runtime API command on the current worker and returns its reply (for

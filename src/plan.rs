@@ -591,33 +591,50 @@ impl<'a> Planner<'a> {
         }
         // Revisions that served and were not rejected are kept for a rollback.
         let rejected = self.status.rejected.as_ref().map(|r| r.revision.as_str());
-        let was_live: BTreeSet<&str> = self
+        let was_live: BTreeSet<String> = self
             .status
             .revision_history
             .iter()
-            .map(|r| r.revision.as_str())
-            .filter(|r| Some(*r) != rejected)
+            .map(|r| r.revision.clone())
+            .filter(|r| Some(r.as_str()) != rejected)
             .collect();
         let keep_history = service
             .blue_green()
             .map_or(0, |bg| bg.revision_history_limit)
             > 0;
         for c in stale {
-            let slot = c.slot().unwrap_or(0);
-            if keep_history && was_live.contains(c.revision.as_str()) {
-                if c.running {
-                    self.steps.push(Step::Stop { target: c.into() });
-                }
-                self.steps.push(Step::Rename {
-                    target: c.into(),
-                    to: archived_name(&c.service, &c.revision, slot),
-                });
+            if keep_history && was_live.contains(&c.revision) {
+                self.archive(c);
             } else {
                 self.steps.push(Step::Remove { target: c.into() });
             }
         }
         self.event("Retired", format!("retired color {}", live.other()));
         true
+    }
+
+    /// Stops a replica and renames it out of its slot, keeping it for a rollback. An older
+    /// copy of the same revision and slot (A, then B, then A again) makes way for it.
+    fn archive(&mut self, c: &Container) {
+        let to = archived_name(&c.service, &c.revision, c.slot().unwrap_or(0));
+        if c.running {
+            self.steps.push(Step::Stop { target: c.into() });
+        }
+        if let Some(older) = self
+            .input
+            .observed
+            .containers
+            .iter()
+            .find(|o| o.name == to && o.id != c.id)
+        {
+            self.steps.push(Step::Remove {
+                target: older.into(),
+            });
+        }
+        self.steps.push(Step::Rename {
+            target: c.into(),
+            to,
+        });
     }
 
     /// When the current drain ends, if the service switched colors recently.
@@ -670,16 +687,7 @@ impl<'a> Planner<'a> {
         if !blocking.is_empty() {
             if recreate {
                 for c in &blocking {
-                    if c.running {
-                        self.steps.push(Step::Stop {
-                            target: (*c).into(),
-                        });
-                    }
-                    let to = archived_name(&c.service, &c.revision, c.slot().unwrap_or(0));
-                    self.steps.push(Step::Rename {
-                        target: (*c).into(),
-                        to,
-                    });
+                    self.archive(c);
                 }
                 self.event("Recreating", format!("stopping {color} to recreate it"));
             } else {
@@ -1707,6 +1715,27 @@ mod tests {
                 assert_eq!(p.status.colors[&live].revision, rev(b), "{i} -> {j}");
             }
         }
+    }
+
+    #[test]
+    fn going_back_to_an_archived_revision_keeps_one_copy_of_it() {
+        let v1 = service("");
+        let v2 = with_image("books:2", "");
+        let mut world = World::new();
+        for (index, spec) in [(1, &v1), (2, &v2), (3, &v1), (4, &v2), (5, &v1)] {
+            world.converge(spec, index);
+        }
+        let mut names = world.names();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            world.observed.containers.len(),
+            "no duplicate names"
+        );
+        assert_eq!(
+            world.status.colors[&world.status.active_color.unwrap()].image,
+            "books:1"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! adapter, which turns it into Runtime API calls or, when the shape changed, a validated
 //! seamless reload.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::haproxy::{ApplyOutcome, Proxy, ProxyError, ProxyMetrics, ServiceRoutes, slots_for};
+use crate::haproxy::{
+    ApplyOutcome, Proxy, ProxyError, ProxyMetrics, Server, ServerState, ServiceRoutes, slots_for,
+};
 use crate::metrics::Metrics;
 use crate::observed::Container;
 use crate::plan::Step;
@@ -24,6 +26,9 @@ use crate::status::Color;
 
 /// How long a replica may take to finish its requests before it is stopped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a switch waits for HAProxy's own checks to see the new color UP.
+const UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy, shared by the workers.
 pub struct Traffic {
@@ -58,8 +63,19 @@ pub fn routes(
         port: service.spec.port,
         health_path: service.spec.health.path.clone(),
         slots: slots_for(service.spec.replicas.max(highest)),
-        servers: ServiceRoutes::servers_from(&kept),
+        servers: in_rotation(ServiceRoutes::servers_from(&kept)),
     }
+}
+
+/// Every running replica takes traffic as far as cutover is concerned; HAProxy's own checks
+/// keep requests off one that is starting or failing. (cutover's probes gate the switch, not
+/// the rotation: a daemon that just restarted has not probed yet, and must not take a
+/// serving color out of rotation for that.)
+fn in_rotation(mut servers: BTreeMap<Color, Vec<Server>>) -> BTreeMap<Color, Vec<Server>> {
+    for server in servers.values_mut().flatten() {
+        server.state = ServerState::Ready;
+    }
+    servers
 }
 
 /// The replicas in play that `steps` stop, remove or rename: they must leave the routes
@@ -138,6 +154,37 @@ impl Traffic {
             }
         }
         Ok(())
+    }
+
+    /// Switches `name` to the live color of `routes`, once HAProxy's own checks see every
+    /// ready replica of that color UP (at most [`UP_TIMEOUT`]; then it switches anyway, as
+    /// cutover's probes already passed).
+    pub async fn switch(&self, name: &str, routes: &ServiceRoutes) -> Result<(), ProxyError> {
+        // The new servers first, with the routes as they are.
+        let Some(to) = routes.live else {
+            return self.apply(name, routes).await.map(drop);
+        };
+        let before = ServiceRoutes {
+            live: self.proxy.lock().await.routes(name).and_then(|r| r.live),
+            ..routes.clone()
+        };
+        self.apply(name, &before).await?;
+        let slots: Vec<u32> = routes
+            .servers
+            .get(&to)
+            .into_iter()
+            .flatten()
+            .map(|s| s.slot)
+            .collect();
+        let deadline = Instant::now() + UP_TIMEOUT;
+        while !self.proxy.lock().await.servers_up(name, to, &slots).await? {
+            if Instant::now() >= deadline {
+                warn!(service = %name, color = %to, "HAProxy's checks did not pass in time; switching anyway");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.apply(name, routes).await.map(drop)
     }
 
     /// Removes a deleted service's routes.

@@ -826,3 +826,150 @@ fn signal(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// Requests through the live listener from several threads, each on a new connection,
+/// counting every answer that is not a 200 from a live version.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(port: u16, host: String, threads: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                let host = host.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    // Bounded: the test stops it, and it stops by itself after 5 minutes.
+                    let deadline = Instant::now() + Duration::from_secs(300);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && Instant::now() < deadline
+                    {
+                        match request(port, &host) {
+                            Ok(body) if body == "version A" || body == "version B" => ok += 1,
+                            Ok(other) => failures.push(format!("{} {other}", now_text())),
+                            Err(e) => failures.push(format!("{} {e}", now_text())),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the load; returns the successes and the failures.
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.threads {
+            let (ok, failures) = t.join().unwrap();
+            total.0 += ok;
+            total.1.extend(failures);
+        }
+        total
+    }
+}
+
+/// One HTTP/1.0 request on a new connection: the body of a 200, or what went wrong.
+fn request(port: u16, host: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no headers: {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body.trim().to_owned())
+}
+
+#[test]
+fn rollouts_scaling_and_a_daemon_crash_under_load_fail_no_request() {
+    let mut w = World::new("load");
+    w.start_daemon();
+    let image = |i: usize| {
+        if i % 2 == 0 {
+            "cutover-demo:b"
+        } else {
+            "cutover-demo:a"
+        }
+    };
+    w.apply("web", &w.demo("web", "cutover-demo:a", 2, FAST));
+    w.wait_available("web");
+    w.eventually("the route", || {
+        w.through_proxy(false, "web") == "version A [200]"
+    });
+
+    let load = Load::start(w.http_port, format!("{}.test", w.svc("web")), 4);
+    let mut switches = 0;
+    for i in 0..6 {
+        if i == 3 {
+            // kill -9 while traffic flows: HAProxy keeps serving, the new daemon adopts it.
+            w.kill_daemon();
+            std::thread::sleep(Duration::from_secs(1));
+            w.start_daemon();
+        }
+        w.apply("web", &w.demo("web", image(i), 2, FAST));
+        w.wait_available("web");
+        switches += 1;
+        let delta = if i % 2 == 0 { "+1" } else { "-1" };
+        let run = w.cutover(&["scale", &w.svc("web"), delta]);
+        assert!(run.status.success(), "{run}");
+        w.wait_available("web");
+    }
+    // Let the last drain finish under load too.
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failures) = load.finish();
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across {switches} switches: {:?}\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)],
+        w.log()
+    );
+    let masters = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("haproxy.*{}", w.dir.path().join("haproxy").display()),
+        ])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&masters.stdout).lines().count();
+    assert!(pids >= 1, "HAProxy is running");
+    assert!(
+        w.log().contains("adopting the running HAProxy"),
+        "the restarted daemon adopted HAProxy"
+    );
+    eprintln!(
+        "{ok} requests, 0 failures, {switches} switches, {} scale changes, one daemon crash",
+        switches
+    );
+}
+
+/// Wall-clock time as seconds since the epoch with milliseconds, to match failures with the
+/// daemon's log.
+fn now_text() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:03}", d.as_secs() % 86400, d.subsec_millis())
+}

@@ -248,6 +248,33 @@ fn secs(d: std::time::Duration) -> String {
 
 /// The whole configuration file.
 ///
+/// The file the servers' state is saved to before a reload.
+pub const SERVER_STATE_FILE: &str = "server-state";
+
+/// `show servers state` as the next worker should load it: operational state (UP/DOWN) and
+/// addresses kept, administrative state (maint/drain set at runtime) cleared, because the
+/// new configuration already says which servers are disabled.
+pub fn server_state_for_reload(show_servers_state: &str) -> String {
+    let mut out = String::new();
+    let mut admin_column = None;
+    for line in show_servers_state.lines() {
+        if let Some(header) = line.strip_prefix("# ") {
+            admin_column = header.split(' ').position(|c| c == "srv_admin_state");
+            out.push_str(line);
+        } else if let (Some(i), false) = (admin_column, line.trim().is_empty()) {
+            let mut fields: Vec<&str> = line.split(' ').collect();
+            if i < fields.len() {
+                fields[i] = "0";
+            }
+            out.push_str(&fields.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Layout: `global` (master-worker, the admin socket with `expose-fd listeners`),
 /// `defaults`, `frontend live` and (with a preview bind) `frontend preview`, the 503
 /// backend, then `be_<service>_<color>` for both colors of every service, with one
@@ -267,9 +294,17 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
     );
     let _ = writeln!(c, "    hard-stop-after {}", secs(settings.hard_stop_after));
     let _ = writeln!(c, "    maxconn {}", settings.maxconn);
+    // Servers' health, saved just before a reload, so the new worker does not start them
+    // DOWN and answer 503 until their checks pass again.
+    let _ = writeln!(
+        c,
+        "    server-state-file {}",
+        settings.dir.join(SERVER_STATE_FILE).display()
+    );
     let _ = writeln!(c);
     let _ = writeln!(c, "defaults");
     let _ = writeln!(c, "    mode http");
+    let _ = writeln!(c, "    load-server-state-from-file global");
     let _ = writeln!(c, "    maxconn {}", settings.maxconn);
     let _ = writeln!(c, "    timeout connect {}", secs(settings.timeout_connect));
     let _ = writeln!(c, "    timeout client {}", secs(settings.timeout_client));
