@@ -8,6 +8,7 @@ use super::{CliError, Context, parse_duration};
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
 use crate::queue::backoff_delay;
+use crate::security::Allowances;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -40,9 +41,42 @@ pub struct Args {
     /// Remove labelled containers of services that have neither a spec nor a status.
     #[arg(long)]
     pub prune_orphans: bool,
+    /// Run replicas of specs with `privileged: true` (otherwise such a spec is refused with
+    /// ForbiddenBySecurityPolicy and nothing of it runs).
+    #[arg(long, env = "CUTOVER_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+    /// Run replicas of specs with `networkMode: host`.
+    #[arg(long, env = "CUTOVER_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
+    /// Run replicas of specs with `capAdd`.
+    #[arg(long, env = "CUTOVER_ALLOW_CAP_ADD")]
+    pub allow_cap_add: bool,
+    /// Run replicas of specs whose `volumes` mount host paths.
+    #[arg(long, env = "CUTOVER_ALLOW_HOST_MOUNTS")]
+    pub allow_host_mounts: bool,
+}
+
+impl Args {
+    /// What the `--allow-*` flags permit.
+    pub fn allowances(&self) -> Allowances {
+        Allowances {
+            privileged: self.allow_privileged,
+            host_network: self.allow_host_network,
+            cap_add: self.allow_cap_add,
+            host_mounts: self.allow_host_mounts,
+        }
+    }
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let allowances = args.allowances();
+    if !allowances.flags().is_empty() {
+        warn!(
+            allowed = %allowances.flags().join(" "),
+            "specs may ask for what these flags allow; anyone who can write specs in Consul \
+             can use it"
+        );
+    }
     let store = ctx.store()?;
     let scope = Scope {
         instance: args
@@ -54,7 +88,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut failures = 0;
     let docker = loop {
         match connect(&scope).await {
-            Ok(docker) => break docker,
+            Ok(docker) => break docker.with_allowances(allowances),
             Err(e) => {
                 failures += 1;
                 let delay = backoff_delay(
