@@ -43,6 +43,7 @@ RUN printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin
         --shell /usr/sbin/nologin cutover \
     && install -d -o cutover -g cutover -m 0750 /run/cutover
 ENV CUTOVER_NETWORK=cutover \
+    NO_COLOR=1 \
     RUST_LOG=info
 WORKDIR /var/lib/cutover
 USER cutover
