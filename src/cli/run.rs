@@ -134,3 +134,49 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    use crate::security::Allowances;
+
+    fn allowances(flags: &[&str]) -> Allowances {
+        let mut args = vec!["cutover", "run"];
+        args.extend_from_slice(flags);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(args) => args.allowances(),
+            _ => unreachable!("parsed a run command"),
+        }
+    }
+
+    #[test]
+    fn each_allow_flag_allows_one_thing() {
+        assert_eq!(allowances(&[]), Allowances::NONE);
+        assert_eq!(
+            allowances(&["--allow-privileged"]),
+            Allowances {
+                privileged: true,
+                ..Allowances::NONE
+            }
+        );
+        assert_eq!(
+            allowances(&["--allow-host-network", "--allow-host-mounts"]),
+            Allowances {
+                host_network: true,
+                host_mounts: true,
+                ..Allowances::NONE
+            }
+        );
+        assert_eq!(
+            allowances(&[
+                "--allow-privileged",
+                "--allow-host-network",
+                "--allow-cap-add",
+                "--allow-host-mounts"
+            ]),
+            Allowances::ALL
+        );
+    }
+}
