@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
+use crate::security;
 use crate::status::{Phase, Status};
 use crate::store::{Store, StoreError, StoredService};
 use crate::traffic::{self, Traffic};
@@ -300,6 +301,25 @@ impl Controller {
             self.health.mark_ready(&mut observed.containers);
         }
 
+        // A spec this daemon is not allowed to run changes nothing, like an invalid one.
+        if let (Some(s), Some(service)) = (&stored, service)
+            && let Err(refusals) = security::check(service, self.docker.allowances())
+        {
+            let message = security::message(&refusals);
+            let mut refused = Status {
+                observed_index: s.modify_index,
+                ..status.clone()
+            };
+            if refused.last_error.as_deref() != Some(message.as_str()) {
+                warn!(service = %name, "{message}");
+            }
+            degrade(&mut refused, security::REASON, &message);
+            refused.phase = Some(Phase::Invalid);
+            refused.last_error = Some(message);
+            self.write_status(name, &refused, stored_status.as_ref().map(|s| &s.value))
+                .await?;
+            return Ok(None);
+        }
         let desired = match (&stored, service) {
             (Some(s), Some(service)) => Desired::Valid {
                 service,

@@ -40,7 +40,8 @@ use crate::observed::{
     LABEL_SLOT, LABEL_SPEC_INDEX, Role, replica_name, side_target_name,
 };
 use crate::plan::{Step, Target};
-use crate::spec::{Service, SideTarget};
+use crate::security::{self, Allowances};
+use crate::spec::{NetworkMode, Service, SideTarget};
 use crate::status::Color;
 
 pub use registry::{DOCKER_HUB_DOMAIN, ImageReference, parse_reference};
@@ -219,6 +220,8 @@ pub enum DockerError {
     },
     #[error("side target {container} has volume {volume:?}, expected NAME:/path or NAME:/path:ro")]
     InvalidVolume { container: String, volume: String },
+    #[error("refusing to create container {container}: {message}")]
+    ForbiddenBySecurityPolicy { container: String, message: String },
     #[error("service {service} has no side target {name}; the plan and the spec disagree")]
     UnknownSideTarget { service: String, name: String },
     #[error("the step `{step}` is not a Docker step; the router carries it out")]
@@ -459,6 +462,8 @@ pub struct Docker {
     address: String,
     /// Containers already reported as having malformed labels, so each is logged once.
     warned: Arc<Mutex<HashSet<String>>>,
+    /// What `cutover run --allow-*` allowed; checked again before each replica is created.
+    allowances: Allowances,
 }
 
 impl Docker {
@@ -509,7 +514,20 @@ impl Docker {
             client,
             address,
             warned: Arc::new(Mutex::new(HashSet::new())),
+            allowances: Allowances::NONE,
         })
+    }
+
+    /// The same connection, allowed to create what `allowances` permit (privileged replicas,
+    /// host networking, added capabilities, host bind mounts). A new connection allows none.
+    pub fn with_allowances(mut self, allowances: Allowances) -> Docker {
+        self.allowances = allowances;
+        self
+    }
+
+    /// What this connection may create; the controller checks specs against the same value.
+    pub fn allowances(&self) -> &Allowances {
+        &self.allowances
     }
 
     /// The engine's address, for log lines.
@@ -733,10 +751,19 @@ impl Docker {
             revision: revision.to_owned(),
         })?;
         let name = replica_name(service.name(), color, slot);
+        // The controller refuses such specs before planning; this keeps the guarantee local.
+        if let Err(refusals) = security::check(service, &self.allowances) {
+            return Err(DockerError::ForbiddenBySecurityPolicy {
+                container: name,
+                message: security::message(&refusals),
+            });
+        }
         let mut labels = base_labels(ctx, revision);
         labels.insert(LABEL_COLOR.to_owned(), color.to_string());
         labels.insert(LABEL_SLOT.to_owned(), slot.to_string());
         let spec = &service.spec;
+        let host_network = spec.network_mode == NetworkMode::Host;
+        let common = common_host_config(&ctx.scope.network);
         let host_config = HostConfig {
             memory: spec
                 .resources
@@ -744,7 +771,17 @@ impl Docker {
                 .map(|m| i64::try_from(m.bytes()).unwrap_or(i64::MAX)),
             // The engine takes CPUs in billionths.
             nano_cpus: spec.resources.cpus.map(|cpus| (cpus * 1e9).round() as i64),
-            ..common_host_config(&ctx.scope.network)
+            privileged: Some(spec.privileged),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            network_mode: if host_network {
+                Some("host".to_owned())
+            } else {
+                common.network_mode.clone()
+            },
+            // Written as `docker run -v` takes them: a named volume is created on first use,
+            // a missing host directory is created by the engine.
+            binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+            ..common
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -753,8 +790,9 @@ impl Docker {
             labels: Some(labels.clone()),
             host_config: Some(host_config),
             // On a user-defined network the container's name resolves already, and follows
-            // a rename; an alias would keep answering to the old slot name after one.
-            networking_config: Some(networking(&ctx.scope.network, Vec::new())),
+            // a rename; an alias would keep answering to the old slot name after one. A
+            // container on the host's network joins no other.
+            networking_config: (!host_network).then(|| networking(&ctx.scope.network, Vec::new())),
             ..ContainerCreateBody::default()
         };
         self.create_and_start(&name, &spec.image, &labels, body)
@@ -1242,13 +1280,21 @@ fn container_from_summary(
         summary.state,
         Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING)
     );
+    let on_host_network = summary
+        .host_config
+        .as_ref()
+        .and_then(|config| config.network_mode.as_deref())
+        == Some("host");
     let address = summary
         .network_settings
         .as_ref()
         .and_then(|settings| settings.networks.as_ref())
         .and_then(|networks| networks.get(&scope.network))
         .and_then(|endpoint| endpoint.ip_address.clone())
-        .filter(|ip| !ip.is_empty());
+        .filter(|ip| !ip.is_empty())
+        // A replica on the host's network listens on the host's own addresses; the daemon
+        // reaches it on loopback when it runs on the host's network too.
+        .or_else(|| (on_host_network && running).then(|| "127.0.0.1".to_owned()));
     let created_ms = summary
         .created
         .and_then(|seconds| u64::try_from(seconds).ok())

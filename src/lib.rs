@@ -18,6 +18,7 @@ pub mod observed;
 pub mod plan;
 pub mod queue;
 pub mod revision;
+pub mod security;
 pub mod spec;
 pub mod status;
 pub mod store;

@@ -1,7 +1,8 @@
 //! Revisions: a stable hash of everything in a spec that needs a new container.
 //!
 //! Two specs with the same revision can share containers; any change to the image, env,
-//! command, port, health check or resources gives a new revision and so a new color.
+//! command, port, health check, resources, volumes or security settings (privileged,
+//! networkMode, capAdd) gives a new revision and so a new color.
 //! Replicas, routes and the strategy are not part of it: they change in place.
 //!
 //! The hash is FNV-1a over canonical JSON, so it is the same on every machine and every
@@ -9,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::spec::{Service, SideTarget};
+use crate::spec::{NetworkMode, Service, SideTarget};
 
 /// The revision of a service's replicas: 10 hex digits.
 pub fn of_service(service: &Service) -> String {
@@ -22,6 +23,16 @@ pub fn of_service(service: &Service) -> String {
         port: u16,
         health: &'a crate::spec::Health,
         resources: &'a crate::spec::Resources,
+        // Left out when not written, so that the fields added later did not change the
+        // revision (and restart the containers) of any existing spec.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        privileged: bool,
+        #[serde(skip_serializing_if = "NetworkMode::is_bridge")]
+        network_mode: NetworkMode,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        cap_add: &'a [String],
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        volumes: &'a [String],
     }
     hash(&Template {
         image: &spec.image,
@@ -30,6 +41,10 @@ pub fn of_service(service: &Service) -> String {
         port: spec.port,
         health: &spec.health,
         resources: &spec.resources,
+        privileged: spec.privileged,
+        network_mode: spec.network_mode,
+        cap_add: &spec.cap_add,
+        volumes: &spec.volumes,
     })
 }
 
@@ -62,6 +77,20 @@ mod tests {
         parse_service("test.yaml", &text).unwrap()
     }
 
+    /// The revision of a spec that does not use the fields added later is the one it had
+    /// before they existed: upgrading cutover must not restart every service.
+    #[test]
+    fn fields_left_at_their_defaults_keep_the_old_revision() {
+        let written_out =
+            "  privileged: false\n  networkMode: bridge\n  capAdd: []\n  volumes: []\n";
+        assert_eq!(of_service(&service(written_out)), of_service(&service("")));
+        assert_eq!(
+            of_service(&service("")),
+            "ca8ce6a313",
+            "the revision before these fields existed"
+        );
+    }
+
     #[test]
     fn only_template_fields_change_the_revision() {
         let base = of_service(&service(""));
@@ -80,6 +109,10 @@ mod tests {
             "  command: [x]\n",
             "  health: {path: /h}\n",
             "  resources: {cpus: 0.5}\n",
+            "  privileged: true\n",
+            "  networkMode: host\n  strategy: {recreate: {}}\n",
+            "  capAdd: [NET_ADMIN]\n",
+            "  volumes: [\"cache:/cache\"]\n",
         ] {
             assert_ne!(of_service(&service(different)), base, "{different}");
         }

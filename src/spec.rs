@@ -20,6 +20,7 @@ mod validate;
 mod yaml;
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +56,8 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` is written by hand so that env values never reach a log line: see [`RedactedEnv`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     pub image: String,
@@ -81,6 +83,110 @@ pub struct ServiceSpec {
     pub strategy: Strategy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub side_targets: Vec<SideTarget>,
+    /// Run the replicas privileged. The daemon refuses it unless started with
+    /// `--allow-privileged` (see `crate::security`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// `host` shares the host's network stack; the daemon refuses it unless started with
+    /// `--allow-host-network`.
+    #[serde(default, skip_serializing_if = "NetworkMode::is_bridge")]
+    pub network_mode: NetworkMode,
+    /// Linux capabilities added to the replicas, such as `NET_ADMIN`; the daemon refuses any
+    /// unless started with `--allow-cap-add`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// `NAME:/path[:ro]` (a named volume) or `/host/path:/path[:ro]` (a host bind mount, which
+    /// the daemon refuses unless started with `--allow-host-mounts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Which network the replicas join.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The daemon's user-defined bridge network (`cutover run --network`).
+    #[default]
+    Bridge,
+    /// The host's network stack: no isolation, the container's port is the host's.
+    Host,
+}
+
+impl NetworkMode {
+    pub fn is_bridge(&self) -> bool {
+        *self == NetworkMode::Bridge
+    }
+}
+
+/// A volume of `spec.volumes`, read from its `NAME:/path[:ro]` or `/host:/path[:ro]` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeMount<'a> {
+    /// A named volume, or an absolute host path.
+    pub source: &'a str,
+    pub target: &'a str,
+    pub read_only: bool,
+}
+
+impl VolumeMount<'_> {
+    /// Whether the source is a path on the host rather than a named volume.
+    pub fn is_host_path(&self) -> bool {
+        self.source.starts_with('/')
+    }
+}
+
+/// Splits a validated volume into its parts; `None` for a text the validator refuses.
+pub fn parse_volume(text: &str) -> Option<VolumeMount<'_>> {
+    let mut parts = text.split(':');
+    let source = parts.next().filter(|source| !source.is_empty())?;
+    let target = parts.next().filter(|target| target.starts_with('/'))?;
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(_) => return None,
+    };
+    parts.next().is_none().then_some(VolumeMount {
+        source,
+        target,
+        read_only,
+    })
+}
+
+/// Shows an env map's names with every value hidden: `{DB_PASSWORD: <redacted>}`. Env
+/// values are where secrets live, so no `Debug` output of a spec ever shows them.
+pub struct RedactedEnv<'a>(pub &'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedEnv<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|key| (key, format_args!("<redacted>"))))
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceSpec")
+            .field("image", &self.image)
+            .field("image_pull_policy", &self.image_pull_policy)
+            .field("replicas", &self.replicas)
+            .field("port", &self.port)
+            .field("env", &RedactedEnv(&self.env))
+            .field("command", &self.command)
+            .field("resources", &self.resources)
+            .field("health", &self.health)
+            .field("routes", &self.routes)
+            .field("strategy", &self.strategy)
+            .field("side_targets", &self.side_targets)
+            .field("privileged", &self.privileged)
+            .field("network_mode", &self.network_mode)
+            .field("cap_add", &self.cap_add)
+            .field("volumes", &self.volumes)
+            .finish()
+    }
 }
 
 /// When the daemon pulls the image before creating a container.
@@ -205,7 +311,8 @@ impl Default for BlueGreen {
 pub struct Recreate {}
 
 /// An accessory such as a database: started once, never colored, kept across rollouts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` hides env values, as for [`ServiceSpec`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SideTarget {
     /// A DNS label; the container is named `<service>-<name>` and reachable by that name.
@@ -218,6 +325,18 @@ pub struct SideTarget {
     /// Named volumes, `NAME:/container/path`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+}
+
+impl fmt::Debug for SideTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SideTarget")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("env", &RedactedEnv(&self.env))
+            .field("command", &self.command)
+            .field("volumes", &self.volumes)
+            .finish()
+    }
 }
 
 impl Service {
@@ -278,5 +397,37 @@ pub mod defaults {
     }
     pub fn revision_history_limit() -> u32 {
         2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Env values are where secrets live: no `Debug` output of a spec, a side target or a
+    /// stored manifest shows them, so a `?service` in a log line cannot leak one.
+    #[test]
+    fn debug_output_hides_env_values() {
+        let text = "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: books}\nspec:\n  \
+                    image: books:1\n  env: {DB_PASSWORD: hunter2}\n  sideTargets:\n    - {name: \
+                    db, image: mongo:7, env: {ROOT_PASSWORD: swordfish}}\n";
+        let service = parse_service("books.yaml", text).unwrap();
+        let stored = crate::store::StoredService {
+            name: "books".to_owned(),
+            key: "cutover/services/books".to_owned(),
+            modify_index: 7,
+            text: text.to_owned(),
+            parsed: Ok(service.clone()),
+        };
+        for debug in [
+            format!("{service:?}"),
+            format!("{service:#?}"),
+            format!("{stored:?}"),
+        ] {
+            assert!(debug.contains("DB_PASSWORD"), "{debug}");
+            assert!(debug.contains("ROOT_PASSWORD"), "{debug}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(!debug.contains("swordfish"), "{debug}");
+        }
     }
 }

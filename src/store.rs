@@ -66,8 +66,8 @@ pub fn normalize_prefix(prefix: &str) -> Result<String, StoreError> {
     Ok(trimmed.to_owned())
 }
 
-/// A manifest as found in KV.
-#[derive(Debug, Clone)]
+/// A manifest as found in KV. `Debug` leaves out the text, which holds env values.
+#[derive(Clone)]
 pub struct StoredService {
     /// The last segment of the key.
     pub name: String,
@@ -78,6 +78,18 @@ pub struct StoredService {
     pub text: String,
     /// The text parsed and validated; the diagnostics' source is the KV key.
     pub parsed: Result<Service, Diagnostics>,
+}
+
+impl std::fmt::Debug for StoredService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredService")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("modify_index", &self.modify_index)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("parsed", &self.parsed)
+            .finish()
+    }
 }
 
 impl StoredService {

@@ -21,6 +21,7 @@ use cutover::observed::{
     LABEL_SPEC_INDEX, Role, replica_name, side_target_name,
 };
 use cutover::plan::{Step, Target};
+use cutover::security::Allowances;
 use cutover::spec::{Service, parse_service};
 use cutover::status::Color;
 
@@ -71,6 +72,10 @@ struct World {
 
 impl World {
     async fn new(spec_extra: &str) -> World {
+        World::with_command(COMMAND, spec_extra).await
+    }
+
+    async fn with_command(command: &str, spec_extra: &str) -> World {
         let suffix = random_suffix();
         let docker = Docker::connect()
             .await
@@ -87,7 +92,7 @@ impl World {
         };
         let name = format!("dt{suffix}");
         let text = format!(
-            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {IMAGE_A}\n  command: {COMMAND}\n{spec_extra}"
+            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {IMAGE_A}\n  command: {command}\n{spec_extra}"
         );
         let service = parse_service("test.yaml", &text).expect("the test manifest is valid");
         let world = World {
@@ -673,4 +678,125 @@ async fn a_docker_healthcheck_is_observed_and_reported() {
         (event.container_id.as_str(), event.service.as_str()),
         (id.as_str(), world.name())
     );
+}
+
+#[tokio::test]
+async fn security_fields_reach_the_engine_only_when_allowed() {
+    let host_dir = std::env::temp_dir().join(format!("cutover-test-{}", random_suffix()));
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("greeting"), "from the host\n").unwrap();
+    let extra = format!(
+        "  privileged: true\n  capAdd: [NET_ADMIN]\n  volumes: [\"{}:/data:ro\"]\n",
+        host_dir.display()
+    );
+    let mut world = World::new(&extra).await;
+    let name = replica_name(world.name(), Color::Blue, 1);
+
+    // A new connection allows nothing: the adapter refuses, naming every field and flag.
+    let error = world
+        .execute(&create_replica(&world, Color::Blue, 1))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, DockerError::ForbiddenBySecurityPolicy { .. }),
+        "{message}"
+    );
+    for needle in [
+        "spec.privileged",
+        "--allow-privileged",
+        "spec.capAdd[0]",
+        "--allow-cap-add",
+        "spec.volumes[0]",
+        "--allow-host-mounts",
+    ] {
+        assert!(message.contains(needle), "{needle} in {message}");
+    }
+    assert!(world.containers().await.is_empty(), "nothing was created");
+
+    world.docker = world.docker.clone().with_allowances(Allowances::ALL);
+    let result = world.execute(&create_replica(&world, Color::Blue, 1)).await;
+    let format =
+        "{{.HostConfig.Privileged}} {{json .HostConfig.CapAdd}} {{json .HostConfig.Binds}}";
+    let settings = docker_cli(&["inspect", "-f", format, &name]);
+    assert_eq!(
+        settings,
+        format!("true [\"NET_ADMIN\"] [\"{}:/data:ro\"]", host_dir.display())
+    );
+    match result {
+        Ok(()) => {
+            let greeting = docker_cli(&["exec", &name, "cat", "/data/greeting"]);
+            assert_eq!(greeting, "from the host");
+        }
+        // An engine that itself runs without every capability (a container, a sandbox)
+        // creates the privileged container but cannot start it.
+        Err(DockerError::StartContainer { source, .. })
+            if source.to_string().contains("operation not permitted") =>
+        {
+            eprintln!("this engine cannot start privileged containers: {source}");
+        }
+        Err(error) => panic!("{error}"),
+    }
+
+    // Without privileged, the capability and the bind mount work on any engine.
+    world.service.spec.privileged = false;
+    let step = create_replica(&world, Color::Blue, 2);
+    world.execute(&step).await.unwrap();
+    let name = replica_name(world.name(), Color::Blue, 2);
+    let settings = docker_cli(&["inspect", "-f", format, &name]);
+    assert!(settings.starts_with("false [\"NET_ADMIN\"] "), "{settings}");
+    let greeting = docker_cli(&["exec", &name, "cat", "/data/greeting"]);
+    assert_eq!(greeting, "from the host");
+    let replica = world.container(&name).await;
+    assert!(replica.address.is_some(), "still on the cutover network");
+    drop(world);
+    std::fs::remove_dir_all(&host_dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_on_the_host_network_is_reached_on_loopback() {
+    // A free loopback port: the replica binds it on the host's own network stack.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let command =
+        format!(r#"[sh, -c, "trap 'exit 0' TERM; httpd -f -p 127.0.0.1:{port} -h /www & wait"]"#);
+    let extra = format!("  port: {port}\n  networkMode: host\n  strategy: {{recreate: {{}}}}\n");
+    let mut world = World::with_command(&command, &extra).await;
+    world.docker = world.docker.clone().with_allowances(Allowances {
+        host_network: true,
+        ..Allowances::NONE
+    });
+    world
+        .execute(&create_replica(&world, Color::Blue, 1))
+        .await
+        .unwrap();
+    let name = replica_name(world.name(), Color::Blue, 1);
+    assert_eq!(
+        docker_cli(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &name]),
+        "host"
+    );
+    let replica = world.container(&name).await;
+    assert_eq!(replica.address.as_deref(), Some("127.0.0.1"));
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let output = Command::new("curl")
+            .args(["-fsS", "--max-time", "1", &url])
+            .output();
+        if let Ok(output) = output {
+            if output.status.success() {
+                assert_eq!(String::from_utf8_lossy(&output.stdout), "version A\n");
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -973,3 +973,24 @@ fn now_text() -> String {
         .unwrap();
     format!("{}.{:03}", d.as_secs() % 86400, d.subsec_millis())
 }
+
+#[test]
+fn a_spec_asking_for_more_privilege_than_allowed_is_refused_and_nothing_changes() {
+    let mut w = World::new("security");
+    w.start_daemon();
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, FAST));
+    w.wait_available("web");
+    w.apply(
+        "web",
+        &w.demo("web", "cutover-demo:b", 1, "  capAdd: [NET_ADMIN]\n"),
+    );
+    let (ok, output) = w.wait("web");
+    assert!(!ok, "{output}");
+    assert!(output.contains("ForbiddenBySecurityPolicy"), "{output}");
+    assert!(
+        output.contains("--allow-cap-add"),
+        "the message names the flag: {output}"
+    );
+    assert_eq!(w.containers(), ["web-blue-1 cutover-demo:a running"]);
+    assert_eq!(w.through_proxy(false, "web"), "version A [200]");
+}

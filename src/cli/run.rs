@@ -15,6 +15,7 @@ use crate::haproxy::{self, Proxy};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::queue::retry_delay;
+use crate::security::Allowances;
 use crate::traffic::Traffic;
 
 const EXAMPLES: &str = "\
@@ -59,6 +60,19 @@ pub struct Args {
         default_value = "127.0.0.1:9090"
     )]
     pub listen: SocketAddr,
+    /// Run replicas of specs with `privileged: true` (otherwise such a spec is refused with
+    /// ForbiddenBySecurityPolicy and nothing of it runs).
+    #[arg(long, env = "CUTOVER_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+    /// Run replicas of specs with `networkMode: host`.
+    #[arg(long, env = "CUTOVER_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
+    /// Run replicas of specs with `capAdd`.
+    #[arg(long, env = "CUTOVER_ALLOW_CAP_ADD")]
+    pub allow_cap_add: bool,
+    /// Run replicas of specs whose `volumes` mount host paths.
+    #[arg(long, env = "CUTOVER_ALLOW_HOST_MOUNTS")]
+    pub allow_host_mounts: bool,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -116,7 +130,27 @@ impl ProxyArgs {
     }
 }
 
+impl Args {
+    /// What the `--allow-*` flags permit.
+    pub fn allowances(&self) -> Allowances {
+        Allowances {
+            privileged: self.allow_privileged,
+            host_network: self.allow_host_network,
+            cap_add: self.allow_cap_add,
+            host_mounts: self.allow_host_mounts,
+        }
+    }
+}
+
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let allowances = args.allowances();
+    if !allowances.flags().is_empty() {
+        warn!(
+            allowed = %allowances.flags().join(" "),
+            "specs may ask for what these flags allow; anyone who can write specs in Consul \
+             can use it"
+        );
+    }
     let store = ctx.store()?;
     let scope = Scope {
         instance: args
@@ -149,7 +183,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut failures = 0;
     let docker = loop {
         match connect(&scope).await {
-            Ok(docker) => break docker,
+            Ok(docker) => break docker.with_allowances(allowances),
             Err(e) => {
                 failures += 1;
                 let delay = retry_delay(failures);
@@ -200,5 +234,51 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    use crate::security::Allowances;
+
+    fn allowances(flags: &[&str]) -> Allowances {
+        let mut args = vec!["cutover", "run"];
+        args.extend_from_slice(flags);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(args) => args.allowances(),
+            _ => unreachable!("parsed a run command"),
+        }
+    }
+
+    #[test]
+    fn each_allow_flag_allows_one_thing() {
+        assert_eq!(allowances(&[]), Allowances::NONE);
+        assert_eq!(
+            allowances(&["--allow-privileged"]),
+            Allowances {
+                privileged: true,
+                ..Allowances::NONE
+            }
+        );
+        assert_eq!(
+            allowances(&["--allow-host-network", "--allow-host-mounts"]),
+            Allowances {
+                host_network: true,
+                host_mounts: true,
+                ..Allowances::NONE
+            }
+        );
+        assert_eq!(
+            allowances(&[
+                "--allow-privileged",
+                "--allow-host-network",
+                "--allow-cap-add",
+                "--allow-host-mounts"
+            ]),
+            Allowances::ALL
+        );
     }
 }

@@ -76,6 +76,9 @@ pub enum Kind {
         noun: &'static str,
         key: TextCheck,
         value: TextCheck,
+        /// Whether messages may quote a value. Env values may be secrets, so messages about
+        /// them never repeat the value (it would end up in the status key and the logs).
+        quote_values: bool,
     },
     /// A list of strings. `example` shows the expected shape when something else is written.
     TextList {
@@ -116,6 +119,7 @@ const METADATA: &[Field] = &[
             noun: "label",
             key: check_label_key,
             value: check_label_value,
+            quote_values: true,
         },
     ),
 ];
@@ -131,6 +135,7 @@ const SPEC: &[Field] = &[
             noun: "env",
             key: check_env_name,
             value: accept_any_text,
+            quote_values: false,
         },
     ),
     optional("command", COMMAND),
@@ -139,6 +144,75 @@ const SPEC: &[Field] = &[
     optional("routes", Kind::ObjectList(ROUTE)),
     optional("strategy", Kind::OneOf(STRATEGY)),
     optional("sideTargets", Kind::ObjectList(SIDE_TARGET)),
+    // The security-sensitive fields: the schema accepts them, the daemon runs them only when
+    // started with the matching --allow-* flag (`crate::security`).
+    optional("privileged", Kind::Bool),
+    optional("networkMode", Kind::Choice(&["bridge", "host"])),
+    optional(
+        "capAdd",
+        Kind::TextList {
+            noun: "capAdd",
+            item: check_capability,
+            example: r#"["NET_ADMIN"]"#,
+            allow_empty: true,
+        },
+    ),
+    optional(
+        "volumes",
+        Kind::TextList {
+            noun: "volume",
+            item: check_service_volume,
+            example: r#"["books-cache:/cache", "/srv/books:/data:ro"]"#,
+            allow_empty: true,
+        },
+    ),
+];
+
+/// The Linux capabilities Docker knows (`capabilities(7)` without the `CAP_` prefix), and
+/// `ALL`.
+pub const CAPABILITIES: &[&str] = &[
+    "ALL",
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
 ];
 
 const COMMAND: Kind = Kind::TextList {
@@ -225,6 +299,7 @@ const SIDE_TARGET: &[Field] = &[
             noun: "env",
             key: check_env_name,
             value: accept_any_text,
+            quote_values: false,
         },
     ),
     optional("command", COMMAND),
@@ -527,15 +602,35 @@ fn check_label_value(text: &str) -> Result<(), String> {
     }
 }
 
-/// Volumes are `NAME:/container/path` or `NAME:/container/path:ro`, where NAME is a Docker
-/// named volume. Host paths are refused: a spec cannot mount the host's files.
+/// Side target volumes are `NAME:/container/path` or `NAME:/container/path:ro`, where NAME is
+/// a Docker named volume. Host paths are refused: a side target cannot mount the host's files.
 fn check_volume(text: &str) -> Result<(), String> {
-    let example = "such as books-db:/data/db";
+    check_volume_text(text, false)
+}
+
+/// The service's own volumes also take an absolute host path, `/host/path:/container/path`.
+/// The schema accepts it; the daemon mounts it only when started with `--allow-host-mounts`.
+fn check_service_volume(text: &str) -> Result<(), String> {
+    check_volume_text(text, true)
+}
+
+fn check_volume_text(text: &str, host_paths: bool) -> Result<(), String> {
+    let example = if host_paths {
+        "such as books-cache:/cache or /srv/books:/data:ro"
+    } else {
+        "such as books-db:/data/db"
+    };
     let parts: Vec<&str> = text.split(':').collect();
-    let name = parts[0];
-    if name.starts_with(['/', '.', '~']) {
+    let source = parts[0];
+    if !host_paths && source.starts_with(['/', '.', '~']) {
         return Err(format!(
             "{text:?}: host bind mounts are not allowed, use a named volume {example}"
+        ));
+    }
+    if host_paths && source.starts_with(['.', '~']) {
+        return Err(format!(
+            "{text:?}: a host path must be absolute (it is read on the Docker host, not where \
+             the manifest is), {example}"
         ));
     }
     if parts.len() < 2 || parts.len() > 3 {
@@ -544,16 +639,31 @@ fn check_volume(text: &str) -> Result<(), String> {
              :ro, {example}"
         ));
     }
-    let name_ok = name.len() >= 2
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if !name_ok {
-        return Err(format!(
-            "{text:?}: the volume name {name:?} must have at least 2 letters, digits, \"_\", \
-             \".\" or \"-\", starting with a letter or digit, {example}"
-        ));
+    if source.starts_with('/') {
+        let clean = source.len() > 1
+            && !source.ends_with('/')
+            && source
+                .split('/')
+                .skip(1)
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !clean {
+            return Err(format!(
+                "{text:?}: the host path {source:?} must be absolute, not / itself, with no \
+                 \".\" or \"..\" parts, no \"//\" and no trailing \"/\", {example}"
+            ));
+        }
+    } else {
+        let name_ok = source.len() >= 2
+            && source.as_bytes()[0].is_ascii_alphanumeric()
+            && source
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !name_ok {
+            return Err(format!(
+                "{text:?}: the volume name {source:?} must have at least 2 letters, digits, \
+                 \"_\", \".\" or \"-\", starting with a letter or digit, {example}"
+            ));
+        }
     }
     if !parts[1].starts_with('/') {
         return Err(format!(
@@ -568,6 +678,23 @@ fn check_volume(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Capabilities are written as Docker and Kubernetes write them: `NET_ADMIN`, in capitals,
+/// without the `CAP_` prefix, so that one capability has one spelling (and one revision).
+fn check_capability(text: &str) -> Result<(), String> {
+    if CAPABILITIES.contains(&text) {
+        return Ok(());
+    }
+    let upper = text.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if CAPABILITIES.contains(&bare) {
+        return Err(format!("{text:?}: write the capability as {bare:?}"));
+    }
+    Err(format!(
+        "{text:?} is not a Linux capability: write a name from capabilities(7) without the \
+         CAP_ prefix, such as NET_ADMIN or SYS_PTRACE"
+    ))
 }
 
 #[cfg(test)]
@@ -653,6 +780,25 @@ mod tests {
             (check_volume, "db:data", false),
             (check_volume, "db:/data:rx", false),
             (check_volume, "db", false),
+            (check_service_volume, "books-cache:/cache", true),
+            (check_service_volume, "/srv/books:/data:ro", true),
+            (
+                check_service_volume,
+                "/var/run/docker.sock:/var/run/docker.sock",
+                true,
+            ),
+            (check_service_volume, "./db:/data", false),
+            (check_service_volume, "~/db:/data", false),
+            (check_service_volume, "/:/host", false),
+            (check_service_volume, "/srv/../etc:/data", false),
+            (check_service_volume, "/srv/books/:/data", false),
+            (check_service_volume, "/srv/books:data", false),
+            (check_service_volume, "/srv/books", false),
+            (check_capability, "NET_ADMIN", true),
+            (check_capability, "ALL", true),
+            (check_capability, "net_admin", false),
+            (check_capability, "CAP_NET_ADMIN", false),
+            (check_capability, "NET_ADMINS", false),
         ] {
             assert_eq!(check(text).is_ok(), valid, "{text:?}: {:?}", check(text));
         }

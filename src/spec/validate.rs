@@ -25,7 +25,7 @@ use serde_yaml::Value as YamlValue;
 
 use super::schema::{Field, Kind, MANIFEST};
 use super::yaml::{self, Node, Position, Resolved, ScalarStyle, Value};
-use super::{Duration, MAX_VALUE_BYTES, Memory, Service, Strategy};
+use super::{Duration, MAX_VALUE_BYTES, Memory, NetworkMode, Service, Strategy};
 
 /// One thing wrong with a manifest, located so that a person can fix it at a glance.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -407,6 +407,7 @@ impl Walker<'_> {
             noun,
             key: check_key,
             value: check_value,
+            quote_values,
         } = kind
         else {
             unreachable!("walk sends only text maps here");
@@ -440,8 +441,11 @@ impl Walker<'_> {
                         Value::Null => {
                             format!("{noun} values must be strings, write \"\" for an empty value")
                         }
-                        Value::Scalar { text, .. } => {
+                        Value::Scalar { text, .. } if *quote_values => {
                             format!("{noun} values must be strings, write {text:?} in quotes")
+                        }
+                        Value::Scalar { .. } => {
+                            format!("{noun} values must be strings, put the value in quotes")
                         }
                         _ => format!("{noun} values must be strings, found {found}"),
                     };
@@ -849,6 +853,48 @@ fn cross_field_diagnostics(
                 );
                 report("spec.health.startPeriod", message);
             }
+        }
+    }
+
+    // On the host's network every replica listens on the same host port, so two containers
+    // of one service can never run at once: not two replicas, and not two colors.
+    if spec.network_mode == NetworkMode::Host {
+        let mut problems = Vec::new();
+        if spec.replicas > 1 {
+            problems.push(format!("replicas is {}", spec.replicas));
+        }
+        if matches!(spec.strategy, Strategy::BlueGreen(_)) {
+            let default = if positions.contains_key("spec.strategy") {
+                ""
+            } else {
+                " (the default)"
+            };
+            problems.push(format!("the strategy is blueGreen{default}"));
+        }
+        if !problems.is_empty() {
+            let message = format!(
+                "host networking runs one container of the service at a time (each would \
+                 listen on host port {}), but {}; set replicas to 1 and strategy to \
+                 {{recreate: {{}}}}, or use networkMode: bridge",
+                spec.port,
+                problems.join(" and ")
+            );
+            report("spec.networkMode", message);
+        }
+    }
+
+    let mut seen_volume_targets: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, volume) in spec.volumes.iter().enumerate() {
+        let Some(mount) = super::parse_volume(volume) else {
+            continue;
+        };
+        if let Some(first) = seen_volume_targets.insert(mount.target, index) {
+            let message = format!(
+                "mounts on {} like spec.volumes[{first}]; each path in the container takes \
+                 one volume",
+                mount.target
+            );
+            report(&format!("spec.volumes[{index}]"), message);
         }
     }
 
