@@ -9,6 +9,7 @@ pub mod controller;
 
 pub mod docker;
 pub mod health;
+pub mod leader;
 pub mod observed;
 pub mod plan;
 pub mod queue;
