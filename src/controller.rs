@@ -11,6 +11,9 @@
 //! - Until one full read of the specs has succeeded (at start, and after an index reset),
 //!   the desired set is unknown and no service is reconciled.
 //! - Specs that vanish en masse are not acted on (see [`crate::plan::mass_deletion`]).
+//! - Only the leader acts (see [`crate::leader`]): leadership is checked before every step and
+//!   every status write, and a reconcile that finds it lost stops there. Followers watch and
+//!   observe, so they are ready to take over, but change nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::health::{HealthMonitor, ReadinessChange};
+use crate::leader::{self, Election, Leadership, NotLeader};
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
 use crate::queue::{WorkQueue, backoff_delay};
@@ -39,6 +43,8 @@ pub struct Settings {
     pub allow_mass_deletion: bool,
     /// Remove labelled containers of services that have neither spec nor status.
     pub prune_orphans: bool,
+    /// The leader election every daemon takes part in.
+    pub leader: leader::Config,
 }
 
 /// Why a reconcile stopped early. The loop retries with backoff.
@@ -50,6 +56,8 @@ pub enum ReconcileError {
     Docker(#[from] DockerError),
     #[error("the desired state is not known yet (waiting for a full read of Consul)")]
     DesiredUnknown,
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
 }
 
 #[derive(Default)]
@@ -72,6 +80,9 @@ pub struct Controller {
     queue: WorkQueue,
     settings: Settings,
     shared: Mutex<Shared>,
+    leadership: Leadership,
+    /// The election, taken by `run` to start it.
+    election: Mutex<Option<Election>>,
 }
 
 fn now_ms() -> u64 {
@@ -88,6 +99,7 @@ pub fn prune_confirm_key(prefix: &str) -> String {
 impl Controller {
     pub fn new(store: Store, docker: Docker, settings: Settings) -> Arc<Controller> {
         let (health, health_changes) = HealthMonitor::new();
+        let (election, leadership) = Election::new(store.client().clone(), settings.leader.clone());
         Arc::new(Controller {
             store,
             docker,
@@ -96,7 +108,14 @@ impl Controller {
             queue: WorkQueue::new(),
             settings,
             shared: Mutex::new(Shared::default()),
+            leadership,
+            election: Mutex::new(Some(election)),
         })
+    }
+
+    /// Whether this daemon leads, and a way to watch it change (for status and metrics).
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
     /// Runs until `shutdown` completes, then lets the current steps finish (at most 30 s)
@@ -109,7 +128,14 @@ impl Controller {
             docker = %self.docker.address(),
             "cutover controller starting"
         );
+        let campaign = self
+            .election
+            .lock()
+            .expect("election lock")
+            .take()
+            .map(Election::spawn);
         let mut background = tokio::task::JoinSet::new();
+        background.spawn(Arc::clone(&self).follow_leadership());
         background.spawn(Arc::clone(&self).watch_specs());
         background.spawn(Arc::clone(&self).watch_requests());
         background.spawn(Arc::clone(&self).watch_docker());
@@ -130,10 +156,42 @@ impl Controller {
         if drained.is_err() {
             warn!("steps still running after 30 s; abandoning them");
         }
+        // Only now that no step runs may a follower take over.
+        if let Some(campaign) = campaign {
+            campaign.resign().await;
+        }
+    }
+
+    /// Queues every service when this daemon becomes leader; says now and then that a
+    /// follower is ready.
+    async fn follow_leadership(self: Arc<Self>) {
+        let mut role = self.leadership.subscribe();
+        let mut was_leader = false;
+        loop {
+            let current = role.borrow_and_update().clone();
+            if current.is_leader() && !was_leader {
+                info!("leader: reconciling every service");
+                self.queue_all();
+            }
+            was_leader = current.is_leader();
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(self.settings.resync) => {
+                    if let leader::Role::Follower { leader } = current {
+                        debug!(leader = leader.as_deref().unwrap_or("none"), "follower: ready to take over");
+                    }
+                }
+            }
+        }
     }
 
     async fn worker(self: Arc<Self>) {
         while let Some(name) = self.queue.next().await {
+            if !self.leadership.is_leader() {
+                // Becoming leader queues every service again.
+                self.queue.done(&name);
+                continue;
+            }
             let span = info_span!("reconcile", service = %name);
             let result = self.reconcile(&name).instrument(span).await;
             let retry = {
@@ -143,6 +201,7 @@ impl Controller {
                         shared.failures.remove(&name);
                         None
                     }
+                    Err(ReconcileError::NotLeader(_)) => None,
                     Err(_) => {
                         let failures = shared.failures.entry(name.clone()).or_insert(0);
                         *failures += 1;
@@ -160,6 +219,9 @@ impl Controller {
                 (Ok(None), _) => {}
                 (Err(ReconcileError::DesiredUnknown), _) => {
                     debug!(service = %name, "desired state unknown; waiting for Consul")
+                }
+                (Err(ReconcileError::NotLeader(_)), _) => {
+                    warn!(service = %name, "leadership lost: reconcile stopped before its next step")
                 }
                 (Err(e), Some(delay)) => {
                     warn!(service = %name, error = %e, retry_in = ?delay, "reconcile failed");
@@ -230,6 +292,7 @@ impl Controller {
             (None, _) => {
                 if observed.containers.is_empty() {
                     if stored_status.is_some() {
+                        self.leadership.check()?;
                         self.store.delete_status(name).await?;
                         info!(service = %name, "service removed");
                     }
@@ -274,6 +337,7 @@ impl Controller {
         let mut new_status = plan.status.clone();
         let mut failed = None;
         for step in &plan.steps {
+            self.leadership.check()?;
             log_step(name, step);
             let result = match step {
                 // The traffic seam: until a proxy is plugged in, the switch is the status
@@ -339,6 +403,7 @@ impl Controller {
         if stored == Some(status) {
             return Ok(());
         }
+        self.leadership.check()?;
         self.store.put_status(name, status, None).await?;
         debug!(service = %name, phase = ?status.phase, "status written");
         Ok(())

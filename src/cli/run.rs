@@ -1,4 +1,5 @@
-//! `cutover run`: the daemon.
+//! `cutover run`: the daemon. Every daemon takes part in the leader election; only the
+//! leader acts (see `leader`).
 
 use std::time::Duration;
 
@@ -7,17 +8,21 @@ use tracing::{info, warn};
 use super::{CliError, Context, parse_duration};
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
+use crate::leader::{self, Holder};
 use crate::queue::backoff_delay;
 
 const EXAMPLES: &str = "\
 Examples:
   cutover run
+  cutover run --leader-ttl 30s --lock-delay 30s
   CONSUL_HTTP_ADDR=10.0.0.5:8500 cutover run --network web --workers 8
   RUST_LOG=cutover=debug cutover run";
 
 /// Run the controller: converge Docker toward the specs in Consul until SIGTERM or Ctrl-C.
 ///
-/// Stopping the daemon leaves every container running.
+/// Several daemons may run on one prefix: a Consul lock on `<prefix>/leader` elects the one
+/// that acts; the others wait to take over. Stopping the daemon leaves every container
+/// running and hands the lock over at once.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
@@ -40,6 +45,30 @@ pub struct Args {
     /// Remove labelled containers of services that have neither a spec nor a status.
     #[arg(long)]
     pub prune_orphans: bool,
+    /// The TTL of the leader's Consul session (10s to 24h), renewed every half of it. A leader
+    /// that cannot renew steps down after three quarters of it.
+    #[arg(long, default_value = "15s", value_parser = parse_leader_ttl)]
+    pub leader_ttl: Duration,
+    /// How long Consul keeps the lock from everyone after a leader's session was lost (at
+    /// most 60s), so that a leader that only seemed dead has stopped before another starts.
+    #[arg(long, default_value = "15s", value_parser = parse_lock_delay)]
+    pub lock_delay: Duration,
+}
+
+fn parse_leader_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if !(leader::MIN_TTL..=leader::MAX_TTL).contains(&ttl) {
+        return Err("Consul accepts a session TTL from 10s to 24h".to_owned());
+    }
+    Ok(ttl)
+}
+
+fn parse_lock_delay(text: &str) -> Result<Duration, String> {
+    let delay = parse_duration(text)?;
+    if delay > leader::MAX_LOCK_DELAY {
+        return Err("Consul accepts a lock delay of at most 60s".to_owned());
+    }
+    Ok(delay)
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
@@ -67,6 +96,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             }
         }
     };
+    let leader = leader::Config {
+        key: leader::leader_key(store.prefix()),
+        ttl: args.leader_ttl,
+        lock_delay: args.lock_delay,
+        holder: Holder::this_process(&scope.instance),
+    };
     let controller = Controller::new(
         store,
         docker,
@@ -76,6 +111,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             resync: args.resync,
             allow_mass_deletion: args.allow_mass_deletion,
             prune_orphans: args.prune_orphans,
+            leader,
         },
     );
     controller.run(shutdown_signal()).await;
