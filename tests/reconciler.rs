@@ -13,6 +13,10 @@ use tokio::time::Instant;
 
 use support::{Agent, TempDir, agent, unique_prefix};
 
+/// The shortest leader lease Consul allows: a daemon restarted after a kill -9 waits for the
+/// dead one's session to expire (between one and two TTLs) and the lock delay.
+const SHORT_LEASE: [&str; 4] = ["--leader-ttl", "10s", "--lock-delay", "1s"];
+
 /// A daemon under test and everything it made.
 struct World {
     agent: &'static Agent,
@@ -52,6 +56,7 @@ impl World {
                 &self.instance,
             ])
             .args(["--resync", "5s"])
+            .args(SHORT_LEASE)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -570,6 +575,7 @@ fn orphans_are_reported_and_removed_only_when_told() {
                 &w.instance,
                 "--prune-orphans",
             ])
+            .args(SHORT_LEASE)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
