@@ -24,7 +24,6 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::health::{HealthMonitor, ReadinessChange};
-use crate::leader::{self, Election, Leadership, NotLeader};
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
 use crate::queue::{WorkQueue, backoff_delay};
@@ -39,12 +38,12 @@ pub struct Settings {
     pub workers: usize,
     /// Every service is reconciled at least this often (jittered by up to 20%).
     pub resync: Duration,
+    /// The leader election every daemon takes part in.
+    pub leader: crate::leader::Config,
     /// Act on mass deletions without `cutover prune --confirm`.
     pub allow_mass_deletion: bool,
     /// Remove labelled containers of services that have neither spec nor status.
     pub prune_orphans: bool,
-    /// The leader election every daemon takes part in.
-    pub leader: leader::Config,
 }
 
 /// Why a reconcile stopped early. The loop retries with backoff.
@@ -57,7 +56,7 @@ pub enum ReconcileError {
     #[error("the desired state is not known yet (waiting for a full read of Consul)")]
     DesiredUnknown,
     #[error(transparent)]
-    NotLeader(#[from] NotLeader),
+    NotLeader(#[from] crate::leader::NotLeader),
 }
 
 #[derive(Default)]
@@ -78,11 +77,11 @@ pub struct Controller {
     /// Readiness flips from the health monitor, taken by the task that watches them.
     health_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReadinessChange>>>,
     queue: WorkQueue,
+    leadership: crate::leader::Leadership,
+    /// The election, taken by `run` to start it.
+    election: Mutex<Option<crate::leader::Election>>,
     settings: Settings,
     shared: Mutex<Shared>,
-    leadership: Leadership,
-    /// The election, taken by `run` to start it.
-    election: Mutex<Option<Election>>,
 }
 
 fn now_ms() -> u64 {
@@ -99,23 +98,19 @@ pub fn prune_confirm_key(prefix: &str) -> String {
 impl Controller {
     pub fn new(store: Store, docker: Docker, settings: Settings) -> Arc<Controller> {
         let (health, health_changes) = HealthMonitor::new();
-        let (election, leadership) = Election::new(store.client().clone(), settings.leader.clone());
+        let (election, leadership) =
+            crate::leader::Election::new(store.client().clone(), settings.leader.clone());
         Arc::new(Controller {
             store,
             docker,
             health,
             health_changes: Mutex::new(Some(health_changes)),
             queue: WorkQueue::new(),
-            settings,
-            shared: Mutex::new(Shared::default()),
             leadership,
             election: Mutex::new(Some(election)),
+            settings,
+            shared: Mutex::new(Shared::default()),
         })
-    }
-
-    /// Whether this daemon leads, and a way to watch it change (for status and metrics).
-    pub fn leadership(&self) -> &Leadership {
-        &self.leadership
     }
 
     /// Runs until `shutdown` completes, then lets the current steps finish (at most 30 s)
@@ -133,7 +128,7 @@ impl Controller {
             .lock()
             .expect("election lock")
             .take()
-            .map(Election::spawn);
+            .map(crate::leader::Election::spawn);
         let mut background = tokio::task::JoinSet::new();
         background.spawn(Arc::clone(&self).follow_leadership());
         background.spawn(Arc::clone(&self).watch_specs());
@@ -162,6 +157,11 @@ impl Controller {
         }
     }
 
+    /// Whether this daemon leads, and a way to watch it change (for status and metrics).
+    pub fn leadership(&self) -> &crate::leader::Leadership {
+        &self.leadership
+    }
+
     /// Queues every service when this daemon becomes leader; says now and then that a
     /// follower is ready.
     async fn follow_leadership(self: Arc<Self>) {
@@ -177,7 +177,7 @@ impl Controller {
             tokio::select! {
                 changed = role.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(self.settings.resync) => {
-                    if let leader::Role::Follower { leader } = current {
+                    if let crate::leader::Role::Follower { leader } = current {
                         debug!(leader = leader.as_deref().unwrap_or("none"), "follower: ready to take over");
                     }
                 }
@@ -311,6 +311,7 @@ impl Controller {
                     error!(service = %name, "{reason}");
                     if let Some(mut status) = stored_status.map(|v| v.value) {
                         degrade(&mut status, "DeletionRefused", &reason);
+                        self.leadership.check()?;
                         self.write_status(name, &status, None).await?;
                     }
                     return Ok(None);
@@ -365,6 +366,7 @@ impl Controller {
             new_status.last_error = Some(message);
         }
         if !matches!(desired, Desired::Deleted) {
+            self.leadership.check()?;
             self.write_status(name, &new_status, stored_status.as_ref().map(|s| &s.value))
                 .await?;
         }
@@ -403,7 +405,6 @@ impl Controller {
         if stored == Some(status) {
             return Ok(());
         }
-        self.leadership.check()?;
         self.store.put_status(name, status, None).await?;
         debug!(service = %name, phase = ?status.phase, "status written");
         Ok(())

@@ -6,10 +6,10 @@
 pub mod cli;
 pub mod consul;
 pub mod controller;
+pub mod leader;
 
 pub mod docker;
 pub mod health;
-pub mod leader;
 pub mod observed;
 pub mod plan;
 pub mod queue;

@@ -15,7 +15,8 @@ use support::{Agent, TempDir, agent, unique_prefix};
 
 /// The shortest leader lease Consul allows: a daemon restarted after a kill -9 waits for the
 /// dead one's session to expire (between one and two TTLs) and the lock delay.
-const SHORT_LEASE: [&str; 4] = ["--leader-ttl", "10s", "--lock-delay", "1s"];
+const SHORT_LEASE: [(&str, &str); 2] =
+    [("CUTOVER_LEADER_TTL", "10s"), ("CUTOVER_LOCK_DELAY", "1s")];
 
 /// A daemon under test and everything it made.
 struct World {
@@ -48,6 +49,7 @@ impl World {
             .env("CONSUL_HTTP_ADDR", self.agent.address())
             .env("CUTOVER_PREFIX", &self.prefix)
             .env("RUST_LOG", "cutover=debug")
+            .envs(SHORT_LEASE)
             .args([
                 "run",
                 "--network",
@@ -56,7 +58,6 @@ impl World {
                 &self.instance,
             ])
             .args(["--resync", "5s"])
-            .args(SHORT_LEASE)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -567,6 +568,7 @@ fn orphans_are_reported_and_removed_only_when_told() {
         support::cutover_command()
             .env("CONSUL_HTTP_ADDR", w.agent.address())
             .env("CUTOVER_PREFIX", &w.prefix)
+            .envs(SHORT_LEASE)
             .args([
                 "run",
                 "--network",
@@ -575,7 +577,6 @@ fn orphans_are_reported_and_removed_only_when_told() {
                 &w.instance,
                 "--prune-orphans",
             ])
-            .args(SHORT_LEASE)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -1,5 +1,4 @@
-//! `cutover run`: the daemon. Every daemon takes part in the leader election; only the
-//! leader acts (see `leader`).
+//! `cutover run`: the daemon.
 
 use std::time::Duration;
 
@@ -8,7 +7,6 @@ use tracing::{info, warn};
 use super::{CliError, Context, parse_duration};
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
-use crate::leader::{self, Holder};
 use crate::queue::backoff_delay;
 
 const EXAMPLES: &str = "\
@@ -38,6 +36,14 @@ pub struct Args {
     /// Reconcile every service at least this often (jittered).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub resync: Duration,
+    /// The TTL of the leader's Consul session (10s to 24h), renewed every half of it. A leader
+    /// that cannot renew steps down after three quarters of it.
+    #[arg(long, env = "CUTOVER_LEADER_TTL", default_value = "15s", value_parser = parse_leader_ttl)]
+    pub leader_ttl: Duration,
+    /// How long Consul keeps the lock from everyone after a leader's session was lost (at
+    /// most 60s), so that a leader that only seemed dead has stopped before another starts.
+    #[arg(long, env = "CUTOVER_LOCK_DELAY", default_value = "15s", value_parser = parse_lock_delay)]
+    pub lock_delay: Duration,
     /// Remove the containers of services whose specs vanished en masse without waiting
     /// for `cutover prune --confirm`.
     #[arg(long)]
@@ -45,30 +51,6 @@ pub struct Args {
     /// Remove labelled containers of services that have neither a spec nor a status.
     #[arg(long)]
     pub prune_orphans: bool,
-    /// The TTL of the leader's Consul session (10s to 24h), renewed every half of it. A leader
-    /// that cannot renew steps down after three quarters of it.
-    #[arg(long, default_value = "15s", value_parser = parse_leader_ttl)]
-    pub leader_ttl: Duration,
-    /// How long Consul keeps the lock from everyone after a leader's session was lost (at
-    /// most 60s), so that a leader that only seemed dead has stopped before another starts.
-    #[arg(long, default_value = "15s", value_parser = parse_lock_delay)]
-    pub lock_delay: Duration,
-}
-
-fn parse_leader_ttl(text: &str) -> Result<Duration, String> {
-    let ttl = parse_duration(text)?;
-    if !(leader::MIN_TTL..=leader::MAX_TTL).contains(&ttl) {
-        return Err("Consul accepts a session TTL from 10s to 24h".to_owned());
-    }
-    Ok(ttl)
-}
-
-fn parse_lock_delay(text: &str) -> Result<Duration, String> {
-    let delay = parse_duration(text)?;
-    if delay > leader::MAX_LOCK_DELAY {
-        return Err("Consul accepts a lock delay of at most 60s".to_owned());
-    }
-    Ok(delay)
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
@@ -96,11 +78,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             }
         }
     };
-    let leader = leader::Config {
-        key: leader::leader_key(store.prefix()),
+    let leader = crate::leader::Config {
+        key: crate::leader::leader_key(store.prefix()),
         ttl: args.leader_ttl,
         lock_delay: args.lock_delay,
-        holder: Holder::this_process(&scope.instance),
+        holder: crate::leader::Holder::this_process(&scope.instance),
     };
     let controller = Controller::new(
         store,
@@ -108,10 +90,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         Settings {
             scope,
             workers: args.workers,
+            leader,
             resync: args.resync,
             allow_mass_deletion: args.allow_mass_deletion,
             prune_orphans: args.prune_orphans,
-            leader,
         },
     );
     controller.run(shutdown_signal()).await;
@@ -135,4 +117,20 @@ async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
     }
+}
+
+fn parse_leader_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if !(crate::leader::MIN_TTL..=crate::leader::MAX_TTL).contains(&ttl) {
+        return Err("Consul accepts a session TTL from 10s to 24h".to_owned());
+    }
+    Ok(ttl)
+}
+
+fn parse_lock_delay(text: &str) -> Result<Duration, String> {
+    let delay = parse_duration(text)?;
+    if delay > crate::leader::MAX_LOCK_DELAY {
+        return Err("Consul accepts a lock delay of at most 60s".to_owned());
+    }
+    Ok(delay)
 }
