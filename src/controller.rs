@@ -308,10 +308,10 @@ impl Controller {
                     && !self.settings.allow_mass_deletion
                     && !self.deletion_confirmed(name).await?
                 {
+                    self.leadership.check()?;
                     error!(service = %name, "{reason}");
                     if let Some(mut status) = stored_status.map(|v| v.value) {
                         degrade(&mut status, "DeletionRefused", &reason);
-                        self.leadership.check()?;
                         self.write_status(name, &status, None).await?;
                     }
                     return Ok(None);
