@@ -109,16 +109,6 @@ async fn connect(scope: &Scope) -> Result<Docker, crate::docker::DockerError> {
     Ok(docker)
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
-}
-
 fn parse_leader_ttl(text: &str) -> Result<Duration, String> {
     let ttl = parse_duration(text)?;
     if !(crate::leader::MIN_TTL..=crate::leader::MAX_TTL).contains(&ttl) {
@@ -133,4 +123,14 @@ fn parse_lock_delay(text: &str) -> Result<Duration, String> {
         return Err("Consul accepts a lock delay of at most 60s".to_owned());
     }
     Ok(delay)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
 }
