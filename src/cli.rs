@@ -30,6 +30,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::consul::{Client, ConsulConfig, ConsulError};
+use crate::logging::LogFormat;
 use crate::spec::Diagnostics;
 use crate::status::Action;
 use crate::store::{self, Store, StoreError};
@@ -75,6 +76,10 @@ pub struct GlobalArgs {
     /// How long to keep retrying when Consul is unreachable, such as 10s or 1m.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
     pub consul_timeout: Duration,
+
+    /// How log lines are written to stderr: human (readable) or json (one object per line).
+    #[arg(long, value_name = "FORMAT", env = "CUTOVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,7 +91,7 @@ pub enum Command {
     Scale(scale::Args),
     Sync(sync::Args),
     Status(status::Args),
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Promote the revision waiting in preview: scale it to full and switch traffic to it.
     Promote(request::Args),
     /// Switch back to the newest kept revision and reject the live one.
@@ -138,7 +143,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Scale(args) => scale::run(&ctx, args).await,
         Command::Sync(args) => sync::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
-        Command::Run(args) => run::run(&ctx, args).await,
+        Command::Run(args) => run::run(&ctx, *args).await,
         Command::Promote(args) => request::run(&ctx, Action::Promote, args).await,
         Command::Rollback(args) => request::run(&ctx, Action::Rollback, args).await,
         Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
@@ -228,8 +233,21 @@ pub enum CliError {
         message: String,
     },
 
+    #[error("cannot start the proxy: {0}")]
+    Proxy(crate::haproxy::ProxyError),
+
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
+
+    #[error(
+        "cannot listen on {address} for the HTTP endpoints: {source}; \
+         pass --listen with a free address, such as 127.0.0.1:9091"
+    )]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Checks a service name given on the command line before it becomes part of a KV key.

@@ -23,12 +23,15 @@ use futures::StreamExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
+use crate::haproxy::ProxyError;
 use crate::health::{HealthMonitor, ReadinessChange};
+use crate::metrics::Metrics;
 use crate::observed::Observed;
 use crate::plan::{self, Desired, Input, Step};
-use crate::queue::{WorkQueue, backoff_delay};
+use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::status::{Phase, Status};
 use crate::store::{Store, StoreError, StoredService};
+use crate::traffic::{self, Traffic};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -53,10 +56,44 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("the desired state is not known yet (waiting for a full read of Consul)")]
     DesiredUnknown,
     #[error(transparent)]
     NotLeader(#[from] crate::leader::NotLeader),
+}
+
+impl ReconcileError {
+    /// The condition reason a failed step is reported under.
+    fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Docker(DockerError::Pull {
+                kind: PullFailure::NotFound,
+                ..
+            }) => "ImageNotFound",
+            ReconcileError::Docker(DockerError::Pull { .. }) => "ImagePullFailed",
+            ReconcileError::Proxy(ProxyError::Rejected { .. }) => "ProxyConfigRejected",
+            ReconcileError::Proxy(_) => "ProxyFailed",
+            _ => "StepFailed",
+        }
+    }
+
+    /// The `reason` label of `cutover_reconcile_errors_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Store(_) => "consul",
+            ReconcileError::Docker(DockerError::Pull {
+                kind: PullFailure::NotFound,
+                ..
+            }) => "image_not_found",
+            ReconcileError::Docker(DockerError::Pull { .. }) => "image_pull_failed",
+            ReconcileError::Docker(_) => "docker",
+            ReconcileError::Proxy(_) => "proxy",
+            ReconcileError::DesiredUnknown => "desired_unknown",
+            ReconcileError::NotLeader(_) => "not_leader",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -73,6 +110,8 @@ struct Shared {
 pub struct Controller {
     store: Store,
     docker: Docker,
+    /// The proxy, unless the daemon runs without one.
+    traffic: Option<Traffic>,
     health: HealthMonitor,
     /// Readiness flips from the health monitor, taken by the task that watches them.
     health_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReadinessChange>>>,
@@ -82,6 +121,7 @@ pub struct Controller {
     election: Mutex<Option<crate::leader::Election>>,
     settings: Settings,
     shared: Mutex<Shared>,
+    metrics: Arc<Metrics>,
 }
 
 fn now_ms() -> u64 {
@@ -96,13 +136,20 @@ pub fn prune_confirm_key(prefix: &str) -> String {
 }
 
 impl Controller {
-    pub fn new(store: Store, docker: Docker, settings: Settings) -> Arc<Controller> {
+    pub fn new(
+        store: Store,
+        docker: Docker,
+        traffic: Option<Traffic>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Controller> {
         let (health, health_changes) = HealthMonitor::new();
         let (election, leadership) =
             crate::leader::Election::new(store.client().clone(), settings.leader.clone());
         Arc::new(Controller {
             store,
             docker,
+            traffic,
             health,
             health_changes: Mutex::new(Some(health_changes)),
             queue: WorkQueue::new(),
@@ -110,7 +157,33 @@ impl Controller {
             election: Mutex::new(Some(election)),
             settings,
             shared: Mutex::new(Shared::default()),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// How many services wait in the work queue.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// `Ok` once the specs were read in full from Consul and while the Docker engine answers;
+    /// otherwise why not, in one line (for `/readyz`).
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.shared.lock().expect("shared lock").desired.is_none() {
+            return Err("waiting for a full read of the specs in Consul".to_owned());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.docker.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the Docker engine at {} did not answer within 2 s",
+                self.docker.address()
+            )),
+        }
     }
 
     /// Runs until `shutdown` completes, then lets the current steps finish (at most 30 s)
@@ -193,7 +266,16 @@ impl Controller {
                 continue;
             }
             let span = info_span!("reconcile", service = %name);
+            let started = tokio::time::Instant::now();
             let result = self.reconcile(&name).instrument(span).await;
+            match &result {
+                // Not a failure: nothing was looked at yet, or another daemon acts.
+                Err(ReconcileError::DesiredUnknown | ReconcileError::NotLeader(_)) => {}
+                Err(e) => self
+                    .metrics
+                    .reconcile(started.elapsed(), Some(e.metric_reason())),
+                Ok(_) => self.metrics.reconcile(started.elapsed(), None),
+            }
             let retry = {
                 let mut shared = self.shared.lock().expect("shared lock");
                 match &result {
@@ -291,9 +373,11 @@ impl Controller {
             },
             (None, _) => {
                 if observed.containers.is_empty() {
+                    self.health.forget_service(name);
                     if stored_status.is_some() {
                         self.leadership.check()?;
                         self.store.delete_status(name).await?;
+                        self.metrics.forget(name);
                         info!(service = %name, "service removed");
                     }
                     return Ok(None);
@@ -310,9 +394,11 @@ impl Controller {
                 {
                     self.leadership.check()?;
                     error!(service = %name, "{reason}");
-                    if let Some(mut status) = stored_status.map(|v| v.value) {
+                    self.metrics.deletion_refused();
+                    if let Some(stored) = stored_status.map(|v| v.value) {
+                        let mut status = stored.clone();
                         degrade(&mut status, "DeletionRefused", &reason);
-                        self.write_status(name, &status, None).await?;
+                        self.write_status(name, &status, Some(&stored)).await?;
                     }
                     return Ok(None);
                 }
@@ -336,30 +422,22 @@ impl Controller {
             spec_index: stored.as_ref().map_or(0, |s| s.modify_index),
         };
         let mut new_status = plan.status.clone();
-        let mut failed = None;
-        for step in &plan.steps {
-            self.leadership.check()?;
-            log_step(name, step);
-            let result = match step {
-                // The traffic seam: until a proxy is plugged in, the switch is the status
-                // write that follows (it is always the last step).
-                Step::Switch { .. } => Ok(()),
-                _ => self.docker.execute(&exec, step).await,
-            };
-            if let Err(e) = result {
-                failed = Some(e);
-                break;
-            }
-        }
+        let failed = match self
+            .execute(&exec, &plan, &status, &observed.containers)
+            .await
+        {
+            // Not a failure of the service: another daemon carries on.
+            Err(ReconcileError::NotLeader(e)) => return Err(e.into()),
+            result => result.err(),
+        };
         if let Some(e) = &failed {
-            let reason = match e {
-                DockerError::Pull {
-                    kind: PullFailure::NotFound,
-                    ..
-                } => "ImageNotFound",
-                DockerError::Pull { .. } => "ImagePullFailed",
-                _ => "StepFailed",
+            // What the plan meant to report did not all happen (a switch in particular):
+            // report the status as it was, degraded.
+            new_status = Status {
+                observed_index: plan.status.observed_index,
+                ..status.clone()
             };
+            let reason = e.reason();
             let message = e.to_string();
             error!(service = %name, reason, error = %message, "step failed; the live color keeps serving");
             degrade(&mut new_status, reason, &message);
@@ -371,13 +449,79 @@ impl Controller {
                 .await?;
         }
         if let Some(e) = failed {
-            return Err(e.into());
+            return Err(e);
         }
         if !plan.steps.is_empty() {
             // The world changed: look again at once (level-triggered).
             return Ok(Some(Duration::ZERO));
         }
         Ok(plan.requeue_after_ms.map(Duration::from_millis))
+    }
+
+    /// Carries out a plan: routes away from replicas about to go, the steps in order (the
+    /// switch through the proxy), then routes for what runs now. Stops at the first failure.
+    async fn execute(
+        &self,
+        exec: &ExecContext<'_>,
+        plan: &plan::Plan,
+        before: &Status,
+        containers: &[crate::observed::Container],
+    ) -> Result<(), ReconcileError> {
+        let name = exec.service_name;
+        let traffic = self.traffic.as_ref();
+        self.leadership.check()?;
+        match (traffic, exec.service) {
+            (Some(traffic), Some(service)) => {
+                let leaving = traffic::leaving(&plan.steps, containers);
+                let routes = traffic::routes(
+                    service,
+                    before.active_color,
+                    before.preview_color,
+                    containers,
+                    &leaving,
+                );
+                let going: Vec<&crate::observed::Container> = containers
+                    .iter()
+                    .filter(|c| leaving.contains(&c.id))
+                    .collect();
+                traffic.prepare(name, &routes, &going).await?;
+            }
+            // A deleted service leaves the routes before its containers go.
+            (Some(traffic), None) => traffic.remove(name).await?,
+            (None, _) => {}
+        }
+        for step in &plan.steps {
+            self.leadership.check()?;
+            log_step(name, step);
+            match (step, traffic, exec.service) {
+                (Step::Switch { to }, Some(traffic), Some(service)) => {
+                    let routes =
+                        traffic::routes(service, Some(*to), None, containers, &BTreeSet::new());
+                    traffic.apply(name, &routes).await?;
+                }
+                // Without a proxy, the switch is the status write that follows.
+                (Step::Switch { .. }, _, _) => {}
+                _ => {
+                    let result = self.docker.execute(exec, step).await;
+                    self.metrics.step(step, result.is_ok());
+                    result?;
+                }
+            }
+        }
+        if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())
+        {
+            // Nothing changed in Docker: make the routes match what runs and is ready.
+            self.leadership.check()?;
+            let routes = traffic::routes(
+                service,
+                plan.status.active_color,
+                plan.status.preview_color,
+                containers,
+                &BTreeSet::new(),
+            );
+            traffic.apply(name, &routes).await?;
+        }
+        Ok(())
     }
 
     async fn deletion_confirmed(&self, name: &str) -> Result<bool, ReconcileError> {
@@ -402,11 +546,12 @@ impl Controller {
         status: &Status,
         stored: Option<&Status>,
     ) -> Result<(), ReconcileError> {
-        if stored == Some(status) {
-            return Ok(());
+        if stored != Some(status) {
+            self.store.put_status(name, status, None).await?;
+            debug!(service = %name, phase = ?status.phase, "status written");
         }
-        self.store.put_status(name, status, None).await?;
-        debug!(service = %name, phase = ?status.phase, "status written");
+        // After the write, so that a failed write does not count a rollout twice.
+        self.metrics.status(name, stored, status);
         Ok(())
     }
 
@@ -431,11 +576,7 @@ impl Controller {
                     if watch.reset_pending() {
                         self.shared.lock().expect("shared lock").desired = None;
                     }
-                    let delay = backoff_delay(
-                        failures,
-                        Duration::from_millis(500),
-                        Duration::from_secs(10),
-                    );
+                    let delay = retry_delay(failures);
                     warn!(error = %e, retry_in = ?delay, "cannot watch specs in Consul; everything keeps running");
                     tokio::time::sleep(delay).await;
                 }
@@ -499,11 +640,7 @@ impl Controller {
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff_delay(
-                        failures,
-                        Duration::from_millis(500),
-                        Duration::from_secs(10),
-                    );
+                    let delay = retry_delay(failures);
                     debug!(error = %e, "cannot watch requests in Consul");
                     tokio::time::sleep(delay).await;
                 }
@@ -530,12 +667,7 @@ impl Controller {
                 }
             }
             failures += 1;
-            tokio::time::sleep(backoff_delay(
-                failures,
-                Duration::from_millis(500),
-                Duration::from_secs(10),
-            ))
-            .await;
+            tokio::time::sleep(retry_delay(failures)).await;
             // Events may have been missed meanwhile.
             self.queue_all();
         }
@@ -563,9 +695,31 @@ impl Controller {
                     .chain(shared.desired.iter().flat_map(|d| d.keys().cloned()))
                     .collect();
             }
+            self.forget_routes().await;
             self.queue_all();
             let jitter = self.settings.resync.mul_f64(0.2 * rand::random::<f64>());
             tokio::time::sleep(self.settings.resync + jitter).await;
+        }
+    }
+
+    /// Drops the routes of services that have neither a spec nor containers any more.
+    async fn forget_routes(&self) {
+        let Some(traffic) = &self.traffic else { return };
+        let routed = traffic.services().await;
+        let stale: Vec<String> = {
+            let shared = self.shared.lock().expect("shared lock");
+            let Some(desired) = &shared.desired else {
+                return;
+            };
+            routed
+                .into_iter()
+                .filter(|s| !desired.contains_key(s) && !shared.managed.contains(s))
+                .collect()
+        };
+        for name in stale {
+            if let Err(e) = traffic.remove(&name).await {
+                warn!(service = %name, error = %e, "cannot remove stale routes");
+            }
         }
     }
 

@@ -517,6 +517,18 @@ impl Docker {
         &self.address
     }
 
+    /// Asks the engine whether it answers (`/_ping`), for the daemon's readiness.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.client
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|error| DockerError::Connect {
+                address: self.address.clone(),
+                source: error.into(),
+            })
+    }
+
     /// Creates the user-defined bridge network `name` if it does not exist.
     ///
     /// Engines before API 1.44 accept a second network with the same name, so this looks

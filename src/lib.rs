@@ -9,7 +9,11 @@ pub mod controller;
 pub mod leader;
 
 pub mod docker;
+pub mod haproxy;
 pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod observed;
 pub mod plan;
 pub mod queue;
@@ -17,3 +21,4 @@ pub mod revision;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod traffic;

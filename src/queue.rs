@@ -130,6 +130,16 @@ pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
+/// The delay before retrying a watch or connection that failed `failures` times in a row:
+/// from 0.5 s doubling to 10 s, jittered.
+pub fn retry_delay(failures: u32) -> Duration {
+    backoff_delay(
+        failures,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

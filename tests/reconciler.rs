@@ -26,6 +26,10 @@ struct World {
     network: String,
     dir: TempDir,
     daemon: Option<Child>,
+    /// Appended to every service name: container names are global on the engine.
+    tag: String,
+    http_port: u16,
+    preview_port: u16,
 }
 
 impl World {
@@ -40,11 +44,24 @@ impl World {
             instance,
             dir: TempDir::new(),
             daemon: None,
+            tag: format!("{:06x}", rand_u32() & 0xff_ffff),
+            http_port: support::unused_port(),
+            preview_port: support::unused_port(),
         }
     }
 
     fn start_daemon(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        self.start_daemon_with(&[]);
+    }
+
+    /// Starts `cutover run` with its own HAProxy on this test's loopback ports.
+    fn start_daemon_with(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let haproxy_dir = self.dir.path().join("haproxy");
         let child = support::cutover_command()
             .env("CONSUL_HTTP_ADDR", self.agent.address())
             .env("CUTOVER_PREFIX", &self.prefix)
@@ -58,11 +75,40 @@ impl World {
                 &self.instance,
             ])
             .args(["--resync", "5s"])
+            .args(["--http-bind", &format!("127.0.0.1:{}", self.http_port)])
+            .args([
+                "--preview-bind",
+                &format!("127.0.0.1:{}", self.preview_port),
+            ])
+            .arg("--haproxy-dir")
+            .arg(&haproxy_dir)
+            .args(extra)
+            // Tests run daemons in parallel: each takes a free port for its HTTP endpoints.
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start cutover run");
         self.daemon = Some(child);
+    }
+
+    /// What the live (or preview) listener answers for `service`'s host: the body and the
+    /// status code.
+    fn through_proxy(&self, preview: bool, service: &str) -> String {
+        let port = if preview {
+            self.preview_port
+        } else {
+            self.http_port
+        };
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+            .args(["-H", &format!("Host: {}.test", self.svc(service))])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .expect("run curl");
+        let out = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", &out));
+        format!("{} [{code}]", body.trim())
     }
 
     /// kill -9, as a crash would.
@@ -81,6 +127,16 @@ impl World {
         self.agent.cutover(&self.prefix).args(args).run()
     }
 
+    /// The real name of the test's service `short` (`web` -> `web-1a2b3c`).
+    fn svc(&self, short: &str) -> String {
+        format!("{short}-{}", self.tag)
+    }
+
+    /// The demo manifest of the test's service `short`.
+    fn demo(&self, short: &str, image: &str, replicas: u32, extra: &str) -> String {
+        demo(&self.svc(short), image, replicas, extra)
+    }
+
     fn apply(&self, name: &str, manifest: &str) {
         let file = self.dir.write(&format!("{name}.yaml"), manifest);
         let run = self.cutover(&["apply", "-f", file.to_str().unwrap()]);
@@ -89,7 +145,7 @@ impl World {
 
     /// `cutover status NAME --wait`; returns whether it reported success, and its output.
     fn wait(&self, name: &str) -> (bool, String) {
-        let run = self.cutover(&["status", name, "--wait", "--timeout", "90s"]);
+        let run = self.cutover(&["status", &self.svc(name), "--wait", "--timeout", "90s"]);
         (run.status.success(), format!("{run}"))
     }
 
@@ -103,7 +159,7 @@ impl World {
     }
 
     fn status(&self, name: &str) -> serde_json::Value {
-        let run = self.cutover(&["status", name, "-o", "json"]);
+        let run = self.cutover(&["status", &self.svc(name), "-o", "json"]);
         assert!(run.status.success(), "{run}");
         serde_json::from_str(&run.stdout).expect("status JSON")
     }
@@ -118,7 +174,9 @@ impl World {
             "--format",
             "{{.Names}} {{.Image}} {{.State}}",
         ]);
-        let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        // Names without the tag, as the test wrote them: `web-blue-1`.
+        let tag = format!("-{}", self.tag);
+        let mut lines: Vec<String> = out.lines().map(|l| l.replace(&tag, "")).collect();
         lines.sort();
         lines
     }
@@ -132,7 +190,7 @@ impl World {
                 "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
                 self.network
             ),
-            container,
+            &container.replacen('-', &format!("-{}-", self.tag), 1),
         ]);
         http_get(ip.trim(), "/")
     }
@@ -156,6 +214,12 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.kill_daemon();
+        // HAProxy outlives the daemon on purpose; the test stops it.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("haproxy/haproxy.pid")) {
+            for pid in pid.split_whitespace() {
+                let _ = Command::new("kill").arg(pid).status();
+            }
+        }
         let ids = docker(&[
             "ps",
             "-aq",
@@ -219,6 +283,7 @@ spec:
   replicas: {replicas}
   port: 80
   health: {{path: /cgi-bin/health, interval: 200ms, timeout: 150ms}}
+  routes: [{{host: {name}.test}}]
 {extra}"
     )
 }
@@ -229,11 +294,14 @@ const FAST: &str = "  strategy: {blueGreen: {scaleDownDelay: 1s, progressDeadlin
 fn a_new_image_rolls_to_the_other_color_and_the_old_one_is_kept_stopped() {
     let mut w = World::new("rollout");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 2, FAST));
     w.wait_available("web");
     let status = w.status("web");
     assert_eq!(status["activeColor"], "blue");
     assert_eq!(w.answer("web-blue-1"), "version A");
+    w.eventually("the route", || {
+        w.through_proxy(false, "web") == "version A [200]"
+    });
     assert_eq!(
         w.containers(),
         [
@@ -242,12 +310,17 @@ fn a_new_image_rolls_to_the_other_color_and_the_old_one_is_kept_stopped() {
         ]
     );
 
-    w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:b", 2, FAST));
     w.wait_available("web");
     let status = w.status("web");
     assert_eq!(status["activeColor"], "green");
     assert_eq!(status["colors"]["green"]["image"], "cutover-demo:b");
     assert_eq!(w.answer("web-green-1"), "version B");
+    assert_eq!(
+        w.through_proxy(false, "web"),
+        "version B [200]",
+        "switched when Available"
+    );
     // After scaleDownDelay the old color is stopped and kept under its revision's name.
     w.eventually("blue to be retired", || {
         let c = w.containers();
@@ -267,13 +340,13 @@ fn a_new_image_rolls_to_the_other_color_and_the_old_one_is_kept_stopped() {
 fn scaling_changes_the_live_color_in_place() {
     let mut w = World::new("scale");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 1, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, FAST));
     w.wait_available("web");
-    let run = w.cutover(&["scale", "web", "+2"]);
+    let run = w.cutover(&["scale", &w.svc("web"), "+2"]);
     assert!(run.status.success(), "{run}");
     w.wait_available("web");
     assert_eq!(w.status("web")["colors"]["blue"]["ready"], 3);
-    let run = w.cutover(&["scale", "web", "-2"]);
+    let run = w.cutover(&["scale", &w.svc("web"), "-2"]);
     assert!(run.status.success(), "{run}");
     w.eventually("one replica left", || {
         w.containers() == ["web-blue-1 cutover-demo:a running"]
@@ -284,27 +357,27 @@ fn scaling_changes_the_live_color_in_place() {
 fn an_invalid_spec_leaves_the_old_revision_running_and_says_where() {
     let mut w = World::new("invalid");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 2, FAST));
     w.wait_available("web");
     let before = w.containers();
 
     let bad = w.dir.write(
         "bad.yaml",
-        &demo("web", "cutover-demo:b", 2, "  replica: 3\n"),
+        &w.demo("web", "cutover-demo:b", 2, "  replica: 3\n"),
     );
     w.agent
-        .kv_put_file(&format!("{}/services/web", w.prefix), &bad);
+        .kv_put_file(&format!("{}/services/{}", w.prefix, w.svc("web")), &bad);
     let (ok, output) = w.wait("web");
     assert!(!ok, "--wait must fail on an invalid spec: {output}");
     assert!(output.contains("Invalid"), "{output}");
     assert!(
-        output.contains(":9:3: spec: unknown field \"replica\", did you mean \"replicas\"?"),
+        output.contains(":10:3: spec: unknown field \"replica\", did you mean \"replicas\"?"),
         "{output}"
     );
     let status = w.status("web");
     assert_eq!(status["phase"], "Invalid");
     assert_eq!(status["activeColor"], "blue");
-    let table = w.cutover(&["status", "web"]);
+    let table = w.cutover(&["status", &w.svc("web")]);
     assert!(table.stdout.contains("InvalidSpec"), "{table}");
     assert_eq!(w.containers(), before, "nothing changed");
     assert_eq!(w.answer("web-blue-1"), "version A");
@@ -314,9 +387,12 @@ fn an_invalid_spec_leaves_the_old_revision_running_and_says_where() {
 fn a_missing_image_is_reported_and_the_live_color_keeps_serving() {
     let mut w = World::new("missing-image");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 1, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, FAST));
     w.wait_available("web");
-    w.apply("web", &demo("web", "cutover-missing-image:never", 1, FAST));
+    w.apply(
+        "web",
+        &w.demo("web", "cutover-missing-image:never", 1, FAST),
+    );
     let (ok, output) = w.wait("web");
     assert!(!ok, "{output}");
     assert!(
@@ -333,12 +409,12 @@ fn a_release_that_never_gets_healthy_is_aborted_and_rejected() {
     let mut w = World::new("never-healthy");
     w.start_daemon();
     let deadline = "  strategy: {blueGreen: {scaleDownDelay: 1s, progressDeadline: 5s}}\n";
-    w.apply("web", &demo("web", "cutover-demo:a", 1, deadline));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, deadline));
     w.wait_available("web");
     let sick = format!(
         "{deadline}  command: [sh, -c, \"touch /tmp/unhealthy; trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait\"]\n"
     );
-    w.apply("web", &demo("web", "cutover-demo:b", 1, &sick));
+    w.apply("web", &w.demo("web", "cutover-demo:b", 1, &sick));
     let (ok, output) = w.wait("web");
     assert!(!ok, "{output}");
     assert!(output.contains("ProgressDeadlineExceeded"), "{output}");
@@ -360,9 +436,9 @@ fn preview_waits_for_promote_and_rollback_switches_back() {
     w.start_daemon();
     let manual =
         "  strategy: {blueGreen: {autoPromote: false, previewReplicas: 1, scaleDownDelay: 30s}}\n";
-    w.apply("web", &demo("web", "cutover-demo:a", 2, manual));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 2, manual));
     w.wait_available("web");
-    w.apply("web", &demo("web", "cutover-demo:b", 2, manual));
+    w.apply("web", &w.demo("web", "cutover-demo:b", 2, manual));
     w.eventually("the preview", || w.status("web")["phase"] == "Preview");
     assert_eq!(w.status("web")["activeColor"], "blue");
     assert_eq!(
@@ -372,11 +448,17 @@ fn preview_waits_for_promote_and_rollback_switches_back() {
             .count(),
         1
     );
+    // Test in production, then switch: the preview listener reaches the new color.
+    w.eventually("the preview route", || {
+        w.through_proxy(true, "web") == "version B [200]"
+    });
+    assert_eq!(w.through_proxy(false, "web"), "version A [200]");
 
-    let run = w.cutover(&["promote", "web"]);
+    let run = w.cutover(&["promote", &w.svc("web")]);
     assert!(run.status.success(), "{run}\n{}", w.log());
     w.wait_available("web");
     assert_eq!(w.status("web")["activeColor"], "green");
+    assert_eq!(w.through_proxy(false, "web"), "version B [200]");
     assert_eq!(
         w.containers()
             .iter()
@@ -386,7 +468,7 @@ fn preview_waits_for_promote_and_rollback_switches_back() {
     );
 
     // Blue still drains (scaleDownDelay 30s): rolling back is a switch, nothing to start.
-    let run = w.cutover(&["rollback", "web"]);
+    let run = w.cutover(&["rollback", &w.svc("web")]);
     assert!(run.status.success(), "{run}\n{}", w.log());
     w.eventually("blue live again", || {
         w.status("web")["activeColor"] == "blue"
@@ -395,7 +477,7 @@ fn preview_waits_for_promote_and_rollback_switches_back() {
     assert_eq!(status["rejected"]["reason"], "RolledBack");
     assert_eq!(status["lastRequest"]["result"], "Done");
     // A stale request (for a revision that is no longer live) is refused.
-    let run = w.cutover(&["rollback", "web", "--revision", "0000000000"]);
+    let run = w.cutover(&["rollback", &w.svc("web"), "--revision", "0000000000"]);
     assert_eq!(run.status.code(), Some(1), "{run}");
     assert!(run.stderr.contains("Stale"), "{run}");
 }
@@ -426,9 +508,9 @@ fn kill_9_at_any_point_of_a_rollout_then_restart_converges_without_duplicates() 
             }
             _ => "  strategy: {blueGreen: {scaleDownDelay: 5s}}\n",
         };
-        w.apply("web", &demo("web", "cutover-demo:a", 2, strategy));
+        w.apply("web", &w.demo("web", "cutover-demo:a", 2, strategy));
         w.wait_available("web");
-        w.apply("web", &demo("web", "cutover-demo:b", 2, strategy));
+        w.apply("web", &w.demo("web", "cutover-demo:b", 2, strategy));
         match point {
             KillPoint::NewColorCreated => w.eventually("green created", || {
                 w.containers().iter().any(|c| c.starts_with("web-green-"))
@@ -451,7 +533,7 @@ fn kill_9_at_any_point_of_a_rollout_then_restart_converges_without_duplicates() 
         w.kill_daemon();
         w.start_daemon();
         if let KillPoint::NewColorHealthy = point {
-            let run = w.cutover(&["promote", "web"]);
+            let run = w.cutover(&["promote", &w.svc("web")]);
             assert!(run.status.success(), "{point:?}: {run}\n{}", w.log());
         }
         w.wait_available("web");
@@ -490,7 +572,7 @@ fn kill_9_at_any_point_of_a_rollout_then_restart_converges_without_duplicates() 
 fn sigterm_stops_the_daemon_and_leaves_every_container_running() {
     let mut w = World::new("sigterm");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 2, FAST));
     w.wait_available("web");
     let before = w.containers();
     let mut child = w.daemon.take().unwrap();
@@ -515,11 +597,11 @@ fn abort_removes_the_rollout_in_preview() {
     let mut w = World::new("abort");
     w.start_daemon();
     let manual = "  strategy: {blueGreen: {autoPromote: false}}\n";
-    w.apply("web", &demo("web", "cutover-demo:a", 1, manual));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, manual));
     w.wait_available("web");
-    w.apply("web", &demo("web", "cutover-demo:b", 1, manual));
+    w.apply("web", &w.demo("web", "cutover-demo:b", 1, manual));
     w.eventually("the preview", || w.status("web")["phase"] == "Preview");
-    let run = w.cutover(&["abort", "web"]);
+    let run = w.cutover(&["abort", &w.svc("web")]);
     assert!(run.status.success(), "{run}\n{}", w.log());
     w.eventually("green removed", || {
         w.containers() == ["web-blue-1 cutover-demo:a running"]
@@ -535,7 +617,7 @@ fn orphans_are_reported_and_removed_only_when_told() {
     w.start_daemon();
     // Another service keeps KV from looking wiped (the deletion guard applies to orphans
     // too). Then a labelled container that no spec or status explains appears.
-    w.apply("web", &demo("web", "cutover-demo:a", 1, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, FAST));
     w.wait_available("web");
     docker(&[
         "run",
@@ -563,25 +645,7 @@ fn orphans_are_reported_and_removed_only_when_told() {
     });
     assert_eq!(w.containers().len(), 2, "reported, not removed");
     w.kill_daemon();
-    let log = std::fs::File::create(w.dir.path().join("daemon.log")).unwrap();
-    w.daemon = Some(
-        support::cutover_command()
-            .env("CONSUL_HTTP_ADDR", w.agent.address())
-            .env("CUTOVER_PREFIX", &w.prefix)
-            .envs(SHORT_LEASE)
-            .args([
-                "run",
-                "--network",
-                &w.network,
-                "--instance",
-                &w.instance,
-                "--prune-orphans",
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    w.start_daemon_with(&["--prune-orphans"]);
     w.eventually("the orphan removed", || {
         w.containers() == ["web-blue-1 cutover-demo:a running"]
     });
@@ -591,9 +655,9 @@ fn orphans_are_reported_and_removed_only_when_told() {
 fn a_deleted_service_is_removed_and_unlabelled_containers_are_never_touched() {
     let mut w = World::new("delete");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 1, FAST));
-    w.apply("api", &demo("api", "cutover-demo:a", 1, FAST));
-    w.apply("www", &demo("www", "cutover-demo:a", 1, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, FAST));
+    w.apply("api", &w.demo("api", "cutover-demo:a", 1, FAST));
+    w.apply("www", &w.demo("www", "cutover-demo:a", 1, FAST));
     w.wait_available("web");
     w.wait_available("api");
     w.wait_available("www");
@@ -609,13 +673,13 @@ fn a_deleted_service_is_removed_and_unlabelled_containers_are_never_touched() {
         "cutover-demo:a",
     ]);
 
-    let run = w.cutover(&["delete", "web"]);
+    let run = w.cutover(&["delete", &w.svc("web")]);
     assert!(run.status.success(), "{run}");
     w.eventually("web's containers to go", || {
         w.containers().iter().all(|c| !c.starts_with("web-blue-1"))
     });
     w.eventually("web's status to go", || {
-        w.cutover(&["status", "web"]).status.code() == Some(1)
+        w.cutover(&["status", &w.svc("web")]).status.code() == Some(1)
     });
     let state = docker(&["inspect", "-f", "{{.State.Status}}", &stranger]);
     docker(&["rm", "-f", &stranger]);
@@ -630,8 +694,8 @@ fn a_deleted_service_is_removed_and_unlabelled_containers_are_never_touched() {
 fn every_spec_vanishing_at_once_is_refused_until_confirmed() {
     let mut w = World::new("mass-delete");
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 1, FAST));
-    w.apply("api", &demo("api", "cutover-demo:a", 1, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 1, FAST));
+    w.apply("api", &w.demo("api", "cutover-demo:a", 1, FAST));
     w.wait_available("web");
     w.wait_available("api");
     // A stray recursive delete of every spec.
@@ -673,7 +737,7 @@ fn consul_going_away_stops_nothing_and_reconciles_resume_after() {
     let mut w = World::new("consul-away");
     w.agent = own;
     w.start_daemon();
-    w.apply("web", &demo("web", "cutover-demo:a", 2, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:a", 2, FAST));
     w.wait_available("web");
     let before = w.containers();
 
@@ -689,7 +753,7 @@ fn consul_going_away_stops_nothing_and_reconciles_resume_after() {
     );
 
     // The daemon carries on: a new spec rolls out.
-    w.apply("web", &demo("web", "cutover-demo:b", 2, FAST));
+    w.apply("web", &w.demo("web", "cutover-demo:b", 2, FAST));
     w.wait_available("web");
     assert_eq!(
         w.status("web")["colors"]["green"]["image"],
@@ -708,7 +772,7 @@ fn twenty_services_converge_together_and_a_missing_image_delays_none() {
         } else {
             "cutover-demo:a"
         };
-        w.apply(name, &demo(name, image, 1, FAST));
+        w.apply(name, &w.demo(name, image, 1, FAST));
     }
     for name in names.iter().filter(|n| *n != "s07") {
         w.wait_available(name);
@@ -720,6 +784,18 @@ fn twenty_services_converge_together_and_a_missing_image_delays_none() {
         "{output}"
     );
     assert_eq!(w.containers().len(), 19, "{:?}", w.containers());
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish() as u32
 }
 
 fn signal(pid: u32, signal: &str) {

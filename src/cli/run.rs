@@ -1,20 +1,29 @@
 //! `cutover run`: the daemon.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::{CliError, Context, parse_duration};
+use std::path::PathBuf;
+
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
-use crate::queue::backoff_delay;
+use crate::haproxy::{self, Proxy};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::queue::retry_delay;
+use crate::traffic::Traffic;
 
 const EXAMPLES: &str = "\
 Examples:
   cutover run
   cutover run --leader-ttl 30s --lock-delay 30s
   CONSUL_HTTP_ADDR=10.0.0.5:8500 cutover run --network web --workers 8
-  RUST_LOG=cutover=debug cutover run";
+  RUST_LOG=cutover=debug cutover run
+  cutover run --listen 0.0.0.0:9090 --log-format json";
 
 /// Run the controller: converge Docker toward the specs in Consul until SIGTERM or Ctrl-C.
 ///
@@ -51,6 +60,71 @@ pub struct Args {
     /// Remove labelled containers of services that have neither a spec nor a status.
     #[arg(long)]
     pub prune_orphans: bool,
+    /// Where the HTTP endpoints listen (/healthz, /readyz, /metrics, /api/v1/services, the
+    /// status page). They have no authentication: keep them on loopback unless a firewall
+    /// or a proxy guards them. Port 0 picks a free port (logged at start).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "CUTOVER_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// Where traffic goes: our own HAProxy (the default), one someone else runs, or none.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The live listener of the supervised HAProxy.
+    #[arg(long, env = "CUTOVER_HTTP_BIND", default_value = "0.0.0.0:80")]
+    pub http_bind: String,
+    /// The preview listener: the new color before promotion, on the same routes.
+    #[arg(long, env = "CUTOVER_PREVIEW_BIND", default_value = "0.0.0.0:8080")]
+    pub preview_bind: String,
+    /// The haproxy binary.
+    #[arg(long, default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+    /// State directory: configuration, maps, sockets (mode 0600), pid file.
+    #[arg(
+        long,
+        env = "CUTOVER_HAPROXY_DIR",
+        default_value = "/var/lib/cutover/haproxy"
+    )]
+    pub haproxy_dir: PathBuf,
+    /// Drive an HAProxy someone else runs through this Runtime API socket (needs
+    /// --haproxy-config).
+    #[arg(long, requires = "haproxy_config")]
+    pub haproxy_socket: Option<PathBuf>,
+    /// The configuration file of that HAProxy, which cutover writes.
+    #[arg(long, requires = "haproxy_socket")]
+    pub haproxy_config: Option<PathBuf>,
+    /// Its master CLI socket (`-S`), so cutover can reload it after a shape change.
+    #[arg(long, requires = "haproxy_socket")]
+    pub haproxy_master_socket: Option<PathBuf>,
+    /// Run without a proxy: switching colors only changes the status.
+    #[arg(long, conflicts_with_all = ["haproxy_socket", "haproxy_config"])]
+    pub no_proxy: bool,
+}
+
+impl ProxyArgs {
+    fn settings(&self) -> Option<haproxy::Settings> {
+        if self.no_proxy {
+            return None;
+        }
+        let mut settings = haproxy::Settings::new(&self.haproxy_dir, &self.http_bind);
+        settings.haproxy = self.haproxy_bin.clone();
+        settings.preview_bind = Some(self.preview_bind.clone());
+        if let (Some(socket), Some(config)) = (&self.haproxy_socket, &self.haproxy_config) {
+            settings.external = Some(haproxy::External {
+                runtime_socket: socket.clone(),
+                config: config.clone(),
+                master_socket: self.haproxy_master_socket.clone(),
+            });
+        }
+        Some(settings)
+    }
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
@@ -61,6 +135,27 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             .unwrap_or_else(|| store.prefix().replace('/', "-")),
         network: args.network,
     };
+    // Listen first: a taken port fails at once, and /healthz and /readyz answer while the
+    // daemon waits for Docker.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| CliError::Listen {
+            address: args.listen,
+            source,
+        })?;
+    let listening = listener.local_addr().unwrap_or(args.listen);
+    if !listening.ip().is_loopback() {
+        warn!(address = %listening, "the HTTP endpoints are reachable from other hosts and have no authentication");
+    }
+    info!(address = %listening, "HTTP endpoints listening (status page at http://{listening}/)");
+    let metrics = Arc::new(Metrics::new());
+    let daemon = Arc::new(http::Daemon::new(
+        store.clone(),
+        Arc::clone(&metrics),
+        &scope.instance,
+        &scope.network,
+    ));
+    let server = tokio::spawn(http::serve(listener, Arc::clone(&daemon)));
     // Docker may come up after us (a reboot): wait for it rather than exit.
     let mut failures = 0;
     let docker = loop {
@@ -68,15 +163,18 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             Ok(docker) => break docker,
             Err(e) => {
                 failures += 1;
-                let delay = backoff_delay(
-                    failures,
-                    Duration::from_millis(500),
-                    Duration::from_secs(10),
-                );
+                let delay = retry_delay(failures);
                 warn!(error = %e, retry_in = ?delay, "cannot use the Docker engine yet");
                 tokio::time::sleep(delay).await;
             }
         }
+    };
+    let traffic = match args.proxy.settings() {
+        Some(settings) => {
+            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
+            Some(Traffic::new(proxy, Arc::clone(&metrics)))
+        }
+        None => None,
     };
     let leader = crate::leader::Config {
         key: crate::leader::leader_key(store.prefix()),
@@ -87,6 +185,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let controller = Controller::new(
         store,
         docker,
+        traffic,
         Settings {
             scope,
             workers: args.workers,
@@ -95,8 +194,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             allow_mass_deletion: args.allow_mass_deletion,
             prune_orphans: args.prune_orphans,
         },
+        metrics,
     );
+    daemon.set_controller(Arc::clone(&controller));
     controller.run(shutdown_signal()).await;
+    server.abort();
     info!("stopped");
     Ok(())
 }

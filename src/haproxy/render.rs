@@ -1,0 +1,490 @@
+//! Pure rendering: the route table in, HAProxy's configuration and map files out, and the
+//! Runtime API commands that move a running HAProxy from one table to another.
+//!
+//! Nothing here does I/O. [`check_table`] refuses what would render into a broken or
+//! ambiguous configuration; everything else assumes a table that passed it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use crate::spec::Route;
+use crate::status::Color;
+
+use super::runtime::command;
+use super::{ServerState, ServiceRoutes, Settings};
+
+/// The backend every unrouted request, and every route whose service has no live color,
+/// goes to: a plain-text 503.
+pub const NO_BACKEND: &str = "no_backend";
+
+/// The body of the 503 page.
+pub const NO_BACKEND_BODY: &str = "no healthy backend for this route";
+
+/// The two frontends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Listener {
+    /// `--http-bind`: the live color of every service.
+    Live,
+    /// `--preview-bind`: the preview color where a rollout is waiting, else the live one.
+    Preview,
+}
+
+/// How a map is matched; one map file per listener and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MapKind {
+    /// Routes with a host and a path prefix. Key: the lower-case host immediately followed
+    /// by the path prefix (`books.example.com/api`); looked up with `map_beg` on the
+    /// request's host (lower case, port removed) concatenated with its path. Because a path
+    /// always starts with `/`, the host part of a key can only match the whole host.
+    HostPath,
+    /// Routes with a host only. Key: the lower-case host; exact match (`map_str`).
+    Host,
+    /// Routes with a path prefix only. Key: the prefix; `map_beg` on the path.
+    Path,
+}
+
+impl MapKind {
+    pub const ALL: [MapKind; 3] = [MapKind::HostPath, MapKind::Host, MapKind::Path];
+}
+
+impl Listener {
+    pub const ALL: [Listener; 2] = [Listener::Live, Listener::Preview];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Listener::Live => "live",
+            Listener::Preview => "preview",
+        }
+    }
+}
+
+/// The file name of a map inside the state directory, e.g. `live_hostpaths.map`.
+pub fn map_file_name(listener: Listener, kind: MapKind) -> String {
+    let kind = match kind {
+        MapKind::HostPath => "hostpaths",
+        MapKind::Host => "hosts",
+        MapKind::Path => "paths",
+    };
+    format!("{}_{kind}.map", listener.as_str())
+}
+
+/// `be_<service>_<color>`.
+pub fn backend_name(service: &str, color: Color) -> String {
+    format!("be_{service}_{color}")
+}
+
+/// `s<slot>`, the server name of a slot inside a backend.
+pub fn server_name(slot: u32) -> String {
+    format!("s{slot}")
+}
+
+/// Which map a route lives in, and its key there.
+pub fn route_key(route: &Route) -> (MapKind, String) {
+    match (&route.host, &route.path_prefix) {
+        (Some(host), Some(path)) => (MapKind::HostPath, format!("{}{path}", host.to_lowercase())),
+        (Some(host), None) => (MapKind::Host, host.to_lowercase()),
+        (None, Some(path)) => (MapKind::Path, path.clone()),
+        (None, None) => (MapKind::Path, "/".to_owned()),
+    }
+}
+
+/// The backend a service's routes point at on a listener.
+pub fn route_target(service: &str, routes: &ServiceRoutes, listener: Listener) -> String {
+    let color = match listener {
+        Listener::Live => routes.live,
+        Listener::Preview => routes.preview.or(routes.live),
+    };
+    color.map_or_else(|| NO_BACKEND.to_owned(), |c| backend_name(service, c))
+}
+
+/// A table entry that cannot be rendered safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {service}: {reason}")]
+pub struct TableError {
+    pub service: String,
+    pub reason: String,
+}
+
+/// Characters that would end a word, a line or start a comment in a config or map file.
+fn unsafe_char(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || c == '#' || c == '"' || c == '\'' || c == '\\'
+}
+
+/// Refuses what would render into a broken config or an ambiguous route: names that are
+/// not DNS labels, paths without a leading `/`, whitespace, quotes or `#` in hosts, paths
+/// and addresses, slots out of range, and two services claiming the same route.
+pub fn check_table(table: &BTreeMap<String, ServiceRoutes>) -> Result<(), TableError> {
+    let mut owners: BTreeMap<(MapKind, String), &str> = BTreeMap::new();
+    for (service, routes) in table {
+        let fail = |reason: String| TableError {
+            service: service.clone(),
+            reason,
+        };
+        let label_ok = !service.is_empty()
+            && service.len() <= 63
+            && service
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !label_ok {
+            return Err(fail(
+                "the name must be a DNS label (a-z, 0-9, -; at most 63 characters)".into(),
+            ));
+        }
+        if !routes.health_path.starts_with('/') || routes.health_path.contains(unsafe_char) {
+            return Err(fail(format!(
+                "health path {:?} must start with / and contain no whitespace, quotes or #",
+                routes.health_path
+            )));
+        }
+        if routes.slots == 0 {
+            return Err(fail("slots must be at least 1".into()));
+        }
+        for route in &routes.routes {
+            if let Some(path) = &route.path_prefix
+                && (!path.starts_with('/') || path.contains(unsafe_char))
+            {
+                return Err(fail(format!(
+                    "path prefix {path:?} must start with / and contain no whitespace, quotes or #"
+                )));
+            }
+            if let Some(host) = &route.host
+                && (host.is_empty() || host.contains(unsafe_char) || host.contains(['/', ':']))
+            {
+                return Err(fail(format!(
+                    "host {host:?} must be a host name without port, path, whitespace or quotes"
+                )));
+            }
+            let key = route_key(route);
+            if let Some(other) = owners.insert(key.clone(), service)
+                && other != service
+            {
+                return Err(fail(format!(
+                    "route {:?} is already routed to service {other}",
+                    key.1
+                )));
+            }
+        }
+        for (color, servers) in &routes.servers {
+            let mut seen = BTreeSet::new();
+            for server in servers {
+                if server.slot == 0 || server.slot > routes.slots {
+                    return Err(fail(format!(
+                        "{color} server slot {} is outside 1..={}",
+                        server.slot, routes.slots
+                    )));
+                }
+                if !seen.insert(server.slot) {
+                    return Err(fail(format!("{color} server slot {} twice", server.slot)));
+                }
+                if server.address.is_empty() || server.address.contains(unsafe_char) {
+                    return Err(fail(format!(
+                        "{color} server slot {} has address {:?}",
+                        server.slot, server.address
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The entries of one map file, in file order: for prefix maps, longest key first (HAProxy's
+/// `map_beg` returns the first entry that matches, so this makes the longest prefix win),
+/// ties broken by key so that the output is stable.
+pub fn map_entries(
+    table: &BTreeMap<String, ServiceRoutes>,
+    listener: Listener,
+    kind: MapKind,
+) -> Vec<(String, String)> {
+    let mut entries: Vec<(String, String)> = table
+        .iter()
+        .flat_map(|(service, routes)| {
+            let target = route_target(service, routes, listener);
+            routes
+                .routes
+                .iter()
+                .map(route_key)
+                .filter(|(k, _)| *k == kind)
+                .map(move |(_, key)| (key, target.clone()))
+        })
+        .collect();
+    entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    entries
+}
+
+/// A map file's text: one `key value` per line.
+pub fn render_map(entries: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (key, value) in entries {
+        let _ = writeln!(out, "{key} {value}");
+    }
+    out
+}
+
+/// Every map file of the table: file name to text.
+pub fn render_maps(table: &BTreeMap<String, ServiceRoutes>) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for listener in Listener::ALL {
+        for kind in MapKind::ALL {
+            let entries = map_entries(table, listener, kind);
+            files.insert(map_file_name(listener, kind), render_map(&entries));
+        }
+    }
+    files
+}
+
+fn server_address(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+fn secs(d: std::time::Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// The whole configuration file.
+///
+/// Layout: `global` (master-worker, the admin socket with `expose-fd listeners`),
+/// `defaults`, `frontend live` and (with a preview bind) `frontend preview`, the 503
+/// backend, then `be_<service>_<color>` for both colors of every service, with one
+/// explicit `server s<N>` line per slot: a known server with its address (`disabled` when
+/// it is in maintenance or draining), a spare slot as `0.0.0.0:<port> disabled`. Both
+/// colors always exist, so that a rollout, a switch and a scale change never need a reload.
+pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> String {
+    let dir = settings.dir.display();
+    let mut c = String::new();
+    let _ = writeln!(c, "# Written by cutover; changes are overwritten.");
+    let _ = writeln!(c, "global");
+    let _ = writeln!(c, "    master-worker");
+    let _ = writeln!(
+        c,
+        "    stats socket {} mode 600 level admin expose-fd listeners",
+        settings.runtime_socket().display()
+    );
+    let _ = writeln!(c, "    hard-stop-after {}", secs(settings.hard_stop_after));
+    let _ = writeln!(c, "    maxconn {}", settings.maxconn);
+    let _ = writeln!(c);
+    let _ = writeln!(c, "defaults");
+    let _ = writeln!(c, "    mode http");
+    let _ = writeln!(c, "    maxconn {}", settings.maxconn);
+    let _ = writeln!(c, "    timeout connect {}", secs(settings.timeout_connect));
+    let _ = writeln!(c, "    timeout client {}", secs(settings.timeout_client));
+    let _ = writeln!(c, "    timeout server {}", secs(settings.timeout_server));
+    let _ = writeln!(c, "    timeout http-request 10s");
+    let _ = writeln!(c, "    timeout http-keep-alive 10s");
+    let _ = writeln!(c, "    option http-keep-alive");
+    let _ = writeln!(c, "    option idle-close-on-response");
+    let _ = writeln!(c, "    option forwardfor");
+    let _ = writeln!(c, "    option redispatch 1");
+    let _ = writeln!(c, "    retries 3");
+    let _ = writeln!(c, "    retry-on conn-failure empty-response");
+    let _ = writeln!(c);
+    let mut frontends = vec![(Listener::Live, &settings.http_bind)];
+    if let Some(bind) = &settings.preview_bind {
+        frontends.push((Listener::Preview, bind));
+    }
+    for (listener, bind) in frontends {
+        let map = |kind| format!("{dir}/{}", map_file_name(listener, kind));
+        let _ = writeln!(c, "frontend {}", listener.as_str());
+        let _ = writeln!(c, "    bind {bind}");
+        let _ = writeln!(c, "    http-request set-var(txn.path) path");
+        let _ = writeln!(
+            c,
+            "    http-request set-var(txn.host) req.hdr(host),lower,word(1,:)"
+        );
+        let _ = writeln!(
+            c,
+            "    http-request set-var(txn.hostpath) var(txn.host),concat(,txn.path,)"
+        );
+        let _ = writeln!(
+            c,
+            "    http-request set-var(txn.backend) var(txn.hostpath),map_beg({})",
+            map(MapKind::HostPath)
+        );
+        let _ = writeln!(
+            c,
+            "    http-request set-var(txn.backend) var(txn.host),map_str({}) unless {{ var(txn.backend) -m found }}",
+            map(MapKind::Host)
+        );
+        let _ = writeln!(
+            c,
+            "    http-request set-var(txn.backend) path,map_beg({}) unless {{ var(txn.backend) -m found }}",
+            map(MapKind::Path)
+        );
+        let _ = writeln!(
+            c,
+            "    use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}"
+        );
+        let _ = writeln!(c, "    default_backend {NO_BACKEND}");
+        let _ = writeln!(c);
+    }
+    let _ = writeln!(c, "backend {NO_BACKEND}");
+    let _ = writeln!(
+        c,
+        "    http-request return status 503 content-type text/plain string \"{NO_BACKEND_BODY}\""
+    );
+    for (service, routes) in table {
+        for color in [Color::Blue, Color::Green] {
+            let _ = writeln!(c);
+            let _ = writeln!(c, "backend {}", backend_name(service, color));
+            let _ = writeln!(c, "    balance roundrobin");
+            let _ = writeln!(c, "    option httpchk");
+            let _ = writeln!(
+                c,
+                "    http-check send meth GET uri {} ver HTTP/1.1 hdr Host {service}",
+                routes.health_path
+            );
+            let _ = writeln!(c, "    http-check expect status 200-399");
+            let _ = writeln!(
+                c,
+                "    default-server check inter {} fastinter 250ms downinter {} rise 2 fall 2",
+                secs(settings.check_interval),
+                secs(settings.check_interval)
+            );
+            let known: BTreeMap<u32, &super::Server> = routes
+                .servers
+                .get(&color)
+                .into_iter()
+                .flatten()
+                .map(|s| (s.slot, s))
+                .collect();
+            for slot in 1..=routes.slots {
+                let name = server_name(slot);
+                match known.get(&slot) {
+                    Some(server) => {
+                        let disabled = match server.state {
+                            ServerState::Ready => "",
+                            // A fresh worker has no session to drain: maintenance is
+                            // the same thing for it, and `set server ... state` takes
+                            // the slot out of it.
+                            ServerState::Drain | ServerState::Maint => " disabled",
+                        };
+                        let _ = writeln!(
+                            c,
+                            "    server {name} {}{disabled}",
+                            server_address(&server.address, routes.port)
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(c, "    server {name} 0.0.0.0:{} disabled", routes.port);
+                    }
+                }
+            }
+        }
+    }
+    c
+}
+
+/// What of a service needs a reload to change: its routes (map keys and their order),
+/// port, slot count and health check. Everything else (colors, server addresses and
+/// states) goes through the Runtime API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    routes: Vec<(MapKind, String)>,
+    port: u16,
+    slots: u32,
+    health_path: String,
+}
+
+/// The shape of every service of a table.
+pub fn shapes(table: &BTreeMap<String, ServiceRoutes>) -> BTreeMap<String, Shape> {
+    table
+        .iter()
+        .map(|(service, routes)| {
+            let mut keys: Vec<_> = routes.routes.iter().map(route_key).collect();
+            keys.sort();
+            keys.dedup();
+            let shape = Shape {
+                routes: keys,
+                port: routes.port,
+                slots: routes.slots,
+                health_path: routes.health_path.clone(),
+            };
+            (service.clone(), shape)
+        })
+        .collect()
+}
+
+/// The Runtime API commands that take one service from `old` (what the running HAProxy
+/// has, `None` when unknown: then every slot and map entry is set) to `new`, in a safe order:
+///
+/// 1. servers that gain an address or become ready (`set server ... addr`, then `state ready`);
+/// 2. map entries whose backend changes (`set map`): the switch;
+/// 3. servers that go to `drain` or `maint`, after no route points at them any more.
+///
+/// The shape of `old` and `new` must be equal (same slots and routes); otherwise a reload
+/// is due and this is not the function to call.
+pub fn runtime_commands(
+    settings: &Settings,
+    service: &str,
+    old: Option<&ServiceRoutes>,
+    new: &ServiceRoutes,
+) -> Vec<String> {
+    let mut up = Vec::new();
+    let mut maps = Vec::new();
+    let mut down = Vec::new();
+    for color in [Color::Blue, Color::Green] {
+        let backend = backend_name(service, color);
+        let slots_of = |routes: &ServiceRoutes| -> BTreeMap<u32, (String, ServerState)> {
+            routes
+                .servers
+                .get(&color)
+                .into_iter()
+                .flatten()
+                .map(|s| (s.slot, (s.address.clone(), s.state)))
+                .collect()
+        };
+        let old_slots = old.map(slots_of);
+        let new_slots = slots_of(new);
+        for slot in 1..=new.slots {
+            let server = server_name(slot);
+            let before = old_slots.as_ref().map(|o| o.get(&slot));
+            let after = new_slots.get(&slot);
+            let (address, state) = match after {
+                Some((address, state)) => (Some(address), *state),
+                None => (None, ServerState::Maint),
+            };
+            let before_address = before.and_then(|b| b.map(|(a, _)| a));
+            let before_state = before.map(|b| b.map_or(ServerState::Maint, |(_, s)| *s));
+            let readdress = address.is_some_and(|a| before.is_none() || before_address != Some(a));
+            let restate = before_state != Some(state);
+            let target = if state == ServerState::Ready {
+                &mut up
+            } else {
+                &mut down
+            };
+            if readdress && let Some(address) = address {
+                target.push(command::set_server_addr(
+                    &backend, &server, address, new.port,
+                ));
+            }
+            if restate || readdress {
+                target.push(command::set_server_state(&backend, &server, state));
+            }
+        }
+    }
+    for listener in Listener::ALL {
+        if listener == Listener::Preview && settings.preview_bind.is_none() {
+            continue;
+        }
+        let target = route_target(service, new, listener);
+        let before = old.map(|o| route_target(service, o, listener));
+        if before.as_ref() == Some(&target) {
+            continue;
+        }
+        let mut keys: Vec<_> = new.routes.iter().map(route_key).collect();
+        keys.sort();
+        keys.dedup();
+        for (kind, key) in keys {
+            let file = settings.dir.join(map_file_name(listener, kind));
+            maps.push(command::set_map(&file, &key, &target));
+        }
+    }
+    up.extend(maps);
+    up.extend(down);
+    up
+}

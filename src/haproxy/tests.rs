@@ -1,0 +1,413 @@
+//! Tables in, text out: the pure half of the adapter.
+
+use super::render::*;
+use super::*;
+
+fn route(host: Option<&str>, path: Option<&str>) -> Route {
+    Route {
+        host: host.map(str::to_owned),
+        path_prefix: path.map(str::to_owned),
+    }
+}
+
+fn ready(slot: u32, address: &str) -> Server {
+    Server {
+        slot,
+        address: address.to_owned(),
+        state: ServerState::Ready,
+    }
+}
+
+/// A service routed by `routes`, live on blue with two ready servers.
+fn service(routes: Vec<Route>) -> ServiceRoutes {
+    ServiceRoutes {
+        routes,
+        live: Some(Color::Blue),
+        preview: None,
+        port: 80,
+        health_path: "/health".into(),
+        slots: 4,
+        servers: BTreeMap::from([(
+            Color::Blue,
+            vec![ready(1, "10.0.0.1"), ready(2, "10.0.0.2")],
+        )]),
+    }
+}
+
+fn settings() -> Settings {
+    let mut s = Settings::new("/run/cutover", "127.0.0.1:8080");
+    s.preview_bind = Some("127.0.0.1:8081".into());
+    s
+}
+
+fn table(entries: Vec<(&str, ServiceRoutes)>) -> BTreeMap<String, ServiceRoutes> {
+    entries
+        .into_iter()
+        .map(|(n, r)| (n.to_owned(), r))
+        .collect()
+}
+
+#[test]
+fn config_has_the_global_and_defaults_that_zero_failures_rest_on() {
+    let config = render(&settings(), &BTreeMap::new());
+    for line in [
+        "    master-worker\n",
+        "    stats socket /run/cutover/admin.sock mode 600 level admin expose-fd listeners\n",
+        "    hard-stop-after 30000ms\n",
+        "    option redispatch 1\n",
+        "    retries 3\n",
+        "    retry-on conn-failure empty-response\n",
+        "frontend live\n    bind 127.0.0.1:8080\n",
+        "frontend preview\n    bind 127.0.0.1:8081\n",
+        "    default_backend no_backend\n",
+        "backend no_backend\n    http-request return status 503 content-type text/plain string \"no healthy backend for this route\"\n",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in\n{config}");
+    }
+}
+
+#[test]
+fn frontends_look_up_host_and_path_then_host_then_path() {
+    let config = render(&settings(), &BTreeMap::new());
+    let expected = "\
+frontend live
+    bind 127.0.0.1:8080
+    http-request set-var(txn.path) path
+    http-request set-var(txn.host) req.hdr(host),lower,word(1,:)
+    http-request set-var(txn.hostpath) var(txn.host),concat(,txn.path,)
+    http-request set-var(txn.backend) var(txn.hostpath),map_beg(/run/cutover/live_hostpaths.map)
+    http-request set-var(txn.backend) var(txn.host),map_str(/run/cutover/live_hosts.map) unless { var(txn.backend) -m found }
+    http-request set-var(txn.backend) path,map_beg(/run/cutover/live_paths.map) unless { var(txn.backend) -m found }
+    use_backend %[var(txn.backend)] if { var(txn.backend) -m found }
+    default_backend no_backend
+";
+    assert!(config.contains(expected), "{config}");
+    assert!(config.contains("map_beg(/run/cutover/preview_paths.map)"));
+}
+
+#[test]
+fn no_preview_frontend_without_a_preview_bind() {
+    let config = render(
+        &Settings::new("/run/cutover", "127.0.0.1:8080"),
+        &BTreeMap::new(),
+    );
+    assert!(!config.contains("frontend preview"));
+}
+
+#[test]
+fn both_colors_get_a_backend_with_a_server_line_per_slot() {
+    let mut books = service(vec![route(None, Some("/books"))]);
+    books.servers.insert(
+        Color::Green,
+        vec![Server {
+            slot: 2,
+            address: "10.0.1.2".into(),
+            state: ServerState::Drain,
+        }],
+    );
+    let config = render(&settings(), &table(vec![("books", books)]));
+    let blue = "\
+backend be_books_blue
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /health ver HTTP/1.1 hdr Host books
+    http-check expect status 200-399
+    default-server check inter 1000ms fastinter 250ms downinter 1000ms rise 2 fall 2
+    server s1 10.0.0.1:80
+    server s2 10.0.0.2:80
+    server s3 0.0.0.0:80 disabled
+    server s4 0.0.0.0:80 disabled
+";
+    assert!(config.contains(blue), "{config}");
+    let green = "\
+    server s1 0.0.0.0:80 disabled
+    server s2 10.0.1.2:80 disabled
+    server s3 0.0.0.0:80 disabled
+";
+    assert!(config.contains(green), "{config}");
+}
+
+#[test]
+fn prefix_maps_list_the_longest_prefix_first() {
+    let t = table(vec![
+        ("root", service(vec![route(None, Some("/"))])),
+        (
+            "api",
+            service(vec![
+                route(None, Some("/api")),
+                route(None, Some("/api/v2")),
+            ]),
+        ),
+        ("books", service(vec![route(None, Some("/books"))])),
+    ]);
+    let maps = render_maps(&t);
+    assert_eq!(
+        maps["live_paths.map"],
+        "/api/v2 be_api_blue\n/books be_books_blue\n/api be_api_blue\n/ be_root_blue\n"
+    );
+}
+
+#[test]
+fn host_routes_are_lower_case_and_host_paths_join_host_and_path() {
+    let t = table(vec![
+        ("shop", service(vec![route(Some("Shop.Example.com"), None)])),
+        (
+            "admin",
+            service(vec![route(Some("shop.example.com"), Some("/admin"))]),
+        ),
+    ]);
+    let maps = render_maps(&t);
+    assert_eq!(maps["live_hosts.map"], "shop.example.com be_shop_blue\n");
+    assert_eq!(
+        maps["live_hostpaths.map"],
+        "shop.example.com/admin be_admin_blue\n"
+    );
+    assert_eq!(maps["live_paths.map"], "");
+}
+
+#[test]
+fn preview_maps_point_at_the_preview_color_else_the_live_one() {
+    let mut rolling = service(vec![route(None, Some("/a"))]);
+    rolling.preview = Some(Color::Green);
+    let steady = service(vec![route(None, Some("/b"))]);
+    let mut dark = service(vec![route(None, Some("/c"))]);
+    dark.live = None;
+    let maps = render_maps(&table(vec![("a", rolling), ("b", steady), ("c", dark)]));
+    assert_eq!(
+        maps["live_paths.map"],
+        "/a be_a_blue\n/b be_b_blue\n/c no_backend\n"
+    );
+    assert_eq!(
+        maps["preview_paths.map"],
+        "/a be_a_green\n/b be_b_blue\n/c no_backend\n"
+    );
+}
+
+#[test]
+fn check_table_refuses_what_would_break_the_config_or_the_routes() {
+    let cases: Vec<(&str, ServiceRoutes, &str)> = vec![
+        (
+            "Books",
+            service(vec![]),
+            "service Books: the name must be a DNS label",
+        ),
+        (
+            "a",
+            ServiceRoutes {
+                health_path: "/he alth".into(),
+                ..service(vec![])
+            },
+            "health path \"/he alth\"",
+        ),
+        (
+            "a",
+            service(vec![route(None, Some("api"))]),
+            "path prefix \"api\" must start with /",
+        ),
+        (
+            "a",
+            service(vec![route(Some("x.com:80"), None)]),
+            "host \"x.com:80\"",
+        ),
+        (
+            "a",
+            ServiceRoutes {
+                servers: BTreeMap::from([(Color::Blue, vec![ready(5, "10.0.0.5")])]),
+                ..service(vec![])
+            },
+            "blue server slot 5 is outside 1..=4",
+        ),
+        (
+            "a",
+            ServiceRoutes {
+                servers: BTreeMap::from([(Color::Blue, vec![ready(1, "10.0.0.1\nbind :1")])]),
+                ..service(vec![])
+            },
+            "blue server slot 1 has address",
+        ),
+    ];
+    for (name, routes, expected) in cases {
+        let err = check_table(&table(vec![(name, routes)])).unwrap_err();
+        assert!(err.to_string().contains(expected), "{err} vs {expected}");
+    }
+    let conflict = table(vec![
+        ("a", service(vec![route(None, Some("/x"))])),
+        ("b", service(vec![route(None, Some("/x"))])),
+    ]);
+    assert_eq!(
+        check_table(&conflict).unwrap_err().to_string(),
+        "service b: route \"/x\" is already routed to service a"
+    );
+    assert!(check_table(&table(vec![("a", service(vec![route(None, Some("/"))]))])).is_ok());
+}
+
+#[test]
+fn a_switch_or_a_scale_keeps_the_shape_a_route_change_does_not() {
+    let base = service(vec![route(None, Some("/a"))]);
+    let mut switched = base.clone();
+    switched.live = Some(Color::Green);
+    switched
+        .servers
+        .insert(Color::Green, vec![ready(1, "10.0.1.1")]);
+    let mut rerouted = base.clone();
+    rerouted.routes.push(route(None, Some("/b")));
+    let mut bigger = base.clone();
+    bigger.slots = 8;
+    let shape = |r: &ServiceRoutes| shapes(&table(vec![("a", r.clone())]));
+    assert_eq!(shape(&base), shape(&switched));
+    assert_ne!(shape(&base), shape(&rerouted));
+    assert_ne!(shape(&base), shape(&bigger));
+}
+
+#[test]
+fn a_switch_readies_the_new_color_then_flips_the_maps_then_drains_the_old() {
+    let s = settings();
+    let old = service(vec![route(None, Some("/a")), route(Some("a.com"), None)]);
+    let mut new = old.clone();
+    new.live = Some(Color::Green);
+    new.servers = BTreeMap::from([
+        (
+            Color::Blue,
+            vec![
+                Server {
+                    slot: 1,
+                    address: "10.0.0.1".into(),
+                    state: ServerState::Drain,
+                },
+                Server {
+                    slot: 2,
+                    address: "10.0.0.2".into(),
+                    state: ServerState::Drain,
+                },
+            ],
+        ),
+        (Color::Green, vec![ready(1, "10.0.1.1")]),
+    ]);
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&old), &new),
+        vec![
+            "set server be_a_green/s1 addr 10.0.1.1 port 80",
+            "set server be_a_green/s1 state ready",
+            "set map /run/cutover/live_hosts.map a.com be_a_green",
+            "set map /run/cutover/live_paths.map /a be_a_green",
+            "set map /run/cutover/preview_hosts.map a.com be_a_green",
+            "set map /run/cutover/preview_paths.map /a be_a_green",
+            "set server be_a_blue/s1 state drain",
+            "set server be_a_blue/s2 state drain",
+        ]
+    );
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&new), &new),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn scaling_down_drains_and_scaling_up_sets_address_then_state() {
+    let s = settings();
+    let old = service(vec![route(None, Some("/a"))]);
+    let mut down = old.clone();
+    down.servers.get_mut(&Color::Blue).unwrap()[1].state = ServerState::Drain;
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&old), &down),
+        vec!["set server be_a_blue/s2 state drain"]
+    );
+    let mut gone = old.clone();
+    gone.servers.get_mut(&Color::Blue).unwrap().pop();
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&down), &gone),
+        vec!["set server be_a_blue/s2 state maint"]
+    );
+    let mut up = old.clone();
+    up.servers
+        .get_mut(&Color::Blue)
+        .unwrap()
+        .push(ready(3, "10.0.0.3"));
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&old), &up),
+        vec![
+            "set server be_a_blue/s3 addr 10.0.0.3 port 80",
+            "set server be_a_blue/s3 state ready",
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_runtime_state_sets_every_slot_and_map_entry() {
+    let s = Settings::new("/d", ":80");
+    let new = service(vec![route(None, Some("/a"))]);
+    let commands = runtime_commands(&s, "a", None, &new);
+    assert_eq!(
+        commands,
+        vec![
+            "set server be_a_blue/s1 addr 10.0.0.1 port 80",
+            "set server be_a_blue/s1 state ready",
+            "set server be_a_blue/s2 addr 10.0.0.2 port 80",
+            "set server be_a_blue/s2 state ready",
+            "set map /d/live_paths.map /a be_a_blue",
+            "set server be_a_blue/s3 state maint",
+            "set server be_a_blue/s4 state maint",
+            "set server be_a_green/s1 state maint",
+            "set server be_a_green/s2 state maint",
+            "set server be_a_green/s3 state maint",
+            "set server be_a_green/s4 state maint",
+        ]
+    );
+}
+
+#[test]
+fn slots_leave_room_to_double() {
+    assert_eq!([0, 1, 2, 3, 4, 5].map(slots_for), [4, 4, 4, 8, 8, 12],);
+}
+
+#[test]
+fn servers_from_containers_skip_archived_stopped_and_addressless_replicas() {
+    let container = |name: &str, color, slot, address: Option<&str>, running, ready| Container {
+        id: name.into(),
+        name: name.into(),
+        service: "books".into(),
+        role: Role::Replica { color, slot },
+        revision: "r1".into(),
+        spec_index: 1,
+        image: "i".into(),
+        running,
+        created_ms: 0,
+        address: address.map(str::to_owned),
+        ready,
+    };
+    let servers = ServiceRoutes::servers_from(&[
+        container("books-blue-2", Color::Blue, 2, Some("10.0.0.2"), true, true),
+        container(
+            "books-blue-1",
+            Color::Blue,
+            1,
+            Some("10.0.0.1"),
+            true,
+            false,
+        ),
+        container("books-rr1-3", Color::Blue, 3, Some("10.0.0.3"), true, true),
+        container("books-green-1", Color::Green, 1, None, true, true),
+        container(
+            "books-green-2",
+            Color::Green,
+            2,
+            Some("10.0.1.2"),
+            false,
+            true,
+        ),
+    ]);
+    assert_eq!(
+        servers,
+        BTreeMap::from([(
+            Color::Blue,
+            vec![
+                Server {
+                    slot: 1,
+                    address: "10.0.0.1".into(),
+                    state: ServerState::Maint
+                },
+                ready(2, "10.0.0.2"),
+            ]
+        )])
+    );
+}

@@ -1,0 +1,581 @@
+//! The daemon's Prometheus metrics, and the pure rules that turn status transitions into
+//! rollout outcomes.
+//!
+//! [`Metrics`] owns a `prometheus-client` registry and one handle per metric; the controller
+//! calls its `observe`/`count` methods and the HTTP server encodes it for `/metrics`. Every
+//! series with a known, small label set is created at zero, so a dashboard sees
+//! `cutover_rollouts_total{outcome="aborted"} 0` rather than no series at all.
+//!
+//! It must not do I/O or decide anything: it only counts what the controller reports.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::plan::Step;
+use crate::status::{Phase, Status};
+
+/// What `/metrics` answers with: the OpenMetrics text format that `prometheus-client`
+/// writes, which Prometheus negotiates and scrapes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every phase, for the `cutover_services` gauge (each is always present, 0 when unused).
+pub const PHASES: [Phase; 5] = [
+    Phase::Progressing,
+    Phase::Preview,
+    Phase::Available,
+    Phase::Degraded,
+    Phase::Invalid,
+];
+
+/// How a rollout ended, as counted by `cutover_rollouts_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Traffic switched to the new revision (a `Switched` event).
+    Completed,
+    /// `cutover abort` removed the rollout in progress.
+    Aborted,
+    /// The new color was not ready by `progressDeadline`; its revision was rejected.
+    Rejected,
+    /// `cutover rollback` rejected the live revision.
+    RolledBack,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Completed,
+        Outcome::Aborted,
+        Outcome::Rejected,
+        Outcome::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Aborted => "aborted",
+            Outcome::Rejected => "rejected",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// The rollouts that ended between two statuses of one service, `old` being the one stored
+/// and `new` the one being written.
+///
+/// - A new rejection (a different revision, spec index or reason in `rejected`) is an
+///   outcome by its reason: `ProgressDeadlineExceeded` → rejected, `Aborted` → aborted,
+///   `RolledBack` → rolled back.
+/// - A switch (the planner sets `switchedAt` exactly when it records a `Switched` event) is
+///   a completed rollout, except the switch back to a kept revision that a rollback asked
+///   for: that one is part of the rollback.
+///
+/// Pure, so that each transition is counted once: the controller calls it only when it
+/// writes a status that differs from the stored one.
+pub fn rollout_outcomes(old: &Status, new: &Status) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    if let Some(rejected) = &new.rejected
+        && old.rejected.as_ref() != Some(rejected)
+    {
+        match rejected.reason.as_str() {
+            "ProgressDeadlineExceeded" => outcomes.push(Outcome::Rejected),
+            "Aborted" => outcomes.push(Outcome::Aborted),
+            "RolledBack" => outcomes.push(Outcome::RolledBack),
+            _ => {}
+        }
+    }
+    let rolling_back = new
+        .rejected
+        .as_ref()
+        .is_some_and(|r| r.reason == "RolledBack");
+    if new.switched_at_ms.is_some() && new.switched_at_ms != old.switched_at_ms && !rolling_back {
+        outcomes.push(Outcome::Completed);
+    }
+    outcomes
+}
+
+/// The `kind` label of `cutover_steps_total`.
+pub fn step_kind(step: &Step) -> &'static str {
+    match step {
+        Step::PullImage { .. } => "pull_image",
+        Step::CreateReplica { .. } => "create_replica",
+        Step::CreateSideTarget { .. } => "create_side_target",
+        Step::Start { .. } => "start",
+        Step::Stop { .. } => "stop",
+        Step::Remove { .. } => "remove",
+        Step::Rename { .. } => "rename",
+        Step::Switch { .. } => "switch",
+    }
+}
+
+/// The `reason` labels of `cutover_reconcile_errors_total` (see
+/// `ReconcileError::metric_reason`), created at zero.
+const ERROR_REASONS: [&str; 4] = ["consul", "docker", "image_not_found", "image_pull_failed"];
+
+const STEP_KINDS: [&str; 8] = [
+    "pull_image",
+    "create_replica",
+    "create_side_target",
+    "start",
+    "stop",
+    "remove",
+    "rename",
+    "switch",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+fn reconcile_histogram() -> Histogram {
+    // 5 ms to about 82 s: a no-op reconcile is milliseconds, one that pulls an image minutes.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Every metric of the daemon. Shared as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    reconcile_duration: Family<ResultLabel, Histogram, fn() -> Histogram>,
+    reconcile_errors: Family<ReasonLabel, Counter>,
+    queue_depth: Gauge,
+    services: Family<PhaseLabel, Gauge>,
+    rollouts: Family<OutcomeLabel, Counter>,
+    steps: Family<StepLabels, Counter>,
+    deletions_refused: Counter,
+    haproxy_reloads: Counter,
+    haproxy_runtime_calls: Counter,
+    leader: Gauge,
+    /// The phase of each service, from the statuses the controller writes; the
+    /// `cutover_services` gauge is counted from it.
+    phases: Mutex<BTreeMap<String, Phase>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cutover");
+        let reconcile_duration: Family<ResultLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(reconcile_histogram);
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile of one service took, by result (ok or error)",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed and will be retried with backoff, by reason",
+            reconcile_errors.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Services waiting in the work queue",
+            queue_depth.clone(),
+        );
+        let services = Family::<PhaseLabel, Gauge>::default();
+        registry.register(
+            "services",
+            "Services by the phase in their last status",
+            services.clone(),
+        );
+        let rollouts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Rollouts that ended, by outcome (completed, aborted, rejected, rolled_back)",
+            rollouts.clone(),
+        );
+        let steps = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "steps",
+            "Plan steps carried out, by kind and result (ok or error)",
+            steps.clone(),
+        );
+        let deletions_refused = Counter::default();
+        registry.register(
+            "deletions_refused",
+            "Reconciles that refused to remove a service whose spec vanished in a mass deletion",
+            deletions_refused.clone(),
+        );
+        let haproxy_reloads = Counter::default();
+        registry.register(
+            "haproxy_reloads",
+            "HAProxy reloads (only when the set of backends changes)",
+            haproxy_reloads.clone(),
+        );
+        let haproxy_runtime_calls = Counter::default();
+        registry.register(
+            "haproxy_runtime_calls",
+            "Commands sent to HAProxy's Runtime API",
+            haproxy_runtime_calls.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this daemon is the leader that changes Docker, 0 while it waits",
+            leader.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the label is the version of this cutover binary",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        // Known label values start at zero.
+        for result in ["ok", "error"] {
+            let _ = reconcile_duration.get_or_create(&ResultLabel { result });
+        }
+        for reason in ERROR_REASONS {
+            let _ = reconcile_errors.get_or_create(&ReasonLabel { reason });
+        }
+        for outcome in Outcome::ALL {
+            let _ = rollouts.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        for phase in PHASES {
+            let _ = services.get_or_create(&PhaseLabel {
+                phase: phase.to_string(),
+            });
+        }
+        for kind in STEP_KINDS {
+            let _ = steps.get_or_create(&StepLabels { kind, result: "ok" });
+        }
+        // Until leader election lands, the only daemon is the leader.
+        leader.set(1);
+
+        Metrics {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            queue_depth,
+            services,
+            rollouts,
+            steps,
+            deletions_refused,
+            haproxy_reloads,
+            haproxy_runtime_calls,
+            leader,
+            phases: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// One reconcile ended; `error` is its reason label when it failed.
+    pub fn reconcile(&self, took: Duration, error: Option<&'static str>) {
+        let result = if error.is_some() { "error" } else { "ok" };
+        self.reconcile_duration
+            .get_or_create(&ResultLabel { result })
+            .observe(took.as_secs_f64());
+        if let Some(reason) = error {
+            self.reconcile_errors
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+        }
+    }
+
+    /// One plan step was carried out (or failed).
+    pub fn step(&self, step: &Step, ok: bool) {
+        let labels = StepLabels {
+            kind: step_kind(step),
+            result: if ok { "ok" } else { "error" },
+        };
+        self.steps.get_or_create(&labels).inc();
+    }
+
+    /// The controller is about to write (or keep) `new` for `service`, where `old` is what is
+    /// stored. Updates the phase gauge and counts the rollouts that ended.
+    pub fn status(&self, service: &str, old: Option<&Status>, new: &Status) {
+        let default = Status::default();
+        if old != Some(new) {
+            for outcome in rollout_outcomes(old.unwrap_or(&default), new) {
+                self.rollouts
+                    .get_or_create(&OutcomeLabel {
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
+            }
+        }
+        let mut phases = self.phases.lock().expect("phases lock");
+        match new.phase {
+            Some(phase) => phases.insert(service.to_owned(), phase),
+            None => phases.remove(service),
+        };
+        self.count_phases(&phases);
+    }
+
+    /// The service is gone (its status was deleted).
+    pub fn forget(&self, service: &str) {
+        let mut phases = self.phases.lock().expect("phases lock");
+        phases.remove(service);
+        self.count_phases(&phases);
+    }
+
+    fn count_phases(&self, phases: &BTreeMap<String, Phase>) {
+        for phase in PHASES {
+            let count = phases.values().filter(|p| **p == phase).count();
+            self.services
+                .get_or_create(&PhaseLabel {
+                    phase: phase.to_string(),
+                })
+                .set(count as i64);
+        }
+    }
+
+    /// A removal was refused by the mass-deletion guard.
+    pub fn deletion_refused(&self) {
+        self.deletions_refused.inc();
+    }
+
+    /// What one apply of the routes did to HAProxy.
+    pub fn haproxy(&self, outcome: &crate::haproxy::ApplyOutcome) {
+        if outcome.reloaded {
+            self.haproxy_reloads.inc();
+        }
+        self.haproxy_runtime_calls
+            .inc_by(u64::from(outcome.runtime_calls));
+    }
+
+    /// Whether this daemon holds the leader lock.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth.set(depth as i64);
+    }
+
+    /// Every metric in the OpenMetrics text format (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Color, Rejected};
+
+    fn rejected(reason: &str, index: u64) -> Option<Rejected> {
+        Some(Rejected {
+            revision: "abc".into(),
+            spec_index: index,
+            reason: reason.into(),
+            message: String::new(),
+        })
+    }
+
+    fn status(switched: Option<u64>, rejected: Option<Rejected>) -> Status {
+        Status {
+            switched_at_ms: switched,
+            rejected,
+            active_color: Some(Color::Blue),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_come_from_status_transitions() {
+        use Outcome::*;
+        let cases: Vec<(&str, Status, Status, Vec<Outcome>)> = vec![
+            (
+                "first deploy",
+                Status::default(),
+                status(Some(1), None),
+                vec![Completed],
+            ),
+            (
+                "a switch",
+                status(Some(1), None),
+                status(Some(2), None),
+                vec![Completed],
+            ),
+            (
+                "nothing new",
+                status(Some(1), None),
+                status(Some(1), None),
+                vec![],
+            ),
+            (
+                "deadline",
+                status(Some(1), None),
+                status(Some(1), rejected("ProgressDeadlineExceeded", 7)),
+                vec![Rejected],
+            ),
+            (
+                "abort",
+                status(Some(1), None),
+                status(Some(1), rejected("Aborted", 7)),
+                vec![Aborted],
+            ),
+            (
+                "rollback while draining switches back at once",
+                status(Some(1), None),
+                status(Some(2), rejected("RolledBack", 7)),
+                vec![RolledBack],
+            ),
+            (
+                "the later switch back of a rollback",
+                status(Some(2), rejected("RolledBack", 7)),
+                status(Some(3), rejected("RolledBack", 7)),
+                vec![],
+            ),
+            (
+                "the same rejection again",
+                status(Some(1), rejected("Aborted", 7)),
+                status(Some(1), rejected("Aborted", 7)),
+                vec![],
+            ),
+            (
+                "the same revision rejected again for a new spec index",
+                status(Some(1), rejected("ProgressDeadlineExceeded", 7)),
+                status(Some(1), rejected("ProgressDeadlineExceeded", 9)),
+                vec![Rejected],
+            ),
+            (
+                "a rejection cleared by a spec change",
+                status(Some(1), rejected("Aborted", 7)),
+                status(Some(1), None),
+                vec![],
+            ),
+        ];
+        for (what, old, new, expected) in cases {
+            assert_eq!(rollout_outcomes(&old, &new), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_text_has_every_metric_and_zeroed_series() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for needle in [
+            "cutover_reconcile_duration_seconds_bucket{",
+            "cutover_reconcile_errors_total{reason=\"consul\"} 0",
+            "cutover_queue_depth 0",
+            "cutover_services{phase=\"Available\"} 0",
+            "cutover_rollouts_total{outcome=\"rolled_back\"} 0",
+            "cutover_steps_total{kind=\"switch\",result=\"ok\"} 0",
+            "cutover_deletions_refused_total 0",
+            "cutover_haproxy_reloads_total 0",
+            "cutover_haproxy_runtime_calls_total 0",
+            "cutover_leader 1",
+            "cutover_build_info{version=",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn phases_are_counted_per_service_and_forgotten() {
+        let metrics = Metrics::new();
+        let available = Status {
+            phase: Some(Phase::Available),
+            ..Status::default()
+        };
+        let degraded = Status {
+            phase: Some(Phase::Degraded),
+            ..Status::default()
+        };
+        metrics.status("a", None, &available);
+        metrics.status("b", None, &available);
+        metrics.status("c", None, &degraded);
+        metrics.status("b", Some(&available), &degraded);
+        let text = metrics.encode();
+        assert!(
+            text.contains("cutover_services{phase=\"Available\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cutover_services{phase=\"Degraded\"} 2"),
+            "{text}"
+        );
+        metrics.forget("c");
+        let text = metrics.encode();
+        assert!(
+            text.contains("cutover_services{phase=\"Degraded\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counters_count() {
+        let metrics = Metrics::new();
+        metrics.reconcile(Duration::from_millis(20), None);
+        metrics.reconcile(Duration::from_millis(20), Some("docker"));
+        metrics.step(&Step::Switch { to: Color::Green }, true);
+        metrics.status("a", None, &status(Some(5), None));
+        metrics.haproxy(&crate::haproxy::ApplyOutcome {
+            reloaded: true,
+            reload_required: false,
+            runtime_calls: 2,
+        });
+        metrics.set_leader(false);
+        metrics.set_queue_depth(3);
+        let text = metrics.encode();
+        for needle in [
+            "cutover_reconcile_duration_seconds_count{result=\"ok\"} 1",
+            "cutover_reconcile_duration_seconds_count{result=\"error\"} 1",
+            "cutover_reconcile_errors_total{reason=\"docker\"} 1",
+            "cutover_steps_total{kind=\"switch\",result=\"ok\"} 1",
+            "cutover_rollouts_total{outcome=\"completed\"} 1",
+            "cutover_haproxy_reloads_total 1",
+            "cutover_haproxy_runtime_calls_total 2",
+            "cutover_leader 0",
+            "cutover_queue_depth 3",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}

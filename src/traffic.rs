@@ -1,0 +1,237 @@
+//! The traffic seam: what the controller asks of the proxy, in the controller's terms.
+//!
+//! The controller calls [`Traffic::prepare`] before a plan's steps (so that replicas about
+//! to be stopped or removed take no new requests and finish the ones they have),
+//! [`Traffic::switch`] for [`crate::plan::Step::Switch`], and [`Traffic::settle`] after the
+//! steps. Each builds a [`ServiceRoutes`] from plain data and hands it to the HAProxy
+//! adapter, which turns it into Runtime API calls or, when the shape changed, a validated
+//! seamless reload.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::haproxy::{ApplyOutcome, Proxy, ProxyError, ProxyMetrics, ServiceRoutes, slots_for};
+use crate::metrics::Metrics;
+use crate::observed::Container;
+use crate::plan::Step;
+use crate::spec::Service;
+use crate::status::Color;
+
+/// How long a replica may take to finish its requests before it is stopped anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The proxy, shared by the workers.
+pub struct Traffic {
+    proxy: Mutex<Proxy>,
+    metrics: Arc<Metrics>,
+}
+
+/// The routes of `service`: live and preview colors, and a server for every running replica
+/// with an address except those in `excluded` (ids), which go to maintenance.
+pub fn routes(
+    service: &Service,
+    live: Option<Color>,
+    preview: Option<Color>,
+    containers: &[Container],
+    excluded: &BTreeSet<String>,
+) -> ServiceRoutes {
+    let kept: Vec<Container> = containers
+        .iter()
+        .filter(|c| !excluded.contains(&c.id))
+        .cloned()
+        .collect();
+    // Slots must cover every replica that still runs, also while scaling down.
+    let highest = containers
+        .iter()
+        .filter_map(|c| c.slot())
+        .max()
+        .unwrap_or(0);
+    ServiceRoutes {
+        routes: service.spec.routes.clone(),
+        live,
+        preview: preview.filter(|p| Some(*p) != live),
+        port: service.spec.port,
+        health_path: service.spec.health.path.clone(),
+        slots: slots_for(service.spec.replicas.max(highest)),
+        servers: ServiceRoutes::servers_from(&kept),
+    }
+}
+
+/// The replicas in play that `steps` stop, remove or rename: they must leave the routes
+/// first.
+pub fn leaving(steps: &[Step], containers: &[Container]) -> BTreeSet<String> {
+    let targets: BTreeSet<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Stop { target } | Step::Remove { target } | Step::Rename { target, .. } => {
+                Some(target.id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    containers
+        .iter()
+        .filter(|c| targets.contains(c.id.as_str()) && !c.is_archived() && c.color().is_some())
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+impl Traffic {
+    pub fn new(proxy: Proxy, metrics: Arc<Metrics>) -> Traffic {
+        Traffic {
+            proxy: Mutex::new(proxy),
+            metrics,
+        }
+    }
+
+    /// Routes `routes` for `name`.
+    pub async fn apply(
+        &self,
+        name: &str,
+        routes: &ServiceRoutes,
+    ) -> Result<ApplyOutcome, ProxyError> {
+        let outcome = self.proxy.lock().await.apply(name, routes).await?;
+        self.metrics.haproxy(&outcome);
+        if outcome.reloaded {
+            debug!(service = %name, "HAProxy reloaded for a new shape");
+        }
+        if outcome.reload_required {
+            warn!(service = %name, "the HAProxy configuration changed; reload the external HAProxy");
+        }
+        Ok(outcome)
+    }
+
+    /// Takes the replicas in `leaving` out of the routes and waits (at most
+    /// [`DRAIN_TIMEOUT`]) until they have no sessions left.
+    pub async fn prepare(
+        &self,
+        name: &str,
+        routes: &ServiceRoutes,
+        leaving: &[&Container],
+    ) -> Result<(), ProxyError> {
+        self.apply(name, routes).await?;
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        for c in leaving {
+            let (Some(color), Some(slot)) = (c.color(), c.slot()) else {
+                continue;
+            };
+            loop {
+                let sessions = self
+                    .proxy
+                    .lock()
+                    .await
+                    .server_sessions(name, color, slot)
+                    .await?;
+                if sessions == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    warn!(service = %name, container = %c.name, sessions, "drain timed out; stopping anyway");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a deleted service's routes.
+    pub async fn remove(&self, name: &str) -> Result<(), ProxyError> {
+        let mut proxy = self.proxy.lock().await;
+        if proxy.routes(name).is_some() {
+            proxy.remove(name).await?;
+        }
+        Ok(())
+    }
+
+    /// The services the proxy routes now.
+    pub async fn services(&self) -> Vec<String> {
+        self.proxy
+            .lock()
+            .await
+            .services()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub async fn metrics(&self) -> ProxyMetrics {
+        self.proxy.lock().await.metrics()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::Role;
+    use crate::plan::Target;
+    use crate::spec::parse_service;
+
+    fn replica(id: &str, color: Color, slot: u32, name: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            service: "web".into(),
+            role: Role::Replica { color, slot },
+            revision: "r1".into(),
+            spec_index: 1,
+            image: "web:1".into(),
+            running: true,
+            created_ms: 0,
+            address: Some(format!("10.0.0.{slot}")),
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn leaving_replicas_are_those_stopped_removed_or_renamed_in_play() {
+        let blue = replica("b1", Color::Blue, 1, "web-blue-1");
+        let archived = replica("old", Color::Green, 1, "web-rabc-1");
+        let kept = replica("b2", Color::Blue, 2, "web-blue-2");
+        let steps = vec![
+            Step::Stop {
+                target: Target::from(&blue),
+            },
+            Step::Remove {
+                target: Target::from(&archived),
+            },
+        ];
+        let gone = leaving(&steps, &[blue, archived, kept]);
+        assert_eq!(gone, BTreeSet::from(["b1".to_owned()]));
+    }
+
+    #[test]
+    fn routes_leave_out_excluded_servers_and_cover_every_running_slot() {
+        let service = parse_service(
+            "web.yaml",
+            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: web:1\n  replicas: 1\n  routes: [{pathPrefix: /}]\n",
+        )
+        .unwrap();
+        let containers: Vec<Container> = (1..=6)
+            .map(|slot| {
+                replica(
+                    &format!("b{slot}"),
+                    Color::Blue,
+                    slot,
+                    &format!("web-blue-{slot}"),
+                )
+            })
+            .collect();
+        let excluded: BTreeSet<String> = (2..=6).map(|s| format!("b{s}")).collect();
+        let r = routes(
+            &service,
+            Some(Color::Blue),
+            Some(Color::Blue),
+            &containers,
+            &excluded,
+        );
+        assert_eq!(r.slots, 12, "slots cover slot 6 while it drains");
+        assert_eq!(r.servers[&Color::Blue].len(), 1);
+        assert_eq!(r.preview, None, "preview equal to live is no preview");
+        assert_eq!(r.live, Some(Color::Blue));
+    }
+}

@@ -1,0 +1,883 @@
+//! The HAProxy adapter against a real HAProxy and real containers.
+//!
+//! Each test works in its own [`Lab`]: a temporary state directory, free loopback ports, a
+//! Docker network and containers named and labelled with a random suffix. Dropping the lab
+//! stops its HAProxy (by the pids its master reports) and removes its containers and
+//! network, also when an assertion failed. Load goes only to 127.0.0.1.
+//!
+//! The load generator opens a new connection per request (`Connection: close`) and counts
+//! every response: a request succeeds only with status 200 and a body of `version A\n` or
+//! `version B\n`; connect errors, resets, timeouts and any other status are failures.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use cutover::haproxy::{
+    ApplyOutcome, Proxy, ProxyError, Server, ServerState, ServiceRoutes, Settings, slots_for,
+};
+use cutover::spec::Route;
+use cutover::status::Color;
+
+const IMAGE_A: &str = "cutover-demo:a";
+const IMAGE_B: &str = "cutover-demo:b";
+/// Generous: the machines are noisy.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Concurrent clients of the load generator, each opening a new connection per request.
+const CONNECTIONS: usize = 8;
+
+/// The load tests run one at a time, so that each has the machine's two cores.
+static LOAD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn haproxy_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/haproxy",
+        "/usr/local/sbin/haproxy",
+        "/usr/bin/haproxy",
+    ] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!(
+        "haproxy is not installed: these tests need a real HAProxy 2.6+ (apt-get install haproxy)"
+    );
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        output.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn docker_quietly(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The master CLI, blocking, for cleanup in `Drop`.
+fn show_proc_blocking(master: &Path) -> Option<cutover::haproxy::runtime::Processes> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(master).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"show proc\n").ok()?;
+    stream.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    cutover::haproxy::runtime::parse_show_proc(&reply)
+}
+
+fn kill(signal: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// One test's HAProxy state directory, ports, network and containers.
+struct Lab {
+    suffix: String,
+    dir: PathBuf,
+    network: String,
+    http: u16,
+    preview: u16,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let suffix = format!("{:08x}", rand::random::<u32>());
+        let dir = std::env::temp_dir().join(format!("cutover-haproxy-{suffix}"));
+        let network = format!("cutover-proxytest-{suffix}");
+        docker(&[
+            "network",
+            "create",
+            "--label",
+            &format!("cutover-test={suffix}"),
+            &network,
+        ]);
+        Lab {
+            suffix,
+            dir,
+            network,
+            http: free_port(),
+            preview: free_port(),
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = Settings::new(&self.dir, format!("127.0.0.1:{}", self.http));
+        s.haproxy = haproxy_binary();
+        s.preview_bind = Some(format!("127.0.0.1:{}", self.preview));
+        s
+    }
+
+    fn live(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http))
+    }
+
+    fn preview(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.preview))
+    }
+
+    /// Starts a replica and returns its name and address once it answers its health check.
+    /// It answers `/whoami` (and `/<dir>/whoami` for a few route directories) with `name`.
+    async fn replica(&self, name: &str, image: &str) -> (String, String) {
+        let full = format!("cotest-{}-{name}", self.suffix);
+        let script = "for d in alpha alpha/admin admin; do mkdir -p /www/$d; \
+                      cp /www/index.html /www/$d/; echo $WHOAMI > /www/$d/whoami; done; \
+                      echo $WHOAMI > /www/whoami; \
+                      trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
+        let args = [
+            "run".to_owned(),
+            "-d".into(),
+            "--name".into(),
+            full.clone(),
+            "--label".into(),
+            format!("cutover-test={}", self.suffix),
+            "--network".into(),
+            self.network.clone(),
+            "-e".into(),
+            format!("WHOAMI={name}"),
+            image.into(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ];
+        let address = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            docker(&args);
+            docker(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                args[3],
+            ])
+        })
+        .await
+        .unwrap();
+        let target: SocketAddr = format!("{address}:80").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok((200, _)) = get(target, "probe", "/cgi-bin/health").await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {full} never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (full, address)
+    }
+
+    async fn replicas(&self, names: &[String], image: &str) -> Vec<(String, String)> {
+        futures::future::join_all(names.iter().map(|n| self.replica(n, image))).await
+    }
+
+    async fn remove(&self, containers: &[String]) {
+        self.remove_later(containers.to_vec()).await.unwrap();
+    }
+
+    /// Removes containers in the background.
+    fn remove_later(&self, containers: Vec<String>) -> JoinHandle<()> {
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["rm", "-f"];
+            args.extend(containers.iter().map(String::as_str));
+            docker(&args);
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(processes) = show_proc_blocking(&self.dir.join("master.sock")) {
+            kill("-TERM", processes.master_pid);
+            std::thread::sleep(Duration::from_millis(300));
+            kill("-KILL", processes.master_pid);
+            for worker in processes.workers {
+                kill("-KILL", worker.pid);
+            }
+        }
+        let ids = docker_quietly(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=cutover-test={}", self.suffix),
+        ]);
+        for id in ids.lines() {
+            docker_quietly(&["rm", "-f", id]);
+        }
+        docker_quietly(&["network", "rm", &self.network]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request on a new connection: status and body, or what went wrong.
+async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("incomplete response {text:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status in {head:?}"))?;
+        Ok((status, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(15), exchange)
+        .await
+        .unwrap_or_else(|_| Err("timeout".into()))
+}
+
+/// What the load generator saw.
+#[derive(Debug, Default)]
+struct Tally {
+    requests: u64,
+    version_a: u64,
+    version_b: u64,
+    failures: u64,
+    /// Failure kinds and how often.
+    kinds: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.requests += other.requests;
+        self.version_a += other.version_a;
+        self.version_b += other.version_b;
+        self.failures += other.failures;
+        for (k, n) in other.kinds {
+            *self.kinds.entry(k).or_default() += n;
+        }
+    }
+}
+
+/// `connections` clients in a loop, each request on a new connection, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<Tally>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, connections: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut tally = Tally::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        tally.requests += 1;
+                        match get(addr, "load.test", "/").await {
+                            Ok((200, body)) if body == "version A\n" => tally.version_a += 1,
+                            Ok((200, body)) if body == "version B\n" => tally.version_b += 1,
+                            outcome => {
+                                tally.failures += 1;
+                                let kind = match outcome {
+                                    Ok((status, body)) => format!("{status} {body:?}"),
+                                    Err(e) => e,
+                                };
+                                *tally.kinds.entry(kind).or_default() += 1;
+                            }
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = Tally::default();
+        for worker in self.workers {
+            total.merge(worker.await.unwrap());
+        }
+        total
+    }
+}
+
+fn path_route(path: &str) -> Route {
+    Route {
+        path_prefix: Some(path.into()),
+        host: None,
+    }
+}
+
+fn ready(slot: u32, address: &str) -> Server {
+    Server {
+        slot,
+        address: address.into(),
+        state: ServerState::Ready,
+    }
+}
+
+/// A service routed at `/`, live on `color` with `servers`.
+fn web(color: Color, servers: Vec<Server>) -> ServiceRoutes {
+    ServiceRoutes {
+        routes: vec![path_route("/")],
+        live: Some(color),
+        preview: None,
+        port: 80,
+        health_path: "/cgi-bin/health".into(),
+        slots: slots_for(2),
+        servers: BTreeMap::from([(color, servers)]),
+    }
+}
+
+async fn current_worker(proxy: &Proxy) -> u32 {
+    proxy
+        .processes()
+        .await
+        .expect("the master answers")
+        .current_workers()
+        .next()
+        .expect("a current worker")
+}
+
+/// Waits until `probe` returns 0, or panics after [`PATIENCE`].
+async fn wait_drained<F, Fut>(what: &str, probe: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<u32, ProxyError>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let sessions = probe().await.expect("sessions can be read");
+        if sessions == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} still has {sessions} sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_and_host_routes_for_three_services() {
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let names: Vec<String> = ["alpha-blue", "beta-green", "gamma-blue"]
+        .map(String::from)
+        .to_vec();
+    let replicas = lab.replicas(&names, IMAGE_A).await;
+    let service = |routes: Vec<Route>, color: Color, address: &str| ServiceRoutes {
+        routes,
+        live: Some(color),
+        preview: None,
+        port: 80,
+        health_path: "/cgi-bin/health".into(),
+        slots: 4,
+        servers: BTreeMap::from([(color, vec![ready(1, address)])]),
+    };
+    let host = |h: &str, p: Option<&str>| Route {
+        host: Some(h.into()),
+        path_prefix: p.map(String::from),
+    };
+    let alpha = service(vec![path_route("/alpha")], Color::Blue, &replicas[0].1);
+    let beta = service(vec![host("beta.test", None)], Color::Green, &replicas[1].1);
+    let gamma = service(
+        vec![
+            host("beta.test", Some("/admin")),
+            path_route("/alpha/admin"),
+        ],
+        Color::Blue,
+        &replicas[2].1,
+    );
+    for (name, routes) in [("alpha", &alpha), ("beta", &beta), ("gamma", &gamma)] {
+        let outcome = proxy.apply(name, routes).await.unwrap();
+        assert!(
+            outcome.reloaded,
+            "a new service is a new backend: {outcome:?}"
+        );
+    }
+    let cases = [
+        ("any.test", "/alpha/whoami", 200, "alpha-blue\n"),
+        ("any.test", "/alpha/", 200, "version A\n"),
+        // The longest prefix wins.
+        ("any.test", "/alpha/admin/whoami", 200, "gamma-blue\n"),
+        ("beta.test", "/whoami", 200, "beta-green\n"),
+        // Hosts are matched in lower case and without the port.
+        ("BETA.Test:8080", "/whoami", 200, "beta-green\n"),
+        // Host and path beats host alone; a host route beats a path route.
+        ("beta.test", "/admin/whoami", 200, "gamma-blue\n"),
+        ("beta.test", "/alpha/whoami", 200, "beta-green\n"),
+        (
+            "other.test",
+            "/admin/whoami",
+            503,
+            "no healthy backend for this route",
+        ),
+        (
+            "any.test",
+            "/nothing",
+            503,
+            "no healthy backend for this route",
+        ),
+    ];
+    for (host, path, status, body) in cases {
+        let response = get(lab.live(), host, path).await.unwrap();
+        assert_eq!(
+            response,
+            (status, body.to_owned()),
+            "Host: {host}, GET {path}"
+        );
+    }
+    // A service without a live color answers 503 on its routes instead of falling through
+    // to a shorter prefix.
+    let dark = ServiceRoutes {
+        live: None,
+        ..gamma.clone()
+    };
+    let outcome = proxy.apply("gamma", &dark).await.unwrap();
+    assert!(!outcome.reloaded);
+    assert_eq!(
+        get(lab.live(), "any.test", "/alpha/admin/whoami")
+            .await
+            .unwrap(),
+        (503, "no healthy backend for this route".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_reaches_the_new_color_and_promote_needs_no_reload() {
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let blue = lab.replica("web-blue-1", IMAGE_A).await;
+    let mut routes = web(Color::Blue, vec![ready(1, &blue.1)]);
+    proxy.apply("web", &routes).await.unwrap();
+    let green = lab.replica("web-green-1", IMAGE_B).await;
+    let reloads = proxy.metrics().reloads;
+    let worker = current_worker(&proxy).await;
+
+    routes.preview = Some(Color::Green);
+    routes
+        .servers
+        .insert(Color::Green, vec![ready(1, &green.1)]);
+    let outcome = proxy.apply("web", &routes).await.unwrap();
+    assert!(
+        !outcome.reloaded && outcome.runtime_calls > 0,
+        "{outcome:?}"
+    );
+    assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version A\n");
+    assert_eq!(get(lab.preview(), "x", "/").await.unwrap().1, "version B\n");
+
+    // Promote.
+    routes.live = Some(Color::Green);
+    routes.preview = None;
+    let outcome = proxy.apply("web", &routes).await.unwrap();
+    assert!(!outcome.reloaded, "{outcome:?}");
+    for _ in 0..10 {
+        assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
+        assert_eq!(get(lab.preview(), "x", "/").await.unwrap().1, "version B\n");
+    }
+    assert_eq!(proxy.metrics().reloads, reloads);
+    assert_eq!(
+        current_worker(&proxy).await,
+        worker,
+        "no new worker: no reload"
+    );
+    // The runtime state is also on disk: a reload keeps the promotion.
+    let maps = std::fs::read_to_string(lab.dir.join("live_paths.map")).unwrap();
+    assert_eq!(maps, "/ be_web_green\n");
+    // Applying the same table again sends nothing.
+    let outcome = proxy.apply("web", &routes).await.unwrap();
+    assert_eq!(outcome, ApplyOutcome::default());
+}
+
+/// The state of one color during the load test.
+struct Color_ {
+    color: Color,
+    image: &'static str,
+    containers: Vec<(String, String)>,
+}
+
+/// The servers of a color's containers, slot by slot, all in `state`.
+fn servers_of(c: &Color_, state: ServerState) -> Vec<Server> {
+    c.containers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, address))| Server {
+            slot: i as u32 + 1,
+            address: address.clone(),
+            state,
+        })
+        .collect()
+}
+
+fn other_image(image: &str) -> &'static str {
+    if image == IMAGE_A { IMAGE_B } else { IMAGE_A }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_failures_through_switches_and_scaling_under_load_and_the_naive_way_fails() {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Arc::new(Lab::new());
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let mut generation = 0u32;
+    let mut names = move |color: Color, count: usize| -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                generation += 1;
+                format!("web-{color}-{generation}")
+            })
+            .collect()
+    };
+    // The harness starts the next color's containers in the background while the current
+    // round drains, as a controller starting a rollout would; the proxy steps are the same.
+    let prepare = |lab: &Arc<Lab>, color: Color, image: &'static str, names: Vec<String>| {
+        let lab = lab.clone();
+        tokio::spawn(async move {
+            Color_ {
+                color,
+                image,
+                containers: lab.replicas(&names, image).await,
+            }
+        })
+    };
+    let mut live = prepare(&lab, Color::Blue, IMAGE_A, names(Color::Blue, 1))
+        .await
+        .unwrap();
+    proxy
+        .apply(
+            "web",
+            &web(live.color, servers_of(&live, ServerState::Ready)),
+        )
+        .await
+        .unwrap();
+    let reloads = proxy.metrics().reloads;
+    let mut next = prepare(
+        &lab,
+        Color::Green,
+        IMAGE_B,
+        names(Color::Green, live.containers.len()),
+    );
+
+    let started = tokio::time::Instant::now();
+    let load = Load::start(lab.live(), CONNECTIONS);
+    let (mut switches, mut scales) = (0, 0);
+    let mut removals = Vec::new();
+    for round in 0..20 {
+        // Blue/green: the other color is up and healthy; switch to it, drain the old
+        // color, take it out of its backend, stop it.
+        let new = next.await.unwrap();
+        let mut routes = web(new.color, servers_of(&new, ServerState::Ready));
+        routes
+            .servers
+            .insert(live.color, servers_of(&live, ServerState::Drain));
+        let outcome = proxy.apply("web", &routes).await.unwrap();
+        assert!(!outcome.reloaded, "a switch is runtime only: {outcome:?}");
+        wait_drained("the old color", || proxy.sessions("web", live.color)).await;
+        routes.servers.remove(&live.color);
+        proxy.apply("web", &routes).await.unwrap();
+        let old: Vec<String> = live.containers.iter().map(|c| c.0.clone()).collect();
+        removals.push(lab.remove_later(old));
+        let old_color = live.color;
+        live = new;
+        switches += 1;
+
+        // Every other round, scale the live color: up to 2, or back down to 1.
+        if round % 2 == 1 {
+            if live.containers.len() == 1 {
+                let added = lab.replicas(&names(live.color, 1), live.image).await;
+                live.containers.extend(added);
+                let routes = web(live.color, servers_of(&live, ServerState::Ready));
+                proxy.apply("web", &routes).await.unwrap();
+            } else {
+                let slot = live.containers.len() as u32;
+                let mut routes = web(live.color, servers_of(&live, ServerState::Ready));
+                routes.servers.get_mut(&live.color).unwrap()[slot as usize - 1].state =
+                    ServerState::Drain;
+                proxy.apply("web", &routes).await.unwrap();
+                wait_drained("the retired replica", || {
+                    proxy.server_sessions("web", live.color, slot)
+                })
+                .await;
+                let (name, _) = live.containers.pop().unwrap();
+                let routes = web(live.color, servers_of(&live, ServerState::Ready));
+                proxy.apply("web", &routes).await.unwrap();
+                removals.push(lab.remove_later(vec![name]));
+            }
+            scales += 1;
+        }
+        let image = other_image(live.image);
+        next = prepare(
+            &lab,
+            old_color,
+            image,
+            names(old_color, live.containers.len()),
+        );
+    }
+    let tally = load.finish().await;
+    let elapsed = started.elapsed();
+    let spare = next.await.unwrap();
+    for removal in removals {
+        removal.await.unwrap();
+    }
+    println!(
+        "correct path: {} requests, {} failures, A {} / B {}, {switches} switches, \
+         {scales} scale changes, {:.1?} ({:?})",
+        tally.requests, tally.failures, tally.version_a, tally.version_b, elapsed, tally.kinds
+    );
+    assert_eq!(tally.failures, 0, "failures: {:?}", tally.kinds);
+    assert_eq!((switches, scales), (20, 10));
+    assert!(tally.version_a > 0 && tally.version_b > 0, "{tally:?}");
+    assert_eq!(proxy.metrics().reloads, reloads, "no reload on the way");
+    assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
+    let spare: Vec<String> = spare.containers.into_iter().map(|c| c.0).collect();
+    lab.remove(&spare).await;
+
+    // The control: the naive switch, without drain or overlap: remove the old containers,
+    // then start new ones and point the servers at them.
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let old: Vec<String> = live.containers.iter().map(|c| c.0.clone()).collect();
+        lab.remove(&old).await;
+        let image = other_image(live.image);
+        live = Color_ {
+            color: live.color,
+            image,
+            containers: lab
+                .replicas(&names(live.color, live.containers.len()), image)
+                .await,
+        };
+        let routes = web(live.color, servers_of(&live, ServerState::Ready));
+        proxy.apply("web", &routes).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let control = load.finish().await;
+    println!(
+        "control (naive switch): {} requests, {} failures ({:?})",
+        control.requests, control.failures, control.kinds
+    );
+    assert!(
+        control.failures > 0,
+        "the harness must see the failures of a naive switch: {control:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seamless_reloads_under_load() {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let replicas = lab
+        .replicas(&["web-blue-1".into(), "web-blue-2".into()], IMAGE_A)
+        .await;
+    let routes = web(
+        Color::Blue,
+        vec![ready(1, &replicas[0].1), ready(2, &replicas[1].1)],
+    );
+    proxy.apply("web", &routes).await.unwrap();
+    let reloads = proxy.metrics().reloads;
+    let worker = current_worker(&proxy).await;
+
+    let load = Load::start(lab.live(), CONNECTIONS);
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A new service: new backends, a reload.
+        let extra = ServiceRoutes {
+            routes: vec![path_route(&format!("/extra{i}"))],
+            servers: BTreeMap::new(),
+            ..routes.clone()
+        };
+        let outcome = proxy.apply(&format!("extra{i}"), &extra).await.unwrap();
+        assert!(outcome.reloaded, "{outcome:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tally = load.finish().await;
+    println!(
+        "reloads under load: {} requests, {} failures, 5 reloads ({:?})",
+        tally.requests, tally.failures, tally.kinds
+    );
+    assert_eq!(tally.failures, 0, "failures: {:?}", tally.kinds);
+    assert!(tally.requests > 0);
+    assert_eq!(proxy.metrics().reloads, reloads + 5);
+    assert_ne!(current_worker(&proxy).await, worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_haproxy_rejects_is_never_loaded() {
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let replica = lab.replica("web-blue-1", IMAGE_A).await;
+    let routes = web(Color::Blue, vec![ready(1, &replica.1)]);
+    proxy.apply("web", &routes).await.unwrap();
+    let config = std::fs::read_to_string(lab.dir.join("haproxy.cfg")).unwrap();
+    let worker = current_worker(&proxy).await;
+
+    // Not an IP address, and not a name HAProxy can resolve: only HAProxy knows.
+    let bad = ServiceRoutes {
+        routes: vec![path_route("/bad")],
+        ..web(Color::Blue, vec![ready(1, "10.0.0.300")])
+    };
+    for (service, routes) in [
+        ("bad", &bad),
+        ("web", &web(Color::Blue, vec![ready(1, "10.0.0.300")])),
+    ] {
+        let error = proxy.apply(service, routes).await.unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, ProxyError::Rejected { .. })
+                && message.contains("could not resolve address '10.0.0.300'"),
+            "{message}"
+        );
+    }
+    assert_eq!(proxy.metrics().rejected_configs, 2);
+    assert_eq!(
+        std::fs::read_to_string(lab.dir.join("haproxy.cfg")).unwrap(),
+        config,
+        "the live configuration file is untouched"
+    );
+    assert_eq!(current_worker(&proxy).await, worker, "nothing was reloaded");
+    assert_eq!(
+        get(lab.live(), "x", "/").await.unwrap(),
+        (200, "version A\n".to_owned())
+    );
+    let map = proxy
+        .command(&format!("show map {}/live_paths.map", lab.dir.display()))
+        .await
+        .unwrap();
+    assert!(
+        map.contains(" / be_web_blue") && !map.contains("/bad"),
+        "the rejected route does not exist: {map}"
+    );
+}
+
+/// The session id of a process, from `/proc/<pid>/stat`.
+fn session_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// HAProxy masters running on this state directory: processes started with its
+/// configuration whose parent is not one of them (workers are the master's children;
+/// zombies have no command line).
+fn haproxy_masters_on(dir: &Path) -> usize {
+    let needle = format!("{}/haproxy.cfg", dir.display());
+    let ours: BTreeMap<u32, u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !cmdline.contains(&needle) {
+                return None;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    ours.values()
+        .filter(|ppid| !ours.contains_key(ppid))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_outlives_the_daemon_and_is_adopted() {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let blue = lab.replica("web-blue-1", IMAGE_A).await;
+    proxy
+        .apply("web", &web(Color::Blue, vec![ready(1, &blue.1)]))
+        .await
+        .unwrap();
+    let master = proxy.processes().await.unwrap().master_pid;
+    assert_ne!(
+        session_of(master),
+        session_of(std::process::id()),
+        "HAProxy runs in its own session"
+    );
+
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What a kill -9 of the daemon leaves: no Proxy, nothing run on the way out.
+    drop(proxy);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    assert_eq!(proxy.metrics().adoptions, 1);
+    assert_eq!(proxy.metrics().starts, 0);
+    assert_eq!(proxy.processes().await.unwrap().master_pid, master);
+    assert_eq!(haproxy_masters_on(&lab.dir), 1, "no second HAProxy");
+    // The adopted proxy remembers the table and can switch.
+    let green = lab.replica("web-green-1", IMAGE_B).await;
+    let mut routes = proxy.routes("web").unwrap().clone();
+    routes.live = Some(Color::Green);
+    routes
+        .servers
+        .insert(Color::Green, vec![ready(1, &green.1)]);
+    let outcome = proxy.apply("web", &routes).await.unwrap();
+    assert!(!outcome.reloaded, "{outcome:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = load.finish().await;
+    println!(
+        "daemon killed under load: {} requests, {} failures, A {} / B {} ({:?})",
+        tally.requests, tally.failures, tally.version_a, tally.version_b, tally.kinds
+    );
+    assert_eq!(tally.failures, 0, "failures: {:?}", tally.kinds);
+    assert!(tally.version_a > 0 && tally.version_b > 0);
+    assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
+}

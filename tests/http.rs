@@ -1,0 +1,668 @@
+//! The daemon's HTTP endpoints end to end: a real `cutover run` against a real Consul agent
+//! and the real Docker engine, read over HTTP, and the status page rendered by a real
+//! headless Chromium.
+//!
+//! Each test gets its own KV prefix, instance label, Docker network and port, and removes
+//! what it made when it ends, even when it fails. Container names are global on the engine,
+//! so the services here are named unlike those of the other test files. Chromium comes from Debian's `chromium`
+//! package (scripts/install-deps); without it the browser test fails, never skips.
+//!
+//! `CUTOVER_UPDATE_SCREENSHOT=1 cargo test --test http` rewrites docs/status-page.png.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use support::{Agent, TempDir, agent, unique_prefix};
+
+/// A daemon under test, its HTTP port, and everything it made.
+struct World {
+    agent: &'static Agent,
+    prefix: String,
+    instance: String,
+    network: String,
+    port: u16,
+    dir: TempDir,
+    daemon: Option<Child>,
+}
+
+impl World {
+    fn new(test: &str) -> World {
+        require_images();
+        let prefix = unique_prefix(test);
+        let instance = prefix.replace('/', "-");
+        World {
+            agent: agent(),
+            network: format!("cutover-{instance}"),
+            prefix,
+            instance,
+            port: free_port(),
+            dir: TempDir::new(),
+            daemon: None,
+        }
+    }
+
+    /// Starts `cutover run` on this world's port with `extra` arguments, pointed at `consul`.
+    fn start_daemon_with(&mut self, consul: &str, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = support::cutover_command()
+            .env("CONSUL_HTTP_ADDR", consul)
+            .env("CUTOVER_PREFIX", &self.prefix)
+            .env("RUST_LOG", "cutover=debug")
+            .args([
+                "run",
+                "--network",
+                &self.network,
+                "--instance",
+                &self.instance,
+            ])
+            .args([
+                "--resync",
+                "5s",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cutover run");
+        self.daemon = Some(child);
+        self.eventually("/healthz to answer", || {
+            get(self.port, "/healthz").is_some_and(|r| r.status == 200)
+        });
+    }
+
+    fn start_daemon(&mut self) {
+        let consul = self.agent.address();
+        self.start_daemon_with(&consul, &[]);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn cutover(&self, args: &[&str]) -> support::Run {
+        self.agent.cutover(&self.prefix).args(args).run()
+    }
+
+    fn apply(&self, name: &str, manifest: &str) {
+        let file = self.dir.write(&format!("{name}.yaml"), manifest);
+        let run = self.cutover(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(run.status.success(), "apply failed: {run}");
+    }
+
+    /// Writes a manifest straight to KV, as `consul kv put` would (no validation).
+    fn kv_put(&self, name: &str, manifest: &str) {
+        let file = self.dir.write(&format!("{name}.yaml"), manifest);
+        self.agent
+            .kv_put_file(&format!("{}/services/{name}", self.prefix), &file);
+    }
+
+    fn wait_available(&self, name: &str) {
+        let run = self.cutover(&["status", name, "--wait", "--timeout", "90s"]);
+        assert!(
+            run.status.success(),
+            "{name} did not become Available: {run}\n--- daemon log\n{}",
+            self.log()
+        );
+    }
+
+    fn phase(&self, name: &str) -> Option<String> {
+        let run = self.cutover(&["status", name, "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        status["phase"].as_str().map(str::to_owned)
+    }
+
+    fn wait_phase(&self, name: &str, phase: &str) {
+        self.eventually(&format!("{name} to be {phase}"), || {
+            self.phase(name).as_deref() == Some(phase)
+        });
+    }
+
+    fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "timed out waiting for {what}\n--- daemon log\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.cutover.instance={}", self.instance),
+        ]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            docker(&args);
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.0 request on loopback; `None` when nothing answers.
+fn request(port: u16, method: &str, path: &str, body: &str) -> Option<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Some(Response {
+        status,
+        content_type,
+        body: body.to_owned(),
+    })
+}
+
+fn get(port: u16, path: &str) -> Option<Response> {
+    request(port, "GET", path, "")
+}
+
+fn get_ok(port: u16, path: &str) -> Response {
+    let response = get(port, path).unwrap_or_else(|| panic!("GET {path}: no answer"));
+    assert_eq!(response.status, 200, "GET {path}: {response:?}");
+    response
+}
+
+/// The value of the sample `series` (name and labels exactly as written) in metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn require_images() {
+    for image in ["cutover-demo:a", "cutover-demo:b"] {
+        let out = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "image {image} is missing: run scripts/test-images"
+        );
+    }
+}
+
+/// The demo service: health on the CGI script, short drain and deadline for quick tests.
+fn demo(name: &str, image: &str, replicas: u32, strategy: &str) -> String {
+    format!(
+        "apiVersion: cutover.dev/v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  image: {image}
+  replicas: {replicas}
+  port: 80
+  health: {{path: /cgi-bin/health, interval: 200ms, timeout: 150ms}}
+  routes: [{{pathPrefix: /{name}}}]
+  strategy: {{blueGreen: {{{strategy}}}}}
+"
+    )
+}
+
+const FAST: &str = "scaleDownDelay: 1s, progressDeadline: 30s";
+
+#[test]
+fn every_endpoint_reports_a_service_after_a_rollout() {
+    let mut w = World::new("http-endpoints");
+    w.start_daemon();
+    w.apply("shop", &demo("shop", "cutover-demo:a", 2, FAST));
+    w.wait_available("shop");
+    w.apply("shop", &demo("shop", "cutover-demo:b", 2, FAST));
+    w.wait_available("shop");
+    w.kv_put(
+        "ledger",
+        "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: ledger}\nspec:\n  image: x\n  replicas: two\n",
+    );
+    w.wait_phase("ledger", "Invalid");
+
+    let healthz = get_ok(w.port, "/healthz");
+    assert_eq!(healthz.body, "ok\n");
+    let readyz = get_ok(w.port, "/readyz");
+    assert_eq!(readyz.body, "ready\n");
+
+    let metrics = get_ok(w.port, "/metrics");
+    assert!(
+        metrics
+            .content_type
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{}",
+        metrics.content_type
+    );
+    let text = &metrics.body;
+    for name in [
+        "cutover_reconcile_duration_seconds_bucket",
+        "cutover_reconcile_errors_total",
+        "cutover_queue_depth",
+        "cutover_services",
+        "cutover_rollouts_total",
+        "cutover_steps_total",
+        "cutover_haproxy_reloads_total",
+        "cutover_haproxy_runtime_calls_total",
+        "cutover_leader",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let at_least = |series: &str, min: f64| {
+        let value = sample(text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+        assert!(value >= min, "{series} is {value}, expected at least {min}");
+    };
+    // The first deploy and the rollout to :b both switched traffic.
+    at_least(r#"cutover_rollouts_total{outcome="completed"}"#, 2.0);
+    at_least(
+        r#"cutover_steps_total{kind="create_replica",result="ok"}"#,
+        4.0,
+    );
+    at_least(r#"cutover_steps_total{kind="switch",result="ok"}"#, 2.0);
+    at_least(
+        r#"cutover_reconcile_duration_seconds_count{result="ok"}"#,
+        1.0,
+    );
+    assert_eq!(
+        sample(text, r#"cutover_services{phase="Available"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(text, r#"cutover_services{phase="Invalid"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(text, r#"cutover_rollouts_total{outcome="aborted"}"#),
+        Some(0.0)
+    );
+    assert_eq!(sample(text, "cutover_leader"), Some(1.0));
+
+    let api = get_ok(w.port, "/api/v1/services");
+    assert!(api.content_type.starts_with("application/json"), "{api:?}");
+    let json = api.json();
+    let services = json["services"].as_array().expect("a services array");
+    let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["ledger", "shop"], "{json:#}");
+    let shop = &services[1];
+    assert_eq!(shop["spec"]["image"], "cutover-demo:b");
+    assert_eq!(shop["spec"]["replicas"], 2);
+    assert_eq!(shop["spec"]["valid"], true);
+    assert_eq!(shop["status"]["phase"], "Available");
+    assert_eq!(shop["status"]["activeColor"], "green");
+    assert_eq!(shop["status"]["colors"]["green"]["image"], "cutover-demo:b");
+    assert_eq!(shop["status"]["colors"]["green"]["ready"], 2);
+    assert!(
+        shop["status"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+    let ledger = &services[0];
+    assert_eq!(ledger["spec"]["valid"], false);
+    assert!(
+        ledger["spec"]["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("spec.replicas")),
+        "{ledger:#}"
+    );
+    assert_eq!(ledger["status"]["phase"], "Invalid");
+
+    let daemon = get_ok(w.port, "/api/v1/daemon").json();
+    assert_eq!(daemon["role"], "leader");
+    assert_eq!(daemon["ready"], true);
+    assert_eq!(daemon["prefix"], w.prefix.as_str());
+    assert_eq!(daemon["instance"], w.instance.as_str());
+    assert!(daemon["queueDepth"].is_u64(), "{daemon}");
+
+    let page = get_ok(w.port, "/");
+    assert!(page.content_type.starts_with("text/html"), "{page:?}");
+    assert!(page.body.contains("<title>cutover"), "{}", page.body);
+    assert!(page.body.contains("/api/v1/services"));
+    assert!(
+        !page.body.contains("http://") && !page.body.contains("https://"),
+        "no external assets"
+    );
+
+    let missing = get(w.port, "/nope").unwrap();
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("/healthz"), "{missing:?}");
+
+    // The log filter changes at run time, and a bad one is refused with the reason.
+    let put = request(w.port, "PUT", "/loglevel", "info,cutover=trace").unwrap();
+    assert_eq!(put.status, 200, "{put:?}");
+    assert_eq!(get_ok(w.port, "/loglevel").body, "info,cutover=trace\n");
+    let bad = request(w.port, "PUT", "/loglevel", "cutover=loud").unwrap();
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.body.contains("invalid filter"), "{bad:?}");
+    assert_eq!(get_ok(w.port, "/loglevel").body, "info,cutover=trace\n");
+}
+
+#[test]
+fn readiness_waits_for_consul_and_logs_can_be_json() {
+    let mut w = World::new("http-unready");
+    // Nothing listens there: the daemon is alive but cannot read the specs.
+    let nowhere = format!("127.0.0.1:{}", support::unused_port());
+    w.start_daemon_with(&nowhere, &["--log-format", "json"]);
+
+    assert_eq!(get_ok(w.port, "/healthz").body, "ok\n");
+    // First it connects to Docker, then it waits for Consul, and says so.
+    let expected = "not ready: waiting for a full read of the specs in Consul\n";
+    w.eventually("/readyz to name Consul", || {
+        get(w.port, "/readyz").is_some_and(|r| r.status == 503 && r.body == expected)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let readyz = get(w.port, "/readyz").unwrap();
+    assert_eq!((readyz.status, readyz.body.as_str()), (503, expected));
+    let daemon = get_ok(w.port, "/api/v1/daemon").json();
+    assert_eq!(daemon["ready"], false);
+    assert_eq!(
+        daemon["notReadyReason"],
+        "waiting for a full read of the specs in Consul"
+    );
+    let services = get(w.port, "/api/v1/services").unwrap();
+    assert_eq!(services.status, 503, "{services:?}");
+    assert!(
+        services.json()["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{services:?}"
+    );
+
+    w.eventually("a JSON warning about Consul", || {
+        w.log().lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                v["level"] == "WARN"
+                    && v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("cannot watch specs"))
+            })
+        })
+    });
+    for line in w.log().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON log line: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_taken_port_is_reported_at_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let run = agent()
+        .cutover(&unique_prefix("http-taken"))
+        .args(["run", "--listen", &address])
+        .run();
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "error: cannot listen on {address} for the HTTP endpoints"
+        )),
+        "{run}"
+    );
+    assert!(run.stderr.contains("pass --listen"), "{run}");
+}
+
+// The browser.
+
+/// Debian's chromium, or a loud failure.
+fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|name| which(name))
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium not found: run scripts/install-deps (the status page is tested in a \
+                 real headless browser)"
+            )
+        })
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    })
+}
+
+/// Runs headless Chromium on `url` with `args`, in its own profile directory, and returns
+/// its stdout. Fails after 90 s.
+fn run_chromium(profile: &Path, url: &str, args: &[&str]) -> String {
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--no-first-run", "--disable-extensions", "--mute-audio"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--window-size=1280,800", "--virtual-time-budget=5000"])
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chromium") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium did not finish within 90 s: {}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out.join().unwrap();
+    assert!(
+        status.success(),
+        "chromium failed ({status}): {}",
+        err.join().unwrap()
+    );
+    stdout
+}
+
+/// The opening tag of the element that carries `attribute` in serialized HTML.
+fn tag_with<'a>(dom: &'a str, attribute: &str) -> &'a str {
+    let at = dom
+        .find(attribute)
+        .unwrap_or_else(|| panic!("{attribute} not in the rendered page:\n{dom}"));
+    let start = dom[..at].rfind('<').unwrap();
+    let end = at + dom[at..].find('>').unwrap();
+    &dom[start..=end]
+}
+
+#[test]
+fn the_status_page_renders_every_phase_in_a_real_browser() {
+    let chromium_profile = TempDir::new();
+    chromium(); // fail before the slow part when there is no browser
+    let mut w = World::new("http-page");
+    w.start_daemon();
+    // One service per phase a person should tell apart at a glance.
+    w.apply("catalog", &demo("catalog", "cutover-demo:a", 2, FAST));
+    w.apply(
+        "checkout",
+        &demo(
+            "checkout",
+            "cutover-demo:a",
+            1,
+            "autoPromote: false, scaleDownDelay: 1s",
+        ),
+    );
+    w.wait_available("catalog");
+    w.wait_available("checkout");
+    w.apply("catalog", &demo("catalog", "cutover-demo:b", 2, FAST));
+    w.apply(
+        "checkout",
+        &demo(
+            "checkout",
+            "cutover-demo:b",
+            1,
+            "autoPromote: false, scaleDownDelay: 1s",
+        ),
+    );
+    w.apply(
+        "inventory",
+        &demo("inventory", "localhost:1/cutover/inventory:2.0", 2, FAST),
+    );
+    w.kv_put(
+        "payments",
+        "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: payments}\nspec:\n  image: cutover-demo:a\n  replicas: two\n",
+    );
+    w.wait_available("catalog");
+    w.wait_phase("checkout", "Preview");
+    w.wait_phase("inventory", "Degraded");
+    w.wait_phase("payments", "Invalid");
+
+    let url = format!("http://127.0.0.1:{}/", w.port);
+    let dom = run_chromium(chromium_profile.path(), &url, &["--dump-dom"]);
+    // The script ran: the cards were built from /api/v1/services and /api/v1/daemon.
+    let catalog = tag_with(&dom, r#"data-service="catalog""#);
+    assert!(catalog.contains(r#"data-phase="Available""#), "{catalog}");
+    assert!(catalog.contains(r#"data-live-color="green""#), "{catalog}");
+    let checkout = tag_with(&dom, r#"data-service="checkout""#);
+    assert!(checkout.contains(r#"data-phase="Preview""#), "{checkout}");
+    assert!(checkout.contains(r#"data-live-color="blue""#), "{checkout}");
+    let inventory = tag_with(&dom, r#"data-service="inventory""#);
+    assert!(
+        inventory.contains(r#"data-phase="Degraded""#),
+        "{inventory}"
+    );
+    let payments = tag_with(&dom, r#"data-service="payments""#);
+    assert!(payments.contains(r#"data-phase="Invalid""#), "{payments}");
+    for text in [
+        ">catalog<",
+        ">Available<",
+        ">Preview<",
+        ">Degraded<",
+        ">Invalid<",
+        ">LIVE<",
+        ">PREVIEW<",
+        ">cutover-demo:b<",
+        ">Leader<",
+        ">Ready<",
+        "4 services",
+        "ImagePullFailed",
+        "spec.replicas",
+    ] {
+        assert!(
+            dom.contains(text),
+            "{text} not in the rendered page:\n{dom}"
+        );
+    }
+    assert!(
+        tag_with(&dom, r#"id="banner""#).contains("hidden"),
+        "the error banner shows:\n{dom}"
+    );
+
+    let shot = w.dir.path().join("status-page.png");
+    run_chromium(
+        chromium_profile.path(),
+        &url,
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(
+        png.len() > 20_000,
+        "a suspiciously small screenshot: {} bytes",
+        png.len()
+    );
+    if std::env::var_os("CUTOVER_UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
+        std::fs::write(&docs, &png).expect("write docs/status-page.png");
+    }
+}
