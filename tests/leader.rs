@@ -236,6 +236,9 @@ impl World {
             .args(["--resync", "5s"])
             .args(["--leader-ttl", &format!("{}s", TTL.as_secs())])
             .args(["--lock-delay", &format!("{}s", lock_delay.as_secs())])
+            // Several daemons on one machine: no HAProxy (this is about the controller), and
+            // HTTP endpoints on free ports.
+            .args(["--no-proxy", "--listen", "127.0.0.1:0"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
