@@ -29,6 +29,10 @@ pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
 /// The longest wait Consul accepts for a blocking query.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
+// The agent's service API (registrations for the catalog), in its own file.
+mod agent;
+pub use agent::{AgentService, CheckStatus, HttpCheck, meta_filter};
+
 /// How to reach Consul. Build it with [`ConsulConfig::from_env`] and override fields from
 /// command-line flags.
 #[derive(Debug, Clone, PartialEq, Eq)]

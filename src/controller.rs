@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::catalog;
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::haproxy::ProxyError;
 use crate::health::{HealthMonitor, ReadinessChange};
@@ -374,6 +375,10 @@ impl Controller {
             (None, _) => {
                 if observed.containers.is_empty() {
                     self.health.forget_service(name);
+                    let instance = &self.settings.scope.instance;
+                    catalog::sync(self.store.client(), name, instance, &[])
+                        .await
+                        .map_err(StoreError::from)?;
                     if stored_status.is_some() {
                         self.leadership.check()?;
                         self.store.delete_status(name).await?;
@@ -468,6 +473,15 @@ impl Controller {
         containers: &[crate::observed::Container],
     ) -> Result<(), ReconcileError> {
         let name = exec.service_name;
+        let client = self.store.client();
+        let instance = &self.settings.scope.instance;
+        // Consul catalog users stop seeing a replica before it stops.
+        let leaving_catalog = catalog::ids_to_deregister_before(&plan.steps);
+        if !leaving_catalog.is_empty() {
+            catalog::deregister_ids(client, instance, &leaving_catalog)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let traffic = self.traffic.as_ref();
         self.leadership.check()?;
         match (traffic, exec.service) {
@@ -497,15 +511,34 @@ impl Controller {
                 (Step::Switch { to }, Some(traffic), Some(service)) => {
                     let routes =
                         traffic::routes(service, Some(*to), None, containers, &BTreeSet::new());
-                    traffic.apply(name, &routes).await?;
+                    let result = traffic.apply(name, &routes).await;
+                    self.metrics.step(step, result.is_ok());
+                    result?;
                 }
                 // Without a proxy, the switch is the status write that follows.
-                (Step::Switch { .. }, _, _) => {}
+                (Step::Switch { .. }, _, _) => self.metrics.step(step, true),
                 _ => {
                     let result = self.docker.execute(exec, step).await;
                     self.metrics.step(step, result.is_ok());
                     result?;
                 }
+            }
+        }
+        if let (Some(service), true) = (exec.service, plan.steps.is_empty()) {
+            let desired = catalog::desired_registrations(
+                name,
+                instance,
+                containers,
+                plan.status.active_color,
+                plan.status.preview_color,
+                service.spec.port,
+                &service.spec.health.path,
+            );
+            let outcome = catalog::sync(client, name, instance, &desired)
+                .await
+                .map_err(StoreError::from)?;
+            if !outcome.conflicts.is_empty() {
+                warn!(service = %name, conflicts = ?outcome.conflicts, "catalog IDs taken by registrations that are not ours");
             }
         }
         if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())

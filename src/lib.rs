@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants they keep.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod cli;
 pub mod consul;
 pub mod controller;

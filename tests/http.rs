@@ -67,6 +67,8 @@ impl World {
                 "5s",
                 "--listen",
                 &format!("127.0.0.1:{}", self.port),
+                // These tests are about the endpoints; traffic is tested elsewhere.
+                "--no-proxy",
             ])
             .args(extra)
             .stdout(log.try_clone().unwrap())

@@ -195,6 +195,29 @@ impl World {
         http_get(ip.trim(), "/")
     }
 
+    /// The catalog instances of `service` carrying `tag`, by ID without the test's tag.
+    fn catalog(&self, service: &str, tag: &str) -> Vec<String> {
+        let url = format!(
+            "http://{}/v1/catalog/service/{}?tag={tag}",
+            self.agent.address(),
+            self.svc(service)
+        );
+        let out = Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .expect("run curl");
+        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut ids: Vec<String> = entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["ServiceID"].as_str())
+            .map(|id| id.replace(&format!("-{}", self.tag), ""))
+            .collect();
+        ids.sort();
+        ids
+    }
+
     fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
@@ -321,6 +344,10 @@ fn a_new_image_rolls_to_the_other_color_and_the_old_one_is_kept_stopped() {
         "version B [200]",
         "switched when Available"
     );
+    // Consul catalog users see the live replicas apart from the others.
+    w.eventually("the live replicas in the catalog", || {
+        w.catalog("web", "live") == ["web-green-1", "web-green-2"]
+    });
     // After scaleDownDelay the old color is stopped and kept under its revision's name.
     w.eventually("blue to be retired", || {
         let c = w.containers();
