@@ -376,6 +376,7 @@ impl Controller {
                 if observed.containers.is_empty() {
                     self.health.forget_service(name);
                     let instance = &self.settings.scope.instance;
+                    self.leadership.check()?;
                     catalog::sync(self.store.client(), name, instance, &[])
                         .await
                         .map_err(StoreError::from)?;
@@ -475,6 +476,7 @@ impl Controller {
         let name = exec.service_name;
         let client = self.store.client();
         let instance = &self.settings.scope.instance;
+        self.leadership.check()?;
         // Consul catalog users stop seeing a replica before it stops.
         let leaving_catalog = catalog::ids_to_deregister_before(&plan.steps);
         if !leaving_catalog.is_empty() {
@@ -534,6 +536,7 @@ impl Controller {
                 service.spec.port,
                 &service.spec.health.path,
             );
+            self.leadership.check()?;
             let outcome = catalog::sync(client, name, instance, &desired)
                 .await
                 .map_err(StoreError::from)?;
