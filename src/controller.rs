@@ -243,6 +243,8 @@ impl Controller {
         let mut was_leader = false;
         loop {
             let current = role.borrow_and_update().clone();
+            // `cutover_leader` and the status page's role.
+            self.metrics.set_leader(current.is_leader());
             if current.is_leader() && !was_leader {
                 info!("leader: reconciling every service");
                 self.queue_all();

@@ -261,6 +261,26 @@ impl World {
             .collect()
     }
 
+    /// `cutover_leader` from the daemon's `/metrics` (its port is in its log).
+    fn leader_gauge(&self, number: usize) -> Option<String> {
+        let log = self.log(number);
+        let (_, rest) = log.split_once("status page at http://")?;
+        let address = rest.split('/').next()?;
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "--max-time",
+                "5",
+                &format!("http://{address}/metrics"),
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("cutover_leader "))
+            .map(str::to_owned)
+    }
+
     fn pid(&self, number: usize) -> u32 {
         self.daemons[number].as_ref().expect("running").id()
     }
@@ -448,6 +468,11 @@ fn two_daemons_elect_one_leader_and_a_rollout_makes_no_duplicates() {
     w.eventually("the follower to follow", Duration::from_secs(10), || {
         w.log(follower).contains("following ")
     });
+    assert_eq!(w.leader_gauge(leader).as_deref(), Some("cutover_leader 1"));
+    assert_eq!(
+        w.leader_gauge(follower).as_deref(),
+        Some("cutover_leader 0")
+    );
 
     w.apply(&w.svc, &demo(&w.svc, "cutover-demo:a", 2));
     w.wait_available(&w.svc);
