@@ -1,8 +1,8 @@
 //! The Consul HTTP API adapter: key/value reads and writes, check-and-set, blocking queries.
 //!
 //! This is the only module that talks HTTP to Consul, and no `reqwest` type leaves it: callers
-//! see [`Client`], [`KvEntry`], [`Listing`], [`PrefixWatch`] and [`ConsulError`]. It knows
-//! nothing about cutover's key layout; that is `store`'s job.
+//! see [`Client`], [`KvEntry`], [`KeyRead`], [`Listing`], [`PrefixWatch`] and [`ConsulError`].
+//! It knows nothing about cutover's key layout; that is `store`'s job.
 //!
 //! Configuration follows the `consul` CLI ([`ConsulConfig::from_env`]): `CONSUL_HTTP_ADDR`,
 //! `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY` and `CONSUL_CACERT`.
@@ -10,9 +10,10 @@
 //! Transport failures (connection refused, timeouts, HTTP 5xx) are retried with exponential
 //! backoff for at most [`ConsulConfig::retry_timeout`]; HTTP 4xx answers are final.
 //!
-//! Sessions and locks (for the daemon's leader election) belong here too when they are built:
-//! they are more requests through the same private `Client::send`, which owns the retries and
-//! the error messages.
+//! Sessions and locks (for the daemon's leader election, see `leader`) are more requests
+//! through the same private `Client::send`, which owns the retries and the error messages:
+//! [`Client::create_session`], [`Client::renew_session`], [`Client::destroy_session`],
+//! [`Client::acquire`], [`Client::release`], and [`Client::get_blocking`] to wait on a lock key.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -135,6 +136,17 @@ pub struct KvEntry {
     pub modify_index: u64,
     pub create_index: u64,
     pub flags: u64,
+    /// The session that holds the key as a lock, if any.
+    pub session: Option<String>,
+}
+
+/// One key read with its index, as returned by [`Client::get_blocking`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRead {
+    /// `None` when the key does not exist.
+    pub entry: Option<KvEntry>,
+    /// `X-Consul-Index`: pass it to [`Client::get_blocking`] to wait for the next change.
+    pub index: u64,
 }
 
 /// The result of a recursive read of a prefix.
@@ -201,12 +213,19 @@ pub enum ConsulError {
 
 impl ConsulError {
     /// Whether trying again later may succeed: Consul was unreachable or had a server error.
+    /// A lock request naming a session that no longer exists is a server error (HTTP 500) that
+    /// never heals, so it is not transient.
     pub fn is_transient(&self) -> bool {
         match self {
             ConsulError::Unreachable { .. } => true,
-            ConsulError::Http { status, .. } => *status >= 500,
+            ConsulError::Http { status, .. } => *status >= 500 && !self.is_invalid_session(),
             _ => false,
         }
+    }
+
+    /// Whether Consul refused a lock request because the session does not exist (any more).
+    pub fn is_invalid_session(&self) -> bool {
+        matches!(self, ConsulError::Http { status: 500, body, .. } if body.contains("invalid session"))
     }
 }
 
@@ -230,7 +249,7 @@ impl fmt::Debug for Client {
 }
 
 /// One request to send: the method, the URL and what to name in errors (the KV key for KV
-/// requests; a session ID or a path for the other endpoints when they are added).
+/// requests; `session/<operation>/<id>` for sessions).
 struct Call<'a> {
     method: Method,
     url: Url,
@@ -259,6 +278,16 @@ struct WireEntry {
     create_index: u64,
     #[serde(default)]
     flags: u64,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+/// Consul's JSON for a new session, as returned by `PUT /v1/session/create`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireSessionId {
+    #[serde(rename = "ID")]
+    id: String,
 }
 
 impl Client {
@@ -409,6 +438,141 @@ impl Client {
         self.decode_bool(&Method::DELETE, key, &answer.body)
     }
 
+    /// Like [`Client::get`], but Consul holds the request until the key changes past `index`
+    /// or `wait` passes (at most [`MAX_WAIT`]). With `index` 0 it answers at once.
+    ///
+    /// # Caveats
+    /// The same index may come back (a timeout or an early wake-up); see [`next_index`].
+    pub async fn get_blocking(
+        &self,
+        key: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<KeyRead, ConsulError> {
+        let mut call = self.call(Method::GET, key);
+        if index > 0 {
+            let wait = wait.min(MAX_WAIT);
+            call.query.push(("index", index.to_string()));
+            call.query.push(("wait", format!("{}ms", wait.as_millis())));
+            call.attempt_timeout = wait + wait / 16 + self.retry_timeout;
+        }
+        let answer = self.send(call).await?;
+        let entry = if answer.status == StatusCode::NOT_FOUND {
+            None
+        } else {
+            self.decode_entries(&Method::GET, key, &answer.body)?.pop()
+        };
+        let index = answer.index.ok_or_else(|| ConsulError::InvalidResponse {
+            address: self.address().to_owned(),
+            method: Method::GET,
+            key: key.to_owned(),
+            reason: "no X-Consul-Index header".to_owned(),
+        })?;
+        Ok(KeyRead { entry, index })
+    }
+
+    /// Creates a session for locks (`PUT /v1/session/create`) and returns its ID. The session
+    /// is invalidated when it is not renewed for `ttl` (Consul may wait up to twice that), and
+    /// then releases the locks it holds (behavior `release`); nobody can take a lock it held
+    /// for `lock_delay` after that. It is also tied to the agent's node health (`serfHealth`).
+    ///
+    /// # Errors
+    /// Consul refuses a TTL outside 10 s..24 h or a lock delay over 60 s (HTTP 400 or 500).
+    pub async fn create_session(
+        &self,
+        name: &str,
+        ttl: Duration,
+        lock_delay: Duration,
+    ) -> Result<String, ConsulError> {
+        let what = "session/create";
+        let mut call = self.session_call(Method::PUT, what, &["create"]);
+        let body = serde_json::json!({
+            "Name": name,
+            "TTL": format!("{}ms", ttl.as_millis()),
+            "LockDelay": format!("{}ms", lock_delay.as_millis()),
+            "Behavior": "release",
+        });
+        call.body = Some(body.to_string().into_bytes());
+        let answer = self.send(call).await?;
+        let created: WireSessionId =
+            serde_json::from_slice(&answer.body).map_err(|e| ConsulError::InvalidResponse {
+                address: self.address().to_owned(),
+                method: Method::PUT,
+                key: what.to_owned(),
+                reason: format!("expected {{\"ID\": ...}}: {e}"),
+            })?;
+        Ok(created.id)
+    }
+
+    /// Renews a session's TTL (`PUT /v1/session/renew/<id>`). Returns `false` when the session
+    /// no longer exists (it expired or was destroyed): its locks are gone.
+    pub async fn renew_session(&self, id: &str) -> Result<bool, ConsulError> {
+        let what = format!("session/renew/{id}");
+        let call = self.session_call(Method::PUT, &what, &["renew", id]);
+        let answer = self.send(call).await?;
+        Ok(answer.status != StatusCode::NOT_FOUND)
+    }
+
+    /// Destroys a session (`PUT /v1/session/destroy/<id>`); the locks it holds are released,
+    /// and Consul applies their lock delay. Destroying a missing session succeeds.
+    pub async fn destroy_session(&self, id: &str) -> Result<(), ConsulError> {
+        let what = format!("session/destroy/{id}");
+        let call = self.session_call(Method::PUT, &what, &["destroy", id]);
+        self.send(call).await?;
+        Ok(())
+    }
+
+    /// Takes `key` as a lock for `session` and writes `value` (`PUT ?acquire=`). Returns
+    /// whether the session holds the lock now: `false` when another session holds it, or
+    /// during the lock delay after a holder's session was invalidated. Acquiring a lock the
+    /// session already holds succeeds and rewrites the value.
+    ///
+    /// # Errors
+    /// A session that does not exist is refused; see [`ConsulError::is_invalid_session`].
+    pub async fn acquire(
+        &self,
+        key: &str,
+        session: &str,
+        value: &[u8],
+    ) -> Result<bool, ConsulError> {
+        let mut call = self.call(Method::PUT, key);
+        call.query.push(("acquire", session.to_owned()));
+        call.body = Some(value.to_vec());
+        let answer = self.send(call).await?;
+        self.decode_bool(&Method::PUT, key, &answer.body)
+    }
+
+    /// Releases the lock on `key` if `session` holds it (`PUT ?release=`), without a lock
+    /// delay. Returns whether it did.
+    pub async fn release(&self, key: &str, session: &str) -> Result<bool, ConsulError> {
+        let mut call = self.call(Method::PUT, key);
+        call.query.push(("release", session.to_owned()));
+        let answer = self.send(call).await?;
+        self.decode_bool(&Method::PUT, key, &answer.body)
+    }
+
+    /// A request on `/v1/session/<segments...>`, named `what` in errors.
+    fn session_call<'a>(&self, method: Method, what: &'a str, segments: &[&str]) -> Call<'a> {
+        let mut url = self.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .expect("base_url only accepts http(s) URLs, which have a path");
+            path.pop_if_empty().push("v1").push("session");
+            for segment in segments {
+                path.push(segment);
+            }
+        }
+        Call {
+            method,
+            url,
+            key: what,
+            query: Vec::new(),
+            body: None,
+            attempt_timeout: self.retry_timeout.max(Duration::from_secs(1)),
+        }
+    }
+
     /// A request on `/v1/kv/<key>`.
     fn call<'a>(&self, method: Method, key: &'a str) -> Call<'a> {
         Call {
@@ -547,6 +711,7 @@ impl Client {
                     modify_index: entry.modify_index,
                     create_index: entry.create_index,
                     flags: entry.flags,
+                    session: entry.session.filter(|s| !s.is_empty()),
                 })
             })
             .collect()

@@ -11,6 +11,9 @@
 //! - Until one full read of the specs has succeeded (at start, and after an index reset),
 //!   the desired set is unknown and no service is reconciled.
 //! - Specs that vanish en masse are not acted on (see [`crate::plan::mass_deletion`]).
+//! - Only the leader acts (see [`crate::leader`]): leadership is checked before every step and
+//!   every status write, and a reconcile that finds it lost stops there. Followers watch and
+//!   observe, so they are ready to take over, but change nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,8 @@ pub struct Settings {
     pub workers: usize,
     /// Every service is reconciled at least this often (jittered by up to 20%).
     pub resync: Duration,
+    /// The leader election every daemon takes part in.
+    pub leader: crate::leader::Config,
     /// Act on mass deletions without `cutover prune --confirm`.
     pub allow_mass_deletion: bool,
     /// Remove labelled containers of services that have neither spec nor status.
@@ -57,6 +62,8 @@ pub enum ReconcileError {
     Proxy(#[from] ProxyError),
     #[error("the desired state is not known yet (waiting for a full read of Consul)")]
     DesiredUnknown,
+    #[error(transparent)]
+    NotLeader(#[from] crate::leader::NotLeader),
 }
 
 impl ReconcileError {
@@ -86,6 +93,7 @@ impl ReconcileError {
             ReconcileError::Docker(_) => "docker",
             ReconcileError::Proxy(_) => "proxy",
             ReconcileError::DesiredUnknown => "desired_unknown",
+            ReconcileError::NotLeader(_) => "not_leader",
         }
     }
 }
@@ -110,6 +118,9 @@ pub struct Controller {
     /// Readiness flips from the health monitor, taken by the task that watches them.
     health_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReadinessChange>>>,
     queue: WorkQueue,
+    leadership: crate::leader::Leadership,
+    /// The election, taken by `run` to start it.
+    election: Mutex<Option<crate::leader::Election>>,
     settings: Settings,
     shared: Mutex<Shared>,
     metrics: Arc<Metrics>,
@@ -135,6 +146,8 @@ impl Controller {
         metrics: Arc<Metrics>,
     ) -> Arc<Controller> {
         let (health, health_changes) = HealthMonitor::new();
+        let (election, leadership) =
+            crate::leader::Election::new(store.client().clone(), settings.leader.clone());
         Arc::new(Controller {
             store,
             docker,
@@ -142,6 +155,8 @@ impl Controller {
             health,
             health_changes: Mutex::new(Some(health_changes)),
             queue: WorkQueue::new(),
+            leadership,
+            election: Mutex::new(Some(election)),
             settings,
             shared: Mutex::new(Shared::default()),
             metrics,
@@ -183,7 +198,14 @@ impl Controller {
             docker = %self.docker.address(),
             "cutover controller starting"
         );
+        let campaign = self
+            .election
+            .lock()
+            .expect("election lock")
+            .take()
+            .map(crate::leader::Election::spawn);
         let mut background = tokio::task::JoinSet::new();
+        background.spawn(Arc::clone(&self).follow_leadership());
         background.spawn(Arc::clone(&self).watch_specs());
         background.spawn(Arc::clone(&self).watch_requests());
         background.spawn(Arc::clone(&self).watch_docker());
@@ -204,16 +226,55 @@ impl Controller {
         if drained.is_err() {
             warn!("steps still running after 30 s; abandoning them");
         }
+        // Only now that no step runs may a follower take over.
+        if let Some(campaign) = campaign {
+            campaign.resign().await;
+        }
+    }
+
+    /// Whether this daemon leads, and a way to watch it change (for status and metrics).
+    pub fn leadership(&self) -> &crate::leader::Leadership {
+        &self.leadership
+    }
+
+    /// Queues every service when this daemon becomes leader; says now and then that a
+    /// follower is ready.
+    async fn follow_leadership(self: Arc<Self>) {
+        let mut role = self.leadership.subscribe();
+        let mut was_leader = false;
+        loop {
+            let current = role.borrow_and_update().clone();
+            // `cutover_leader` and the status page's role.
+            self.metrics.set_leader(current.is_leader());
+            if current.is_leader() && !was_leader {
+                info!("leader: reconciling every service");
+                self.queue_all();
+            }
+            was_leader = current.is_leader();
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(self.settings.resync) => {
+                    if let crate::leader::Role::Follower { leader } = current {
+                        debug!(leader = leader.as_deref().unwrap_or("none"), "follower: ready to take over");
+                    }
+                }
+            }
+        }
     }
 
     async fn worker(self: Arc<Self>) {
         while let Some(name) = self.queue.next().await {
+            if !self.leadership.is_leader() {
+                // Becoming leader queues every service again.
+                self.queue.done(&name);
+                continue;
+            }
             let span = info_span!("reconcile", service = %name);
             let started = tokio::time::Instant::now();
             let result = self.reconcile(&name).instrument(span).await;
             match &result {
-                // Not a failure: nothing was looked at yet.
-                Err(ReconcileError::DesiredUnknown) => {}
+                // Not a failure: nothing was looked at yet, or another daemon acts.
+                Err(ReconcileError::DesiredUnknown | ReconcileError::NotLeader(_)) => {}
                 Err(e) => self
                     .metrics
                     .reconcile(started.elapsed(), Some(e.metric_reason())),
@@ -226,6 +287,7 @@ impl Controller {
                         shared.failures.remove(&name);
                         None
                     }
+                    Err(ReconcileError::NotLeader(_)) => None,
                     Err(_) => {
                         let failures = shared.failures.entry(name.clone()).or_insert(0);
                         *failures += 1;
@@ -243,6 +305,9 @@ impl Controller {
                 (Ok(None), _) => {}
                 (Err(ReconcileError::DesiredUnknown), _) => {
                     debug!(service = %name, "desired state unknown; waiting for Consul")
+                }
+                (Err(ReconcileError::NotLeader(_)), _) => {
+                    warn!(service = %name, "leadership lost: reconcile stopped before its next step")
                 }
                 (Err(e), Some(delay)) => {
                     warn!(service = %name, error = %e, retry_in = ?delay, "reconcile failed");
@@ -333,10 +398,12 @@ impl Controller {
                 if observed.containers.is_empty() {
                     self.health.forget_service(name);
                     let instance = &self.settings.scope.instance;
+                    self.leadership.check()?;
                     catalog::sync(self.store.client(), name, instance, &[])
                         .await
                         .map_err(StoreError::from)?;
                     if stored_status.is_some() {
+                        self.leadership.check()?;
                         self.store.delete_status(name).await?;
                         self.metrics.forget(name);
                         info!(service = %name, "service removed");
@@ -353,6 +420,7 @@ impl Controller {
                     && !self.settings.allow_mass_deletion
                     && !self.deletion_confirmed(name).await?
                 {
+                    self.leadership.check()?;
                     error!(service = %name, "{reason}");
                     self.metrics.deletion_refused();
                     if let Some(stored) = stored_status.map(|v| v.value) {
@@ -382,10 +450,14 @@ impl Controller {
             spec_index: stored.as_ref().map_or(0, |s| s.modify_index),
         };
         let mut new_status = plan.status.clone();
-        let failed = self
+        let failed = match self
             .execute(&exec, &plan, &status, &observed.containers)
             .await
-            .err();
+        {
+            // Not a failure of the service: another daemon carries on.
+            Err(ReconcileError::NotLeader(e)) => return Err(e.into()),
+            result => result.err(),
+        };
         if let Some(e) = &failed {
             // What the plan meant to report did not all happen (a switch in particular):
             // report the status as it was, degraded.
@@ -400,6 +472,7 @@ impl Controller {
             new_status.last_error = Some(message);
         }
         if !matches!(desired, Desired::Deleted) {
+            self.leadership.check()?;
             self.write_status(name, &new_status, stored_status.as_ref().map(|s| &s.value))
                 .await?;
         }
@@ -425,6 +498,7 @@ impl Controller {
         let name = exec.service_name;
         let client = self.store.client();
         let instance = &self.settings.scope.instance;
+        self.leadership.check()?;
         // Consul catalog users stop seeing a replica before it stops.
         let leaving_catalog = catalog::ids_to_deregister_before(&plan.steps);
         if !leaving_catalog.is_empty() {
@@ -433,6 +507,7 @@ impl Controller {
                 .map_err(StoreError::from)?;
         }
         let traffic = self.traffic.as_ref();
+        self.leadership.check()?;
         match (traffic, exec.service) {
             (Some(traffic), Some(service)) => {
                 let leaving = traffic::leaving(&plan.steps, containers);
@@ -454,6 +529,7 @@ impl Controller {
             (None, _) => {}
         }
         for step in &plan.steps {
+            self.leadership.check()?;
             log_step(name, step);
             match (step, traffic, exec.service) {
                 (Step::Switch { to }, Some(traffic), Some(service)) => {
@@ -482,6 +558,7 @@ impl Controller {
                 service.spec.port,
                 &service.spec.health.path,
             );
+            self.leadership.check()?;
             let outcome = catalog::sync(client, name, instance, &desired)
                 .await
                 .map_err(StoreError::from)?;
@@ -492,6 +569,7 @@ impl Controller {
         if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())
         {
             // Nothing changed in Docker: make the routes match what runs and is ready.
+            self.leadership.check()?;
             let routes = traffic::routes(
                 service,
                 plan.status.active_color,

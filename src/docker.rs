@@ -30,8 +30,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
-    InspectNetworkOptions, ListContainersOptions, RemoveContainerOptions, RenameContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    RenameContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use futures::{Stream, StreamExt as _};
 
@@ -550,7 +550,8 @@ impl Docker {
     /// Creates the user-defined bridge network `name` if it does not exist.
     ///
     /// Engines before API 1.44 accept a second network with the same name, so this looks
-    /// before it creates; a concurrent creator's 409 also counts as success.
+    /// before it creates; a concurrent creator's 409 also counts as success. Two daemons that
+    /// start together may both look, find nothing and create: see [`Docker::settle_network_race`].
     pub async fn ensure_network(&self, name: &str, instance: &str) -> Result<(), DockerError> {
         let fail = |error: bollard::errors::Error| DockerError::CreateNetwork {
             network: name.to_owned(),
@@ -575,9 +576,54 @@ impl Docker {
             ..NetworkCreateRequest::default()
         };
         match self.client.create_network(request).await {
-            Ok(_) => Ok(()),
+            Ok(created) => {
+                self.settle_network_race(name, &created.id).await;
+                Ok(())
+            }
             Err(e) if status_of(&e) == Some(409) => Ok(()),
             Err(e) => Err(fail(e)),
+        }
+    }
+
+    /// After creating network `name` as `ours`: if the engine now has several networks of
+    /// that name (concurrent creators on an engine before API 1.44), removes ours unless it
+    /// is the oldest (by creation time, then ID). Every creator applies the same order, so
+    /// exactly one network remains. A failure here is logged; the name stays ambiguous and
+    /// steps that use it fail and are retried.
+    async fn settle_network_race(&self, name: &str, ours: &str) {
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([("name".to_owned(), vec![name.to_owned()])])),
+        };
+        let networks = match self.client.list_networks(Some(options)).await {
+            Ok(networks) => networks,
+            Err(e) => {
+                tracing::warn!(network = name, error = %e, "cannot check for a concurrently created network");
+                return;
+            }
+        };
+        // The name filter matches substrings: keep exact names only.
+        let mut same: Vec<(Option<std::time::SystemTime>, String)> = networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| {
+                let created = n
+                    .created
+                    .as_deref()
+                    .and_then(|c| humantime::parse_rfc3339_weak(c).ok());
+                Some((created, n.id?))
+            })
+            .collect();
+        same.sort();
+        if same.len() < 2 || same.first().is_some_and(|(_, id)| id == ours) {
+            return;
+        }
+        tracing::info!(
+            network = name,
+            id = ours,
+            "another daemon created the network at the same time; removing ours"
+        );
+        if let Err(e) = self.client.remove_network(ours).await {
+            tracing::warn!(network = name, id = ours, error = %e, "cannot remove a duplicate network");
         }
     }
 

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod consul;
 pub mod controller;
+pub mod leader;
 
 pub mod docker;
 pub mod haproxy;

@@ -457,6 +457,38 @@ async fn a_side_target_keeps_its_volume_and_answers_to_its_name() {
     assert_eq!(kept, "kept");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn daemons_creating_the_network_at_once_leave_exactly_one() {
+    // Engines before API 1.44 accept duplicate network names; two daemons starting together
+    // must not leave the name ambiguous.
+    let network = format!("cutover-test-race-{}", random_suffix());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let network = network.clone();
+        tasks.spawn(async move {
+            let docker = Docker::connect()
+                .await
+                .expect("the Docker engine is reachable");
+            docker.ensure_network(&network, "test-race").await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().expect("ensure_network succeeds");
+    }
+    let ids = docker_cli(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=^{network}$"),
+    ]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    for id in &ids {
+        docker_cli_quietly(&["network", "rm", id]);
+    }
+    assert_eq!(ids.len(), 1, "networks named {network}: {ids:?}");
+}
+
 #[tokio::test]
 async fn images_are_present_or_not() {
     let world = World::new("").await;

@@ -13,6 +13,11 @@ use tokio::time::Instant;
 
 use support::{Agent, TempDir, agent, unique_prefix};
 
+/// The shortest leader lease Consul allows: a daemon restarted after a kill -9 waits for the
+/// dead one's session to expire (between one and two TTLs) and the lock delay.
+const SHORT_LEASE: [(&str, &str); 2] =
+    [("CUTOVER_LEADER_TTL", "10s"), ("CUTOVER_LOCK_DELAY", "1s")];
+
 /// A daemon under test and everything it made.
 struct World {
     agent: &'static Agent,
@@ -61,6 +66,7 @@ impl World {
             .env("CONSUL_HTTP_ADDR", self.agent.address())
             .env("CUTOVER_PREFIX", &self.prefix)
             .env("RUST_LOG", "cutover=debug")
+            .envs(SHORT_LEASE)
             .args([
                 "run",
                 "--network",

@@ -21,13 +21,16 @@ use crate::traffic::Traffic;
 const EXAMPLES: &str = "\
 Examples:
   cutover run
+  cutover run --leader-ttl 30s --lock-delay 30s
   CONSUL_HTTP_ADDR=10.0.0.5:8500 cutover run --network web --workers 8
   RUST_LOG=cutover=debug cutover run
   cutover run --listen 0.0.0.0:9090 --log-format json";
 
 /// Run the controller: converge Docker toward the specs in Consul until SIGTERM or Ctrl-C.
 ///
-/// Stopping the daemon leaves every container running.
+/// Several daemons may run on one prefix: a Consul lock on `<prefix>/leader` elects the one
+/// that acts; the others wait to take over. Stopping the daemon leaves every container
+/// running and hands the lock over at once.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
@@ -43,6 +46,14 @@ pub struct Args {
     /// Reconcile every service at least this often (jittered).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub resync: Duration,
+    /// The TTL of the leader's Consul session (10s to 24h), renewed every half of it. A leader
+    /// that cannot renew steps down after three quarters of it.
+    #[arg(long, env = "CUTOVER_LEADER_TTL", default_value = "15s", value_parser = parse_leader_ttl)]
+    pub leader_ttl: Duration,
+    /// How long Consul keeps the lock from everyone after a leader's session was lost (at
+    /// most 60s), so that a leader that only seemed dead has stopped before another starts.
+    #[arg(long, env = "CUTOVER_LOCK_DELAY", default_value = "15s", value_parser = parse_lock_delay)]
+    pub lock_delay: Duration,
     /// Remove the containers of services whose specs vanished en masse without waiting
     /// for `cutover prune --confirm`.
     #[arg(long)]
@@ -199,6 +210,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         None => None,
     };
+    let leader = crate::leader::Config {
+        key: crate::leader::leader_key(store.prefix()),
+        ttl: args.leader_ttl,
+        lock_delay: args.lock_delay,
+        holder: crate::leader::Holder::this_process(&scope.instance),
+    };
     let controller = Controller::new(
         store,
         docker,
@@ -206,6 +223,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         Settings {
             scope,
             workers: args.workers,
+            leader,
             resync: args.resync,
             allow_mass_deletion: args.allow_mass_deletion,
             prune_orphans: args.prune_orphans,
@@ -225,6 +243,22 @@ async fn connect(scope: &Scope) -> Result<Docker, crate::docker::DockerError> {
         .ensure_network(&scope.network, &scope.instance)
         .await?;
     Ok(docker)
+}
+
+fn parse_leader_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if !(crate::leader::MIN_TTL..=crate::leader::MAX_TTL).contains(&ttl) {
+        return Err("Consul accepts a session TTL from 10s to 24h".to_owned());
+    }
+    Ok(ttl)
+}
+
+fn parse_lock_delay(text: &str) -> Result<Duration, String> {
+    let delay = parse_duration(text)?;
+    if delay > crate::leader::MAX_LOCK_DELAY {
+        return Err("Consul accepts a lock delay of at most 60s".to_owned());
+    }
+    Ok(delay)
 }
 
 /// Completes on SIGTERM or SIGINT.
