@@ -183,17 +183,7 @@ impl SpecSummary {
                     Strategy::Recreate(_) => "recreate",
                 });
                 summary.auto_promote = service.blue_green().map(|bg| bg.auto_promote);
-                summary.routes = spec
-                    .routes
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{}{}",
-                            r.host.as_deref().unwrap_or(""),
-                            r.path_prefix.as_deref().unwrap_or("")
-                        )
-                    })
-                    .collect();
+                summary.routes = spec.routes.iter().map(ToString::to_string).collect();
             }
             Err(diagnostics) => {
                 summary.errors = diagnostics.0.iter().map(ToString::to_string).collect();

@@ -259,6 +259,14 @@ pub struct Route {
 }
 
 /// How a new revision replaces the old one.
+impl std::fmt::Display for Route {
+    /// `host/path`, `host` or `/path`, as tables and the status page show a route.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.host.as_deref().unwrap_or(""))?;
+        f.write_str(self.path_prefix.as_deref().unwrap_or(""))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Strategy {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, unique_prefix};
+use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
 
 /// A daemon under test, its HTTP port, and everything it made.
 struct World {
@@ -234,32 +234,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a free port")
         .port()
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require_images() {
-    for image in ["cutover-demo:a", "cutover-demo:b"] {
-        let out = Command::new("docker")
-            .args(["image", "inspect", image])
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "image {image} is missing: run scripts/test-images"
-        );
-    }
 }
 
 /// The demo service: health on the CGI script, short drain and deadline for quick tests.

@@ -15,7 +15,7 @@ use cutover::consul::{Client, KvEntry};
 use cutover::leader::{self, Config, Election, Holder, Leadership, Role};
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, unique_prefix};
+use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
 
 /// The TTL and lock delay of the daemons under test: the shortest Consul accepts.
 const TTL: Duration = Duration::from_secs(10);
@@ -405,32 +405,6 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .build()
         .expect("a runtime")
         .block_on(future)
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require_images() {
-    for image in ["cutover-demo:a", "cutover-demo:b"] {
-        let out = Command::new("docker")
-            .args(["image", "inspect", image])
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "image {image} is missing: run scripts/test-images"
-        );
-    }
 }
 
 fn signal(pid: u32, signal: &str) {

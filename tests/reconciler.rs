@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, unique_prefix};
+use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
 
 /// The shortest leader lease Consul allows: a daemon restarted after a kill -9 waits for the
 /// dead one's session to expire (between one and two TTLs) and the lock delay.
@@ -258,32 +258,6 @@ impl Drop for World {
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require_images() {
-    for image in ["cutover-demo:a", "cutover-demo:b"] {
-        let out = Command::new("docker")
-            .args(["image", "inspect", image])
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "image {image} is missing: run scripts/test-images"
-        );
     }
 }
 

@@ -165,13 +165,7 @@ fn routes(service: &Service) -> String {
         .spec
         .routes
         .iter()
-        .map(|r| {
-            format!(
-                "{}{}",
-                r.host.as_deref().unwrap_or(""),
-                r.path_prefix.as_deref().unwrap_or("")
-            )
-        })
+        .map(ToString::to_string)
         .collect();
     if routes.is_empty() {
         "-".to_owned()

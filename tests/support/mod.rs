@@ -445,3 +445,31 @@ fn which(program: &str) -> Option<PathBuf> {
             .find(|path| path.is_file())
     })
 }
+
+/// Runs the docker CLI and returns its output; fails the test when docker fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails the test loudly when the test images are missing.
+pub fn require_images() {
+    for image in ["cutover-demo:a", "cutover-demo:b"] {
+        let out = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "image {image} is missing: run scripts/test-images"
+        );
+    }
+}
