@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
+use support::{Agent, TempDir, agent, remove_instance, require_images, unique_prefix};
 
 /// The operator's HAProxy, the daemon driving it, and everything the daemon made.
 struct World {
@@ -285,21 +285,7 @@ impl Drop for World {
         for pid in self.haproxy_masters() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.cutover.instance={}", self.instance),
-        ]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        remove_instance(&self.instance, &self.network);
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
+use support::{Agent, TempDir, agent, remove_instance, require_images, unique_prefix};
 
 /// A daemon under test, its HTTP port, and everything it made.
 struct World {
@@ -149,21 +149,7 @@ impl Drop for World {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.cutover.instance={}", self.instance),
-        ]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        remove_instance(&self.instance, &self.network);
     }
 }
 

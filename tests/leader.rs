@@ -15,7 +15,7 @@ use cutover::consul::{Client, KvEntry};
 use cutover::leader::{self, Config, Election, Holder, Leadership, Role};
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
+use support::{Agent, TempDir, agent, docker, remove_instance, require_images, unique_prefix};
 
 /// The TTL and lock delay of the daemons under test: the shortest Consul accepts.
 const TTL: Duration = Duration::from_secs(10);
@@ -381,21 +381,7 @@ impl Drop for World {
         for number in 0..self.daemons.len() {
             self.kill_daemon(number);
         }
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.cutover.instance={}", self.instance),
-        ]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        remove_instance(&self.instance, &self.network);
     }
 }
 

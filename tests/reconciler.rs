@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, docker, require_images, unique_prefix};
+use support::{Agent, TempDir, agent, docker, remove_instance, require_images, unique_prefix};
 
 /// The shortest leader lease Consul allows: a daemon restarted after a kill -9 waits for the
 /// dead one's session to expire (between one and two TTLs) and the lock delay.
@@ -243,21 +243,7 @@ impl Drop for World {
                 let _ = Command::new("kill").arg(pid).status();
             }
         }
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.cutover.instance={}", self.instance),
-        ]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        remove_instance(&self.instance, &self.network);
     }
 }
 

@@ -473,3 +473,22 @@ pub fn require_images() {
         );
     }
 }
+
+/// Removes every container of a test's cutover instance (any state) and its network.
+pub fn remove_instance(instance: &str, network: &str) {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.cutover.instance={instance}"),
+    ]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        docker(&args);
+    }
+    let _ = Command::new("docker")
+        .args(["network", "rm", network])
+        .output();
+}
