@@ -331,6 +331,9 @@ mod tests {
             created_ms: 0,
             address: Some(ip.to_owned()),
             ready: true,
+            stopping: false,
+            port: None,
+            health: None,
         }
     }
 

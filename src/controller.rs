@@ -1,25 +1,32 @@
 //! The loop behind `cutover run`: watches, a work queue keyed by service, and one reconcile
 //! per service at a time.
 //!
-//! Each reconcile reads desired (KV), observed (Docker + health probes) and status (KV), calls
-//! the pure [`plan`](crate::plan::plan), executes the steps through the adapters and writes
-//! the status. Everything here is glue; the decisions are the planner's.
+//! Each reconcile reads desired (KV), observed (Docker, health probes, the proxy) and status
+//! (KV), calls the pure [`plan`](crate::plan::plan), executes the steps through the adapters
+//! and writes the status. Everything here is glue; the decisions (the rollout, the security
+//! policy, orphans, the mass-deletion guard, what is `Degraded`) are the planner's.
 //!
 //! Guarantees:
 //! - Nothing is stopped or removed because Consul or Docker cannot be read: a failed read
 //!   ends the reconcile with an error and a retry, before any step.
-//! - Until one full read of the specs has succeeded (at start, and after an index reset),
-//!   the desired set is unknown and no service is reconciled.
-//! - Specs that vanish en masse are not acted on (see [`crate::plan::mass_deletion`]).
+//! - Until one full read of the specs and one full listing of the containers have succeeded
+//!   (at start, and after an index reset), the desired set is unknown and no service is
+//!   reconciled: the mass-deletion guard is right from the first reconcile.
+//! - Stops and removals run in the background, in parallel, after the replica's connections
+//!   drained: a release, a scale change or another service never waits behind them.
+//! - A reconcile that panics does not take the worker or the other services down: the
+//!   service is marked `Degraded` with reason `InternalError`, counted in
+//!   `cutover_reconcile_panics_total`, and retried with backoff.
 //! - Only the leader acts (see [`crate::leader`]): leadership is checked before every step and
 //!   every status write, and a reconcile that finds it lost stops there. Followers watch and
 //!   observe, so they are ready to take over, but change nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt as _};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::catalog;
@@ -27,13 +34,18 @@ use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
 use crate::haproxy::ProxyError;
 use crate::health::{HealthMonitor, ReadinessChange};
 use crate::metrics::Metrics;
-use crate::observed::Observed;
-use crate::plan::{self, Desired, Input, Step};
+use crate::observed::{Container, Observed};
+use crate::plan::{self, Deletion, Desired, Input, Policy, ProxyView, Step, Unreadable};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
-use crate::security;
-use crate::status::{Phase, Status};
-use crate::store::{Store, StoreError, StoredService};
+use crate::status::{PruneConfirmation, RefusedDeletion, Status};
+use crate::store::{Folder, Store, StoreError, StoredService};
 use crate::traffic::{self, Traffic};
+
+/// How many background stops and removals run at once, across services.
+const PARALLEL_STOPS: usize = 64;
+
+/// How long a confirmation of a refused deletion counts when the CLI does not say.
+pub const DEFAULT_CONFIRMATION_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -60,10 +72,12 @@ pub enum ReconcileError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
-    #[error("the desired state is not known yet (waiting for a full read of Consul)")]
+    #[error("the desired state is not known yet (waiting for a full read of Consul and Docker)")]
     DesiredUnknown,
     #[error(transparent)]
     NotLeader(#[from] crate::leader::NotLeader),
+    #[error("the reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl ReconcileError {
@@ -75,6 +89,9 @@ impl ReconcileError {
                 ..
             }) => "ImageNotFound",
             ReconcileError::Docker(DockerError::Pull { .. }) => "ImagePullFailed",
+            ReconcileError::Docker(DockerError::ForbiddenBySecurityPolicy { .. }) => {
+                crate::security::REASON
+            }
             ReconcileError::Proxy(ProxyError::Rejected { .. }) => "ProxyConfigRejected",
             ReconcileError::Proxy(_) => "ProxyFailed",
             _ => "StepFailed",
@@ -94,6 +111,7 @@ impl ReconcileError {
             ReconcileError::Proxy(_) => "proxy",
             ReconcileError::DesiredUnknown => "desired_unknown",
             ReconcileError::NotLeader(_) => "not_leader",
+            ReconcileError::Panicked(_) => "panic",
         }
     }
 }
@@ -102,10 +120,23 @@ impl ReconcileError {
 struct Shared {
     /// The specs by service name; `None` until a full read succeeded.
     desired: Option<BTreeMap<String, StoredService>>,
-    /// Services that have containers (from the last resync) or had a spec since then.
-    managed: BTreeSet<String>,
+    /// Services that have containers (from the last full listing) or had a spec since then;
+    /// `None` until the first full listing of the containers succeeded.
+    managed: Option<BTreeSet<String>>,
     /// Consecutive failures by service, for backoff.
     failures: HashMap<String, u32>,
+    /// The refused deletion last published to KV, so it is written only when it changes.
+    published_refusal: Option<Option<RefusedDeletion>>,
+}
+
+impl Shared {
+    /// The services the guard protects (known) and those with a spec (present), once both
+    /// are known.
+    fn guard_sets(&self) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+        let present: BTreeSet<String> = self.desired.as_ref()?.keys().cloned().collect();
+        let known = present.union(self.managed.as_ref()?).cloned().collect();
+        Some((known, present))
+    }
 }
 
 /// The running controller. Cheap to share between tasks.
@@ -124,17 +155,32 @@ pub struct Controller {
     settings: Settings,
     shared: Mutex<Shared>,
     metrics: Arc<Metrics>,
+    /// Containers with a stop or removal under way in the background: id to service.
+    stopping: Mutex<HashMap<String, String>>,
+    stop_slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The key under which an operator confirms a refused mass deletion.
-pub fn prune_confirm_key(prefix: &str) -> String {
-    format!("{prefix}/control/prune-confirm")
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a plain assignment; a panic elsewhere leaves
+    // consistent data. Keep going rather than poison every later call.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Controller {
@@ -160,6 +206,8 @@ impl Controller {
             settings,
             shared: Mutex::new(Shared::default()),
             metrics,
+            stopping: Mutex::new(HashMap::new()),
+            stop_slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STOPS)),
         })
     }
 
@@ -175,7 +223,7 @@ impl Controller {
     /// `Ok` once the specs were read in full from Consul and while the Docker engine answers;
     /// otherwise why not, in one line (for `/readyz`).
     pub async fn readiness(&self) -> Result<(), String> {
-        if self.shared.lock().expect("shared lock").desired.is_none() {
+        if lock(&self.shared).desired.is_none() {
             return Err("waiting for a full read of the specs in Consul".to_owned());
         }
         match tokio::time::timeout(Duration::from_secs(2), self.docker.ping()).await {
@@ -198,16 +246,14 @@ impl Controller {
             docker = %self.docker.address(),
             "cutover controller starting"
         );
-        let campaign = self
-            .election
-            .lock()
-            .expect("election lock")
+        let campaign = lock(&self.election)
             .take()
             .map(crate::leader::Election::spawn);
         let mut background = tokio::task::JoinSet::new();
         background.spawn(Arc::clone(&self).follow_leadership());
         background.spawn(Arc::clone(&self).watch_specs());
-        background.spawn(Arc::clone(&self).watch_requests());
+        background.spawn(Arc::clone(&self).watch_folder(Folder::Requests));
+        background.spawn(Arc::clone(&self).watch_folder(Folder::Control));
         background.spawn(Arc::clone(&self).watch_docker());
         background.spawn(Arc::clone(&self).watch_health());
         background.spawn(Arc::clone(&self).resync_loop());
@@ -271,7 +317,13 @@ impl Controller {
             }
             let span = info_span!("reconcile", service = %name);
             let started = tokio::time::Instant::now();
-            let result = self.reconcile(&name).instrument(span).await;
+            let result = AssertUnwindSafe(self.reconcile(&name).instrument(span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|payload| Err(ReconcileError::Panicked(panic_message(&*payload))));
+            if let Err(ReconcileError::Panicked(message)) = &result {
+                self.report_panic(&name, message).await;
+            }
             match &result {
                 // Not a failure: nothing was looked at yet, or another daemon acts.
                 Err(ReconcileError::DesiredUnknown | ReconcileError::NotLeader(_)) => {}
@@ -280,72 +332,87 @@ impl Controller {
                     .reconcile(started.elapsed(), Some(e.metric_reason())),
                 Ok(_) => self.metrics.reconcile(started.elapsed(), None),
             }
-            let retry = {
-                let mut shared = self.shared.lock().expect("shared lock");
+            let failures = {
+                let mut shared = lock(&self.shared);
                 match &result {
+                    Err(ReconcileError::NotLeader(_) | ReconcileError::DesiredUnknown) => 0,
                     Ok(_) => {
                         shared.failures.remove(&name);
-                        None
+                        0
                     }
-                    Err(ReconcileError::NotLeader(_)) => None,
                     Err(_) => {
                         let failures = shared.failures.entry(name.clone()).or_insert(0);
-                        *failures += 1;
-                        Some(backoff_delay(
-                            *failures,
-                            Duration::from_millis(500),
-                            Duration::from_secs(60),
-                        ))
+                        *failures = failures.saturating_add(1);
+                        *failures
                     }
                 }
             };
             self.queue.done(&name);
-            match (result, retry) {
-                (Ok(Some(after)), _) => self.queue.add_after(&name, after),
-                (Ok(None), _) => {}
-                (Err(ReconcileError::DesiredUnknown), _) => {
-                    debug!(service = %name, "desired state unknown; waiting for Consul")
+            match result {
+                Ok(Some(after)) => self.queue.add_after(&name, after),
+                Ok(None) => {}
+                Err(ReconcileError::DesiredUnknown) => {
+                    debug!(service = %name, "desired state unknown; waiting for Consul and Docker")
                 }
-                (Err(ReconcileError::NotLeader(_)), _) => {
+                Err(ReconcileError::NotLeader(_)) => {
                     warn!(service = %name, "leadership lost: reconcile stopped before its next step")
                 }
-                (Err(e), Some(delay)) => {
+                Err(e) => {
+                    let delay = backoff_delay(
+                        failures,
+                        Duration::from_millis(500),
+                        Duration::from_secs(60),
+                    );
                     warn!(service = %name, error = %e, retry_in = ?delay, "reconcile failed");
                     self.queue.add_after(&name, delay);
                 }
-                (Err(_), None) => unreachable!("an error always has a retry delay"),
             }
         }
     }
 
+    /// A reconcile panicked: count it and say so in the service's status, as far as Consul
+    /// lets us.
+    async fn report_panic(&self, name: &str, message: &str) {
+        self.metrics.reconcile_panicked();
+        error!(service = %name, panic = %message, "reconcile panicked; the service is retried with backoff");
+        let stored = match self.store.get_status(name).await {
+            Ok(stored) => stored.map(|v| v.value),
+            Err(_) => None,
+        };
+        let status = plan::internal_error(stored.as_ref(), message, now_ms());
+        if self.leadership.check().is_ok()
+            && let Err(e) = self.write_status(name, &status, stored.as_ref()).await
+        {
+            warn!(service = %name, error = %e, "cannot write the status after a panic");
+        }
+    }
+
     /// One reconcile of one service. Returns when to look again, if the plan asked for it.
-    async fn reconcile(&self, name: &str) -> Result<Option<Duration>, ReconcileError> {
-        let (stored, deletion_refused) = {
-            let shared = self.shared.lock().expect("shared lock");
-            let desired = shared
-                .desired
-                .as_ref()
-                .ok_or(ReconcileError::DesiredUnknown)?;
-            let names: BTreeSet<String> = desired.keys().cloned().collect();
-            let known: BTreeSet<String> = names.union(&shared.managed).cloned().collect();
-            (
-                desired.get(name).cloned(),
-                plan::mass_deletion(&known, &names),
-            )
+    async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>, ReconcileError> {
+        let (stored, refused) = {
+            let shared = lock(&self.shared);
+            let (known, present) = shared.guard_sets().ok_or(ReconcileError::DesiredUnknown)?;
+            let stored = shared.desired.as_ref().and_then(|d| d.get(name)).cloned();
+            (stored, plan::mass_deletion(&known, &present))
         };
         // Read everything before acting: a failed read acts on nothing.
         let scope = &self.settings.scope;
         let observation = self.docker.observe(scope, Some(name)).await?;
-        let stored_status = self.store.get_status(name).await?;
-        let request = self.store.get_request(name).await?.map(|v| v.value);
-        let status = stored_status
-            .as_ref()
-            .map(|v| v.value.clone())
-            .unwrap_or_default();
-
+        let mut containers = observation.containers;
+        self.mark_stopping(&mut containers);
+        let (stored_status, status_error) = match self.store.get_status(name).await {
+            Ok(found) => (found.map(|v| v.value), None),
+            Err(StoreError::InvalidJson { source, .. }) => (None, Some(source.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let (request, request_error) = match self.store.get_request(name).await {
+            Ok(found) => (found.map(|v| v.value), None),
+            Err(StoreError::InvalidJson { source, .. }) => (None, Some(source.to_string())),
+            Err(e) => return Err(e.into()),
+        };
         let service = stored.as_ref().and_then(|s| s.parsed.as_ref().ok());
         let mut observed = Observed {
-            containers: observation.containers,
+            containers,
             images_present: BTreeSet::new(),
         };
         if let Some(service) = service {
@@ -365,83 +432,63 @@ impl Controller {
             );
             self.health.mark_ready(&mut observed.containers);
         }
-
-        // A spec this daemon is not allowed to run changes nothing, like an invalid one.
-        if let (Some(s), Some(service)) = (&stored, service)
-            && let Err(refusals) = security::check(service, self.docker.allowances())
-        {
-            let message = security::message(&refusals);
-            let mut refused = Status {
-                observed_index: s.modify_index,
-                ..status.clone()
-            };
-            if refused.last_error.as_deref() != Some(message.as_str()) {
-                warn!(service = %name, "{message}");
-            }
-            degrade(&mut refused, security::REASON, &message);
-            refused.phase = Some(Phase::Invalid);
-            refused.last_error = Some(message);
-            self.write_status(name, &refused, stored_status.as_ref().map(|s| &s.value))
-                .await?;
-            return Ok(None);
-        }
+        let proxy = match &self.traffic {
+            Some(traffic) => Some(traffic.view(name).await),
+            None => None,
+        };
+        let confirmed = match (&stored, &refused) {
+            (None, Some(_)) => self.deletion_confirmed(name).await?,
+            _ => false,
+        };
         let desired = match (&stored, service) {
             (Some(s), Some(service)) => Desired::Valid {
                 service,
                 index: s.modify_index,
             },
-            (Some(s), None) => Desired::Invalid {
-                diagnostics: s.parsed.as_ref().expect_err("invalid"),
-                index: s.modify_index,
+            (Some(s), None) => match &s.parsed {
+                Err(diagnostics) => Desired::Invalid {
+                    diagnostics,
+                    index: s.modify_index,
+                },
+                Ok(_) => Desired::Absent,
             },
-            (None, _) => {
-                if observed.containers.is_empty() {
-                    self.health.forget_service(name);
-                    let instance = &self.settings.scope.instance;
-                    self.leadership.check()?;
-                    catalog::sync(self.store.client(), name, instance, &[])
-                        .await
-                        .map_err(StoreError::from)?;
-                    if stored_status.is_some() {
-                        self.leadership.check()?;
-                        self.store.delete_status(name).await?;
-                        self.metrics.forget(name);
-                        info!(service = %name, "service removed");
-                    }
-                    return Ok(None);
-                }
-                if stored_status.is_none() && !self.settings.prune_orphans {
-                    warn!(service = %name, containers = observed.containers.len(),
-                        "orphaned containers: labelled for this daemon but the service has \
-                         neither spec nor status; start with --prune-orphans to remove them");
-                    return Ok(None);
-                }
-                if let Some(reason) = deletion_refused
-                    && !self.settings.allow_mass_deletion
-                    && !self.deletion_confirmed(name).await?
-                {
-                    self.leadership.check()?;
-                    error!(service = %name, "{reason}");
-                    self.metrics.deletion_refused();
-                    if let Some(stored) = stored_status.map(|v| v.value) {
-                        let mut status = stored.clone();
-                        degrade(&mut status, "DeletionRefused", &reason);
-                        self.write_status(name, &status, Some(&stored)).await?;
-                    }
-                    return Ok(None);
-                }
-                Desired::Deleted
-            }
+            (None, _) => Desired::Absent,
         };
 
         let plan = plan::plan(&Input {
             name,
             desired,
             observed: &observed,
-            status: &status,
+            status: stored_status.as_ref(),
+            unreadable: Unreadable {
+                status: status_error.as_deref(),
+                request: request_error.as_deref(),
+            },
             request: request.as_ref(),
             now_ms: now_ms(),
+            policy: Policy {
+                allowances: *self.docker.allowances(),
+                prune_orphans: self.settings.prune_orphans,
+                allow_mass_deletion: self.settings.allow_mass_deletion,
+            },
+            deletion: Deletion {
+                refused: refused.as_deref(),
+                confirmed,
+            },
+            proxy: proxy.as_ref(),
         });
+        for warning in &plan.warnings {
+            warn!(service = %name, "{warning}");
+        }
+        if plan.deletion_refused {
+            self.metrics.deletion_refused();
+            self.publish_refusal().await?;
+        }
+        if plan.gone {
+            return self
+                .forget(name, stored_status.is_some() || status_error.is_some())
+                .await;
+        }
 
         let exec = ExecContext {
             scope,
@@ -449,55 +496,92 @@ impl Controller {
             service,
             spec_index: stored.as_ref().map_or(0, |s| s.modify_index),
         };
-        let mut new_status = plan.status.clone();
         let failed = match self
-            .execute(&exec, &plan, &status, &observed.containers)
+            .execute(&exec, &plan, proxy.as_ref(), &observed.containers)
             .await
         {
             // Not a failure of the service: another daemon carries on.
             Err(ReconcileError::NotLeader(e)) => return Err(e.into()),
             result => result.err(),
         };
-        if let Some(e) = &failed {
-            // What the plan meant to report did not all happen (a switch in particular):
-            // report the status as it was, degraded.
-            new_status = Status {
-                observed_index: plan.status.observed_index,
-                ..status.clone()
-            };
-            let reason = e.reason();
-            let message = e.to_string();
-            error!(service = %name, reason, error = %message, "step failed; the live color keeps serving");
-            degrade(&mut new_status, reason, &message);
-            new_status.last_error = Some(message);
-        }
-        if !matches!(desired, Desired::Deleted) {
+        let new_status = match &failed {
+            Some(e) => {
+                let message = e.to_string();
+                let reason = e.reason();
+                error!(service = %name, reason, error = %message, "step failed; the live color keeps serving");
+                let before = stored_status.clone().unwrap_or_default();
+                let index = plan.status.as_ref().map_or(0, |s| s.observed_index);
+                Some(plan::failed(&before, index, reason, &message, now_ms()))
+            }
+            None => plan.status.clone(),
+        };
+        if let Some(status) = &new_status {
             self.leadership.check()?;
-            self.write_status(name, &new_status, stored_status.as_ref().map(|s| &s.value))
+            self.write_status(name, status, stored_status.as_ref())
                 .await?;
         }
         if let Some(e) = failed {
             return Err(e);
         }
-        if !plan.steps.is_empty() {
+        if plan.steps.iter().any(|s| !s.is_background()) {
             // The world changed: look again at once (level-triggered).
             return Ok(Some(Duration::ZERO));
         }
         Ok(plan.requeue_after_ms.map(Duration::from_millis))
     }
 
-    /// Carries out a plan: routes away from replicas about to go, the steps in order (the
-    /// switch through the proxy), then routes for what runs now. Stops at the first failure.
-    async fn execute(
+    /// A service with neither spec nor containers: its probes, registrations, routes and
+    /// status go, and a confirmation of its removal is used up.
+    async fn forget(
         &self,
+        name: &str,
+        had_status: bool,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        self.health.forget_service(name);
+        let instance = &self.settings.scope.instance;
+        self.leadership.check()?;
+        catalog::sync(self.store.client(), name, instance, &[])
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(traffic) = &self.traffic {
+            self.leadership.check()?;
+            traffic.remove(name).await?;
+        }
+        if had_status {
+            self.leadership.check()?;
+            self.store.delete_status(name).await?;
+            self.metrics.forget(name);
+            info!(service = %name, "service removed");
+        }
+        self.consume_confirmation(name).await?;
+        self.publish_refusal().await?;
+        Ok(None)
+    }
+
+    /// Marks the containers with a stop or removal under way.
+    fn mark_stopping(&self, containers: &mut [Container]) {
+        let stopping = lock(&self.stopping);
+        for c in containers {
+            c.stopping = stopping.contains_key(&c.id);
+        }
+    }
+
+    /// Carries out a plan: routes away from replicas about to go, the steps in order (the
+    /// switch through the proxy, stops and removals handed to the background), then routes
+    /// for what runs now. Stops at the first failure.
+    async fn execute(
+        self: &Arc<Self>,
         exec: &ExecContext<'_>,
         plan: &plan::Plan,
-        before: &Status,
-        containers: &[crate::observed::Container],
+        proxy: Option<&ProxyView>,
+        containers: &[Container],
     ) -> Result<(), ReconcileError> {
         let name = exec.service_name;
         let client = self.store.client();
         let instance = &self.settings.scope.instance;
+        let status = plan.status.as_ref();
+        let live = status.and_then(|s| s.active_color);
+        let preview = status.and_then(|s| s.preview_color);
         self.leadership.check()?;
         // Consul catalog users stop seeing a replica before it stops.
         let leaving_catalog = catalog::ids_to_deregister_before(&plan.steps);
@@ -507,40 +591,34 @@ impl Controller {
                 .map_err(StoreError::from)?;
         }
         let traffic = self.traffic.as_ref();
+        let leaving = traffic::leaving(&plan.steps, containers);
         self.leadership.check()?;
         match (traffic, exec.service) {
-            (Some(traffic), Some(service)) => {
-                let leaving = traffic::leaving(&plan.steps, containers);
-                let routes = traffic::routes(
-                    service,
-                    before.active_color,
-                    before.preview_color,
-                    containers,
-                    &leaving,
-                );
-                let going: Vec<&crate::observed::Container> = containers
-                    .iter()
-                    .filter(|c| leaving.contains(&c.id))
-                    .collect();
-                traffic.prepare(name, &routes, &going).await?;
+            (Some(traffic), Some(service)) if !leaving.is_empty() => {
+                // What serves now (the proxy's live color), minus what is about to go.
+                let serving = proxy.and_then(|p| p.live).or(live);
+                let routes = traffic::routes(service, serving, preview, containers, &leaving);
+                traffic.apply(name, &routes).await?;
             }
             // A deleted service leaves the routes before its containers go.
-            (Some(traffic), None) => traffic.remove(name).await?,
-            (None, _) => {}
+            (Some(traffic), None) if !plan.steps.is_empty() => traffic.remove(name).await?,
+            _ => {}
         }
         for step in &plan.steps {
             self.leadership.check()?;
             log_step(name, step);
             match (step, traffic, exec.service) {
                 (Step::Switch { to }, Some(traffic), Some(service)) => {
-                    let routes =
-                        traffic::routes(service, Some(*to), None, containers, &BTreeSet::new());
+                    let routes = traffic::routes(service, Some(*to), None, containers, &leaving);
                     let result = traffic.switch(name, &routes).await;
                     self.metrics.step(step, result.is_ok());
                     result?;
                 }
                 // Without a proxy, the switch is the status write that follows.
                 (Step::Switch { .. }, _, _) => self.metrics.step(step, true),
+                (step, _, _) if step.is_background() => {
+                    self.spawn_background(name, step, containers);
+                }
                 _ => {
                     let result = self.docker.execute(exec, step).await;
                     self.metrics.step(step, result.is_ok());
@@ -548,13 +626,26 @@ impl Controller {
                 }
             }
         }
-        if let (Some(service), true) = (exec.service, plan.steps.is_empty()) {
+        let Some(service) = exec.service else {
+            return Ok(());
+        };
+        if let Some(traffic) = traffic {
+            // Make the routes match what runs and is ready.
+            self.leadership.check()?;
+            let routes = traffic::routes(service, live, preview, containers, &leaving);
+            traffic.apply(name, &routes).await?;
+        }
+        if plan.steps.iter().all(Step::is_background) {
             let desired = catalog::desired_registrations(
                 name,
                 instance,
-                containers,
-                plan.status.active_color,
-                plan.status.preview_color,
+                &containers
+                    .iter()
+                    .filter(|c| !leaving.contains(&c.id) && !c.stopping)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                live,
+                preview,
                 service.spec.port,
                 &service.spec.health.path,
             );
@@ -566,35 +657,121 @@ impl Controller {
                 warn!(service = %name, conflicts = ?outcome.conflicts, "catalog IDs taken by registrations that are not ours");
             }
         }
-        if let (Some(traffic), Some(service), true) = (traffic, exec.service, plan.steps.is_empty())
+        Ok(())
+    }
+
+    /// Runs a stop or a removal in the background: first the replica's connections drain
+    /// (its server already left the routes), then Docker stops it with its own signal and
+    /// grace period, or removes it. The container counts as `stopping` meanwhile; the
+    /// service is queued again when it is done (and by Docker's events).
+    fn spawn_background(self: &Arc<Self>, name: &str, step: &Step, containers: &[Container]) {
+        let (Step::Stop { target } | Step::Remove { target }) = step else {
+            return;
+        };
+        if lock(&self.stopping)
+            .insert(target.id.clone(), name.to_owned())
+            .is_some()
         {
-            // Nothing changed in Docker: make the routes match what runs and is ready.
+            return;
+        }
+        let drain = containers
+            .iter()
+            .find(|c| c.id == target.id)
+            .and_then(|c| Some((c.color()?, c.slot()?, c.address.clone()?)));
+        let this = Arc::clone(self);
+        let name = name.to_owned();
+        let step = step.clone();
+        let id = target.id.clone();
+        tokio::spawn(async move {
+            let _slot = this.stop_slots.acquire().await;
+            if let (Some(traffic), Some((color, slot, address))) = (&this.traffic, &drain) {
+                traffic.drain(&name, *color, *slot, address).await;
+            }
+            if this.leadership.check().is_ok() {
+                let exec = ExecContext {
+                    scope: &this.settings.scope,
+                    service_name: &name,
+                    service: None,
+                    spec_index: 0,
+                };
+                let result = this.docker.execute(&exec, &step).await;
+                this.metrics.step(&step, result.is_ok());
+                if let Err(e) = result {
+                    warn!(service = %name, error = %e, "{step} failed; it is planned again");
+                }
+            }
+            lock(&this.stopping).remove(&id);
+            this.queue.add(&name);
+        });
+    }
+
+    /// Whether an operator confirmed removing `name` (and the confirmation has not expired).
+    async fn deletion_confirmed(&self, name: &str) -> Result<bool, ReconcileError> {
+        Ok(self
+            .store
+            .get_prune_confirmation()
+            .await?
+            .is_some_and(|c| c.value.confirms(name, now_ms())))
+    }
+
+    /// Drops `name` from the confirmation of a refused deletion once it is removed, and the
+    /// confirmation once it confirms nothing more.
+    async fn consume_confirmation(&self, name: &str) -> Result<(), ReconcileError> {
+        for _ in 0..3 {
+            let Some(found) = self.store.get_prune_confirmation().await? else {
+                return Ok(());
+            };
+            if !found.value.services.iter().any(|s| s == name) {
+                return Ok(());
+            }
             self.leadership.check()?;
-            let routes = traffic::routes(
-                service,
-                plan.status.active_color,
-                plan.status.preview_color,
-                containers,
-                &BTreeSet::new(),
-            );
-            traffic.apply(name, &routes).await?;
+            let rest = PruneConfirmation {
+                services: found
+                    .value
+                    .services
+                    .iter()
+                    .filter(|s| *s != name)
+                    .cloned()
+                    .collect(),
+                ..found.value
+            };
+            let written = if rest.services.is_empty() {
+                self.store
+                    .delete_prune_confirmation(found.modify_index)
+                    .await?
+            } else {
+                self.store
+                    .put_prune_confirmation(&rest, Some(found.modify_index))
+                    .await?
+            };
+            if written {
+                return Ok(());
+            }
         }
         Ok(())
     }
 
-    async fn deletion_confirmed(&self, name: &str) -> Result<bool, ReconcileError> {
-        let key = prune_confirm_key(self.store.prefix());
-        let Some(entry) = self
-            .store
-            .client()
-            .get(&key)
-            .await
-            .map_err(StoreError::from)?
-        else {
-            return Ok(false);
+    /// Publishes the deletion the guard refuses now (or that there is none) for
+    /// `cutover prune`, when it changed.
+    async fn publish_refusal(&self) -> Result<(), ReconcileError> {
+        let current = {
+            let shared = lock(&self.shared);
+            let Some((known, present)) = shared.guard_sets() else {
+                return Ok(());
+            };
+            let refusal = plan::mass_deletion(&known, &present).map(|message| RefusedDeletion {
+                services: known.difference(&present).cloned().collect(),
+                message,
+            });
+            if shared.published_refusal.as_ref() == Some(&refusal) {
+                return Ok(());
+            }
+            refusal
         };
-        let names: Vec<String> = serde_json::from_slice(&entry.value).unwrap_or_default();
-        Ok(names.iter().any(|n| n == name))
+        self.leadership.check()?;
+        self.store.set_refused_deletion(current.as_ref()).await?;
+        lock(&self.shared).published_refusal = Some(current);
+        Ok(())
     }
 
     /// Writes the status when it differs from what is stored.
@@ -632,7 +809,7 @@ impl Controller {
                 Err(e) => {
                     failures += 1;
                     if watch.reset_pending() {
-                        self.shared.lock().expect("shared lock").desired = None;
+                        lock(&self.shared).desired = None;
                     }
                     let delay = retry_delay(failures);
                     warn!(error = %e, retry_in = ?delay, "cannot watch specs in Consul; everything keeps running");
@@ -646,9 +823,10 @@ impl Controller {
         let new: BTreeMap<String, StoredService> =
             services.into_iter().map(|s| (s.name.clone(), s)).collect();
         let changed: Vec<String> = {
-            let mut shared = self.shared.lock().expect("shared lock");
+            let mut shared = lock(&self.shared);
+            let managed: Vec<String> = shared.managed.iter().flatten().cloned().collect();
             let changed = match &shared.desired {
-                None => new.keys().chain(shared.managed.iter()).cloned().collect(),
+                None => new.keys().cloned().chain(managed).collect(),
                 Some(old) => {
                     let mut changed: Vec<String> = new
                         .iter()
@@ -661,14 +839,16 @@ impl Controller {
                     changed
                 }
             };
-            // Services that had a spec count as managed until a resync finds them gone, so
-            // that the deletion guard sees them vanish.
+            // Services that had a spec count as managed until a full listing finds them
+            // without containers, so that the deletion guard sees them vanish.
             let previous: Vec<String> = shared
                 .desired
                 .iter()
                 .flat_map(|d| d.keys().cloned())
                 .collect();
-            shared.managed.extend(previous);
+            if let Some(managed) = &mut shared.managed {
+                managed.extend(previous);
+            }
             shared.desired = Some(new);
             changed
         };
@@ -677,29 +857,34 @@ impl Controller {
         }
     }
 
-    /// Queues a service when its imperative request (or the prune confirmation) changes.
-    async fn watch_requests(self: Arc<Self>) {
-        let prefix = format!("{}/", self.store.prefix());
-        let mut watch = crate::consul::PrefixWatch::new(
-            self.store.client().clone(),
-            format!("{prefix}requests/"),
-            Duration::from_secs(300),
-        );
+    /// Queues services when a key in a folder changes: a service's request, or a
+    /// confirmation in `control/` (every service without a spec then).
+    async fn watch_folder(self: Arc<Self>, folder: Folder) {
+        let mut watch = self.store.watch_folder(folder, Duration::from_secs(300));
         let mut failures = 0;
         loop {
             match watch.next().await {
                 Ok(update) => {
                     failures = 0;
-                    for entry in update.listing.entries {
-                        if let Some(name) = entry.key.rsplit('/').next() {
-                            self.queue.add(name);
+                    match folder {
+                        Folder::Requests => {
+                            for entry in update.listing.entries {
+                                if let Some(name) = crate::store::name_from_key(
+                                    self.store.prefix(),
+                                    folder,
+                                    &entry.key,
+                                ) {
+                                    self.queue.add(name);
+                                }
+                            }
                         }
+                        _ => self.queue_missing(),
                     }
                 }
                 Err(e) => {
                     failures += 1;
                     let delay = retry_delay(failures);
-                    debug!(error = %e, "cannot watch requests in Consul");
+                    debug!(error = %e, folder = folder.as_str(), "cannot watch a folder in Consul");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -733,7 +918,7 @@ impl Controller {
 
     /// Queues a service when one of its replicas becomes ready or stops being ready.
     async fn watch_health(self: Arc<Self>) {
-        let Some(mut changes) = self.health_changes.lock().expect("health lock").take() else {
+        let Some(mut changes) = lock(&self.health_changes).take() else {
             return;
         };
         while let Some(change) = changes.recv().await {
@@ -741,17 +926,41 @@ impl Controller {
         }
     }
 
-    /// Queues every service now and then, so that anything missed heals.
+    /// Lists every container now and then, and queues every service, so that anything
+    /// missed heals. The first listing is what makes the desired state known.
     async fn resync_loop(self: Arc<Self>) {
+        let mut failures = 0;
         loop {
-            if let Ok(observation) = self.docker.observe(&self.settings.scope, None).await {
-                let mut shared = self.shared.lock().expect("shared lock");
-                shared.managed = observation
-                    .containers
-                    .iter()
-                    .map(|c| c.service.clone())
-                    .chain(shared.desired.iter().flat_map(|d| d.keys().cloned()))
-                    .collect();
+            match self.docker.observe(&self.settings.scope, None).await {
+                Ok(observation) => {
+                    failures = 0;
+                    let mut shared = lock(&self.shared);
+                    let first = shared.managed.is_none();
+                    shared.managed = Some(
+                        observation
+                            .containers
+                            .iter()
+                            .map(|c| c.service.clone())
+                            .chain(shared.desired.iter().flat_map(|d| d.keys().cloned()))
+                            .collect(),
+                    );
+                    if first {
+                        debug!("containers listed; the desired state is known once the specs are");
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "cannot list the containers; everything keeps running");
+                    if lock(&self.shared).managed.is_none() {
+                        tokio::time::sleep(retry_delay(failures)).await;
+                        continue;
+                    }
+                }
+            }
+            if self.leadership.is_leader()
+                && let Err(e) = self.publish_refusal().await
+            {
+                debug!(error = %e, "cannot publish the refused deletion");
             }
             self.forget_routes().await;
             self.queue_all();
@@ -763,15 +972,18 @@ impl Controller {
     /// Drops the routes of services that have neither a spec nor containers any more.
     async fn forget_routes(&self) {
         let Some(traffic) = &self.traffic else { return };
+        if !self.leadership.is_leader() {
+            return;
+        }
         let routed = traffic.services().await;
         let stale: Vec<String> = {
-            let shared = self.shared.lock().expect("shared lock");
-            let Some(desired) = &shared.desired else {
+            let shared = lock(&self.shared);
+            let (Some(desired), Some(managed)) = (&shared.desired, &shared.managed) else {
                 return;
             };
             routed
                 .into_iter()
-                .filter(|s| !desired.contains_key(s) && !shared.managed.contains(s))
+                .filter(|s| !desired.contains_key(s) && !managed.contains(s))
                 .collect()
         };
         for name in stale {
@@ -783,14 +995,28 @@ impl Controller {
 
     fn queue_all(&self) {
         let names: BTreeSet<String> = {
-            let shared = self.shared.lock().expect("shared lock");
+            let shared = lock(&self.shared);
             shared
                 .desired
                 .iter()
                 .flat_map(|d| d.keys())
-                .chain(shared.managed.iter())
+                .chain(shared.managed.iter().flatten())
                 .cloned()
                 .collect()
+        };
+        for name in names {
+            self.queue.add(&name);
+        }
+    }
+
+    /// Queues the services that have containers but no spec (a confirmation may concern them).
+    fn queue_missing(&self) {
+        let names: Vec<String> = {
+            let shared = lock(&self.shared);
+            let Some((known, present)) = shared.guard_sets() else {
+                return;
+            };
+            known.difference(&present).cloned().collect()
         };
         for name in names {
             self.queue.add(&name);
@@ -817,19 +1043,4 @@ fn log_step(service: &str, step: &Step) {
         revision = revision.unwrap_or("-"),
         "{step}"
     );
-}
-
-/// Marks a status degraded for a failure only the loop sees, with an event.
-fn degrade(status: &mut Status, reason: &str, message: &str) {
-    let now = now_ms();
-    status.set_condition("Degraded", true, reason, message, now);
-    status.phase = Some(Phase::Degraded);
-    if status
-        .events
-        .last()
-        .map(|e| (e.reason.as_str(), e.message.as_str()))
-        != Some((reason, message))
-    {
-        status.push_event(reason, message, now);
-    }
 }

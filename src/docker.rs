@@ -36,8 +36,9 @@ use bollard::query_parameters::{
 use futures::{Stream, StreamExt as _};
 
 use crate::observed::{
-    Container, LABEL_COLOR, LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, LABEL_SIDE_TARGET,
-    LABEL_SLOT, LABEL_SPEC_INDEX, Role, replica_name, side_target_name,
+    Container, LABEL_COLOR, LABEL_HEALTH, LABEL_INSTANCE, LABEL_PORT, LABEL_REVISION,
+    LABEL_SERVICE, LABEL_SIDE_TARGET, LABEL_SLOT, LABEL_SPEC_INDEX, Role, replica_name,
+    side_target_name,
 };
 use crate::plan::{Step, Target};
 use crate::security::{self, Allowances};
@@ -808,6 +809,11 @@ impl Docker {
         labels.insert(LABEL_COLOR.to_owned(), color.to_string());
         labels.insert(LABEL_SLOT.to_owned(), slot.to_string());
         let spec = &service.spec;
+        // How this revision is reached and checked, for as long as it runs.
+        labels.insert(LABEL_PORT.to_owned(), spec.port.to_string());
+        if let Ok(health) = serde_json::to_string(&spec.health) {
+            labels.insert(LABEL_HEALTH.to_owned(), health);
+        }
         let host_network = spec.network_mode == NetworkMode::Host;
         let common = common_host_config(&ctx.scope.network);
         let host_config = HostConfig {
@@ -1365,6 +1371,11 @@ fn container_from_summary(
         created_ms,
         address,
         ready: false,
+        stopping: false,
+        port: labels.get(LABEL_PORT).and_then(|p| p.parse().ok()),
+        health: labels
+            .get(LABEL_HEALTH)
+            .and_then(|h| serde_json::from_str(h).ok()),
     };
     Ok((container, health))
 }

@@ -49,15 +49,43 @@ pub struct ServiceRoutes {
     pub live: Option<Color>,
     /// The color the preview listener sends traffic to; `None`: the live color.
     pub preview: Option<Color>,
-    /// The port the replicas listen on.
+    /// The port the replicas listen on, for a color without its own [`Check`].
     pub port: u16,
-    /// The path HAProxy's health check requests (`GET`, expects 2xx or 3xx).
+    /// The path HAProxy's health check requests (`GET`, expects 2xx or 3xx), for a color
+    /// without its own [`Check`].
     pub health_path: String,
+    /// How each color is reached and checked, from the revision it runs: a release that
+    /// moves the port or the health path never changes how the live color is checked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<Color, Check>,
     /// Server slots per color (see [`slots_for`]); changing it needs a reload.
     pub slots: u32,
     /// The known servers of each color, by slot (1-based). A slot not listed is in
     /// maintenance.
     pub servers: BTreeMap<Color, Vec<Server>>,
+}
+
+/// How one color's servers are reached and checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// The port the replicas listen on.
+    pub port: u16,
+    /// The path of the health check (`GET`, expects 2xx or 3xx).
+    pub path: String,
+    /// The `Host` header of the health check.
+    pub host: String,
+}
+
+impl ServiceRoutes {
+    /// How `color` of `service` is reached and checked: its own [`Check`], else the
+    /// service-wide port and path with the service's name as `Host`.
+    pub fn check(&self, service: &str, color: Color) -> Check {
+        self.checks.get(&color).cloned().unwrap_or_else(|| Check {
+            port: self.port,
+            path: self.health_path.clone(),
+            host: service.to_owned(),
+        })
+    }
 }
 
 /// One replica in a backend.
@@ -254,6 +282,10 @@ pub enum ProxyError {
     },
     #[error("HAProxy reload through {master} failed: {reason}")]
     Reload { master: PathBuf, reason: String },
+    #[error(
+        "HAProxy's checks do not see every replica of {service}'s {color} color UP; not switching (the live color keeps serving)"
+    )]
+    NotUp { service: String, color: Color },
     #[error("cannot read the route table {path}: {reason}")]
     Table { path: PathBuf, reason: String },
 }
@@ -601,6 +633,28 @@ impl Proxy {
             rows.iter()
                 .any(|r| r.proxy == backend && r.name == server && r.status.starts_with("UP"))
         }))
+    }
+
+    /// The servers (color, slot) of `service` that HAProxy's own checks see UP on the
+    /// current worker.
+    pub async fn servers_up_set(
+        &self,
+        service: &str,
+    ) -> Result<std::collections::BTreeSet<(Color, u32)>, ProxyError> {
+        let rows = runtime::parse_show_stat(&self.command("show stat").await?);
+        let mut up = std::collections::BTreeSet::new();
+        for color in [Color::Blue, Color::Green] {
+            let backend = backend_name(service, color);
+            for row in rows
+                .iter()
+                .filter(|r| r.proxy == backend && r.status.starts_with("UP"))
+            {
+                if let Some(slot) = row.name.strip_prefix('s').and_then(|n| n.parse().ok()) {
+                    up.insert((color, slot));
+                }
+            }
+        }
+        Ok(up)
     }
 
     /// Runs a raw Runtime API command on the current worker and returns its reply (for

@@ -66,12 +66,15 @@ impl fmt::Display for ProbeFailure {
     }
 }
 
-/// What to probe: `GET http://address:port/path`, giving up after `timeout`.
+/// What to probe: `GET http://address:port/path` with `Host: host`, giving up after
+/// `timeout`. The `Host` header is the one HAProxy's check sends too, so that an app that
+/// looks at it answers both alike.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProbeTarget {
     pub address: String,
     pub port: u16,
     pub path: String,
+    pub host: Option<String>,
     pub timeout: Duration,
 }
 
@@ -115,7 +118,11 @@ impl Prober {
     /// Probes once. Never fails: a failure is a [`ProbeResult::Failure`] saying what went wrong.
     pub async fn probe(&self, target: &ProbeTarget) -> ProbeResult {
         let request = async {
-            let response = self.client.get(target.url()).send().await?;
+            let mut request = self.client.get(target.url());
+            if let Some(host) = &target.host {
+                request = request.header(reqwest::header::HOST, host);
+            }
+            let response = request.send().await?;
             let status = response.status();
             // Read the body so that a replica that stalls mid-answer fails the probe.
             response.bytes().await?;
@@ -141,6 +148,7 @@ pub async fn probe(address: &str, port: u16, path: &str, timeout: Duration) -> P
         address: address.to_owned(),
         port,
         path: path.to_owned(),
+        host: None,
         timeout,
     };
     PROBER.get_or_init(Prober::new).probe(&target).await
@@ -341,10 +349,13 @@ impl HealthMonitor {
     }
 
     /// Makes the probed set of `service` exactly its running containers that have an
-    /// address: starts probing new ones, restarts probing those whose address changed, and
-    /// forgets the others (reporting a change for any that was ready). `docker_health` is
-    /// the Docker adapter's `HEALTHCHECK` state by container id. Containers of other
-    /// services in `containers` are ignored.
+    /// address: starts probing new ones, restarts probing those whose address or check
+    /// changed, and forgets the others (reporting a change for any that was ready). Each
+    /// container is probed the way its own revision asks (its health and port labels);
+    /// `health` and `port` (the current spec's) are for containers made before those
+    /// labels. The `Host` header is the service's name, as HAProxy's check sends it.
+    /// `docker_health` is the Docker adapter's `HEALTHCHECK` state by container id.
+    /// Containers of other services in `containers` are ignored.
     pub fn sync(
         &self,
         service: &str,
@@ -358,11 +369,13 @@ impl HealthMonitor {
             .filter(|c| c.service == service && c.running)
             .filter_map(|c| {
                 let address = c.address.clone()?;
+                let health = c.health.as_ref().unwrap_or(health);
                 let config = ProbeConfig {
                     target: ProbeTarget {
                         address,
-                        port,
+                        port: c.port.unwrap_or(port),
                         path: health.path.clone(),
+                        host: (!service.is_empty()).then(|| service.to_owned()),
                         timeout: health.timeout.as_std(),
                     },
                     interval: health.interval.as_std(),
@@ -654,6 +667,7 @@ mod tests {
             address: address.to_owned(),
             port: 8080,
             path: path.to_owned(),
+            host: None,
             timeout: Duration::from_secs(1),
         };
         assert_eq!(
@@ -683,6 +697,9 @@ mod tests {
             created_ms: 0,
             address: Some(address.to_owned()),
             ready: false,
+            stopping: false,
+            port: None,
+            health: None,
         }
     }
 

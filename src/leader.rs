@@ -57,7 +57,7 @@ const RESIGN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `<prefix>/leader`: the lock key.
 pub fn leader_key(prefix: &str) -> String {
-    format!("{prefix}/leader")
+    crate::store::leader_key(prefix)
 }
 
 /// How often a session is renewed: half its TTL.

@@ -177,6 +177,7 @@ pub struct Metrics {
     deletions_refused: Counter,
     haproxy_reloads: Counter,
     haproxy_runtime_calls: Counter,
+    reconcile_panics: Counter,
     leader: Gauge,
     /// The phase of each service, from the statuses the controller writes; the
     /// `cutover_services` gauge is counted from it.
@@ -235,6 +236,12 @@ impl Metrics {
             "deletions_refused",
             "Reconciles that refused to remove a service whose spec vanished in a mass deletion",
             deletions_refused.clone(),
+        );
+        let reconcile_panics = Counter::default();
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that crashed (a bug); the service is marked Degraded/InternalError and retried",
+            reconcile_panics.clone(),
         );
         let haproxy_reloads = Counter::default();
         registry.register(
@@ -298,6 +305,7 @@ impl Metrics {
             rollouts,
             steps,
             deletions_refused,
+            reconcile_panics,
             haproxy_reloads,
             haproxy_runtime_calls,
             leader,
@@ -364,6 +372,11 @@ impl Metrics {
                 })
                 .set(count as i64);
         }
+    }
+
+    /// A reconcile panicked.
+    pub fn reconcile_panicked(&self) {
+        self.reconcile_panics.inc();
     }
 
     /// A removal was refused by the mass-deletion guard.

@@ -21,6 +21,11 @@ pub const LABEL_SIDE_TARGET: &str = "dev.cutover.side-target";
 /// Which cutover installation owns the container (its KV prefix), so that two daemons with
 /// different prefixes on one engine never touch each other's containers.
 pub const LABEL_INSTANCE: &str = "dev.cutover.instance";
+/// The port the replica listens on, as its revision's spec said.
+pub const LABEL_PORT: &str = "dev.cutover.port";
+/// The replica's health check (its revision's `spec.health`, JSON), so that a color is
+/// always checked the way its own revision asks, never the way a newer spec does.
+pub const LABEL_HEALTH: &str = "dev.cutover.health";
 
 /// What a container is for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +53,12 @@ pub struct Container {
     /// Passed the health check (cutover's probe, and Docker's HEALTHCHECK where the image
     /// has one) the required number of times in a row.
     pub ready: bool,
+    /// A stop or removal of it is under way in the background; it is going away.
+    pub stopping: bool,
+    /// The port it listens on ([`LABEL_PORT`]); `None` on containers made before the label.
+    pub port: Option<u16>,
+    /// Its health check ([`LABEL_HEALTH`]); `None` on containers made before the label.
+    pub health: Option<crate::spec::Health>,
 }
 
 impl Container {
@@ -85,6 +96,20 @@ pub fn replica_name(service: &str, color: Color, slot: u32) -> String {
 /// The name a retired replica is kept under: `<service>-r<revision>-<slot>`.
 pub fn archived_name(service: &str, revision: &str, slot: u32) -> String {
     format!("{service}-r{revision}-{slot}")
+}
+
+/// The archived name of `container`: [`archived_name`], or, when another container holds
+/// that name already (an older copy of the same revision and slot, or one still being
+/// removed), the same followed by the first 12 characters of its id, which is unique.
+pub fn free_archived_name(container: &Container, taken: &[Container]) -> String {
+    let slot = container.slot().unwrap_or(0);
+    let name = archived_name(&container.service, &container.revision, slot);
+    if taken.iter().any(|c| c.name == name && c.id != container.id) {
+        let id: String = container.id.chars().take(12).collect();
+        format!("{name}-{id}")
+    } else {
+        name
+    }
 }
 
 /// The name of a side target's container: `<service>-<name>`.

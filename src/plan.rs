@@ -1,14 +1,47 @@
-//! The planner: a pure function from (desired, observed, status, now) to the steps that move
-//! one service toward its spec, and the status to report.
+//! The planner: a pure function from (desired, observed, status, request, policy, clock) to
+//! the steps that move one service toward its spec, and the status to report.
 //!
 //! Architecture invariant: nothing in this module does I/O or reads a clock. The controller
 //! observes, calls [`plan`], executes the steps through the adapters, and writes the status.
-//! Planning again after the steps succeeded yields no steps: that is what makes the loop
-//! level-triggered and restart-safe.
+//!
+//! # Guarantees (checked by the model test in `tests/planner_model.rs`)
+//! - **Total.** Every input gives a plan: no panic, no index out of range, no overflow. A
+//!   combination the rollout rules do not expect maps to steps or to a condition with a
+//!   reason, never to a crash.
+//! - **What serves keeps serving.** A color that serves traffic (the live color, whether the
+//!   status, the proxy or, when both are missing, the older running color says so) is never
+//!   stopped or removed while the spec exists, except to be replaced by another color that
+//!   every replica of is ready (a switch), after the drain window.
+//! - **A new spec supersedes whatever is in flight**: a first rollout not yet live, a
+//!   preview, a drain, an abort. What is in flight in the color the new revision needs is
+//!   renamed out of the way at once and stopped in the background; the new revision's
+//!   containers are created in the same plan.
+//! - **Level-triggered.** Planning again after a plan's steps succeeded, with nothing else
+//!   changed, yields no steps; once inputs stop and replicas are ready the plan empties in a
+//!   bounded number of passes.
+//! - Traffic switches only to a color whose replicas are all ready (and UP in the proxy's own
+//!   checks when there is a proxy); [`Step::Switch`] is always the last step of a plan.
+//! - At most `revisionHistoryLimit` old revisions are kept; at most one color is live.
+//!
+//! The controller runs [`Step::Stop`] and [`Step::Remove`] in the background (after the
+//! replica's connections drained), so a release never waits for an old replica to stop;
+//! containers with a stop under way are marked [`Container::stopping`] and left alone.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::status::Color;
+use crate::observed::{Container, Observed, Role, free_archived_name, replica_name};
+use crate::revision;
+use crate::security::{self, Allowances};
+use crate::spec::{Diagnostics, Service};
+use crate::status::{
+    Acknowledgement, Action, Color, ColorStatus, Phase, Rejected, Request, RevisionRecord, Rollout,
+    Status, rfc3339,
+};
+
+/// How often to look again while waiting for something no event announces (the proxy's
+/// checks to see a new replica UP, a container name to be freed).
+const POLL_MS: u64 = 250;
 
 /// A container a step acts on, with what a log line needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +52,8 @@ pub struct Target {
     pub revision: String,
 }
 
-impl From<&crate::observed::Container> for Target {
-    fn from(c: &crate::observed::Container) -> Self {
+impl From<&Container> for Target {
+    fn from(c: &Container) -> Self {
         Target {
             id: c.id.clone(),
             name: c.name.clone(),
@@ -45,14 +78,21 @@ pub enum Step {
     CreateSideTarget { name: String, revision: String },
     /// Start a stopped container (a crashed replica, or a kept revision being revived).
     Start { target: Target },
-    /// Stop a container and keep it.
+    /// Stop a container and keep it (in the background, after it drained).
     Stop { target: Target },
-    /// Remove a container (stopping it first if needed).
+    /// Remove a container, stopping it first if needed (in the background, after it drained).
     Remove { target: Target },
-    /// Rename a container: to archive a retired replica, or to revive one into its slot.
+    /// Rename a container: out of its slot before it goes, or back into it to be revived.
     Rename { target: Target, to: String },
     /// Make `color` the live color: the routes send traffic to its ready replicas.
     Switch { to: Color },
+}
+
+impl Step {
+    /// Whether the controller runs this step in the background, off the reconcile's path.
+    pub fn is_background(&self) -> bool {
+        matches!(self, Step::Stop { .. } | Step::Remove { .. })
+    }
 }
 
 impl fmt::Display for Step {
@@ -78,15 +118,6 @@ impl fmt::Display for Step {
     }
 }
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use crate::observed::{Container, Observed, Role, archived_name, replica_name};
-use crate::revision;
-use crate::spec::{Diagnostics, Service};
-use crate::status::{
-    Acknowledgement, Action, ColorStatus, Phase, Rejected, Request, RevisionRecord, Status, rfc3339,
-};
-
 /// What the user wants for one service, as the controller read it from KV.
 #[derive(Debug, Clone, Copy)]
 pub enum Desired<'a> {
@@ -97,8 +128,48 @@ pub enum Desired<'a> {
         diagnostics: &'a Diagnostics,
         index: u64,
     },
-    /// The key is gone and the deletion guard let it through: remove everything.
-    Deleted,
+    /// There is no spec: the service was deleted, or its containers are orphans.
+    Absent,
+}
+
+/// How the daemon was started: what the planner may do on its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// What `cutover run --allow-*` permits (see [`crate::security`]).
+    pub allowances: Allowances,
+    /// Remove labelled containers of services that have neither a spec nor a status.
+    pub prune_orphans: bool,
+    /// Act on mass deletions without a confirmation.
+    pub allow_mass_deletion: bool,
+}
+
+/// The mass-deletion guard's view of a missing spec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deletion<'a> {
+    /// Why removing this service now would be part of a mass deletion (see
+    /// [`mass_deletion`]); `None` when it would not.
+    pub refused: Option<&'a str>,
+    /// An operator confirmed this service's removal with `cutover prune --confirm`, and the
+    /// confirmation has not expired.
+    pub confirmed: bool,
+}
+
+/// What the proxy in front of the replicas does now, as far as the controller could see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyView {
+    /// The proxy has routes for this service (then `live` is what serves, even `None`).
+    pub known: bool,
+    /// The color its live routes send this service's traffic to.
+    pub live: Option<Color>,
+    /// The servers (color, slot) its own health checks see UP.
+    pub up: BTreeSet<(Color, u32)>,
+}
+
+/// Keys that exist in KV but could not be read; the message says why.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unreadable<'a> {
+    pub status: Option<&'a str>,
+    pub request: Option<&'a str>,
 }
 
 /// Everything [`plan`] looks at.
@@ -107,41 +178,82 @@ pub struct Input<'a> {
     pub name: &'a str,
     pub desired: Desired<'a>,
     pub observed: &'a Observed,
-    /// The status the daemon last wrote (default when none).
-    pub status: &'a Status,
+    /// The status the daemon last wrote; `None` when there is none (or it is unreadable).
+    pub status: Option<&'a Status>,
+    pub unreadable: Unreadable<'a>,
     /// A pending imperative request, if any.
     pub request: Option<&'a Request>,
     /// Milliseconds since the Unix epoch.
     pub now_ms: u64,
+    pub policy: Policy,
+    pub deletion: Deletion<'a>,
+    /// The proxy's view of this service; `None` when the daemon runs without one.
+    pub proxy: Option<&'a ProxyView>,
 }
 
 /// What to do, and what to report once it is done.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
-    /// The status to write after the steps succeeded.
-    pub status: Status,
+    /// The status to write after the steps succeeded; `None`: write nothing.
+    pub status: Option<Status>,
+    /// The service is gone (no spec, no container): its status, catalog registrations and
+    /// routes can go.
+    pub gone: bool,
     /// Reconcile again after this many milliseconds even if nothing happens (a deadline or
-    /// a drain ends then).
+    /// a drain ends then, or something is polled).
     pub requeue_after_ms: Option<u64>,
+    /// What an operator must hear that the status cannot say (orphans, refused deletions).
+    pub warnings: Vec<String>,
+    /// A deletion was refused by the mass-deletion guard (for the metric).
+    pub deletion_refused: bool,
 }
 
-/// Plans one reconcile of one service.
-///
-/// # Guarantees
-/// - No I/O, no clock: the same input gives the same plan.
-/// - An invalid spec gives no steps.
-/// - Traffic only switches to a color whose replicas are all ready.
-/// - [`Step::Switch`] is always the last step of a plan, so the status written after it
-///   records the switch before anything else happens.
+/// Plans one reconcile of one service. See the module documentation for the guarantees.
 pub fn plan(input: &Input<'_>) -> Plan {
     let mut planner = Planner::new(input);
     match input.desired {
         Desired::Invalid { diagnostics, index } => planner.invalid(diagnostics, index),
-        Desired::Deleted => planner.deleted(),
-        Desired::Valid { service, index } => planner.valid(service, index),
+        Desired::Absent => planner.absent(),
+        Desired::Valid { service, index } => {
+            match security::check(service, &input.policy.allowances) {
+                Ok(()) => planner.valid(service, index),
+                Err(refusals) => planner.forbidden(&security::message(&refusals), index),
+            }
+        }
     }
     planner.finish()
+}
+
+/// The status after a step failed: what was stored before, the spec index acted on, the
+/// `Degraded` condition with `reason` and an event. The live color keeps serving.
+pub fn failed(before: &Status, index: u64, reason: &str, message: &str, now_ms: u64) -> Status {
+    let mut status = Status {
+        observed_index: index,
+        ..before.clone()
+    };
+    degrade(&mut status, reason, message, now_ms);
+    status.last_error = Some(message.to_owned());
+    status
+}
+
+/// The status after a reconcile crashed (a bug): `Degraded` with reason `InternalError` and
+/// the panic message. The loop retries with backoff.
+pub fn internal_error(before: Option<&Status>, message: &str, now_ms: u64) -> Status {
+    let mut status = before.cloned().unwrap_or_default();
+    let message = format!("internal error (a bug in cutover, please report it): {message}");
+    degrade(&mut status, "InternalError", &message, now_ms);
+    status.last_error = Some(message);
+    status
+}
+
+fn degrade(status: &mut Status, reason: &str, message: &str, now_ms: u64) {
+    status.set_condition("Degraded", true, reason, message, now_ms);
+    status.phase = Some(Phase::Degraded);
+    let last = status.events.last();
+    if last.map(|e| (e.reason.as_str(), e.message.as_str())) != Some((reason, message)) {
+        status.push_event(reason, message, now_ms);
+    }
 }
 
 /// Why the controller refuses to act on missing specs: too many vanished at once.
@@ -149,68 +261,149 @@ pub fn plan(input: &Input<'_>) -> Plan {
 /// Consul restarted empty, or a stray `consul kv delete -recurse`, looks exactly like a user
 /// deleting every service; like Argo CD refusing an empty sync, we wait for a person.
 pub fn mass_deletion(known: &BTreeSet<String>, present: &BTreeSet<String>) -> Option<String> {
-    let gone: Vec<&String> = known.difference(present).collect();
+    let gone: Vec<&str> = known.difference(present).map(String::as_str).collect();
     if gone.is_empty() {
         return None;
     }
-    if present.is_empty() || gone.len() * 2 > known.len() {
+    if present.is_empty() || gone.len().saturating_mul(2) > known.len() {
         return Some(format!(
             "{} of {} services disappeared from KV at once ({}); refusing to remove their \
              containers until an operator confirms with `cutover prune --confirm`",
             gone.len(),
             known.len(),
-            gone.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            gone.join(", ")
         ));
     }
     None
 }
 
-struct Planner<'a> {
-    input: &'a Input<'a>,
-    steps: Vec<Step>,
-    status: Status,
-    requeue_after_ms: Option<u64>,
-    events: Vec<(String, String)>,
+/// The revision that should end up live.
+enum Goal {
+    /// The spec's revision.
+    Spec(String),
+    /// The live revision, because the spec's was rejected.
+    Hold,
+    /// A kept revision, after a rollback.
+    Revive(String),
 }
 
-/// The replicas of one color that are in play (not archived).
-fn in_color(observed: &Observed, color: Color) -> Vec<&Container> {
-    let mut found: Vec<&Container> = observed
-        .containers
-        .iter()
-        .filter(|c| c.color() == Some(color) && !c.is_archived())
-        .collect();
-    found.sort_by_key(|c| c.slot());
-    found
+/// A service's containers sorted the way the planner reasons about them. Containers with a
+/// stop under way are left out: they are going.
+struct World<'a> {
+    /// In play (named after a slot of their color), by color, sorted by slot.
+    colors: BTreeMap<Color, Vec<&'a Container>>,
+    /// Replicas renamed out of their slot: history kept for a rollback, or leftovers.
+    archived: Vec<&'a Container>,
+    sides: Vec<&'a Container>,
+}
+
+impl<'a> World<'a> {
+    fn new(observed: &'a Observed) -> World<'a> {
+        let mut world = World {
+            colors: BTreeMap::new(),
+            archived: Vec::new(),
+            sides: Vec::new(),
+        };
+        for c in observed.containers.iter().filter(|c| !c.stopping) {
+            match c.color() {
+                None => world.sides.push(c),
+                Some(_) if c.is_archived() => world.archived.push(c),
+                Some(color) => world.colors.entry(color).or_default().push(c),
+            }
+        }
+        for list in world.colors.values_mut() {
+            list.sort_by_key(|c| (c.slot(), std::cmp::Reverse(c.created_ms)));
+        }
+        world
+    }
+
+    fn color(&self, color: Color) -> &[&'a Container] {
+        self.colors.get(&color).map_or(&[], Vec::as_slice)
+    }
+
+    fn running(&self, color: Color) -> bool {
+        self.color(color).iter().any(|c| c.running)
+    }
+}
+
+/// `progressDeadline` in milliseconds (the default for `recreate`).
+fn progress_deadline(service: &Service) -> u64 {
+    service
+        .blue_green()
+        .map_or(crate::spec::defaults::progress_deadline(), |bg| {
+            bg.progress_deadline
+        })
+        .as_millis()
 }
 
 fn ready_count(containers: &[&Container]) -> u32 {
-    containers.iter().filter(|c| c.running && c.ready).count() as u32
+    let ready = containers.iter().filter(|c| c.running && c.ready).count();
+    u32::try_from(ready).unwrap_or(u32::MAX)
 }
 
-/// The one revision a group of containers runs, if they agree.
-fn revision_of(containers: &[&Container]) -> Option<String> {
-    let revisions: BTreeSet<&str> = containers.iter().map(|c| c.revision.as_str()).collect();
-    match revisions.len() {
-        1 => revisions.into_iter().next().map(str::to_owned),
-        _ => None,
+fn count(containers: &[&Container]) -> u32 {
+    u32::try_from(containers.len()).unwrap_or(u32::MAX)
+}
+
+/// The revision most containers of a group run (ties: the newest spec index), if any.
+fn dominant_revision(containers: &[&Container]) -> Option<String> {
+    let mut by_revision: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for c in containers {
+        let entry = by_revision.entry(&c.revision).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(c.spec_index);
     }
+    by_revision
+        .into_iter()
+        .max_by_key(|(_, key)| *key)
+        .map(|(revision, _)| revision.to_owned())
+}
+
+struct Planner<'a> {
+    input: &'a Input<'a>,
+    world: World<'a>,
+    steps: Vec<Step>,
+    status: Status,
+    /// Whether to write the status at all (an orphan's or a gone service's is not written).
+    report: bool,
+    gone: bool,
+    requeue_after_ms: Option<u64>,
+    events: Vec<(String, String)>,
+    warnings: Vec<String>,
+    deletion_refused: bool,
 }
 
 impl<'a> Planner<'a> {
     fn new(input: &'a Input<'a>) -> Self {
-        let mut status = input.status.clone();
+        let mut status = input.status.cloned().unwrap_or_default();
         status.last_error = None;
-        Planner {
+        let mut planner = Planner {
             input,
+            world: World::new(input.observed),
             steps: Vec::new(),
             status,
+            report: true,
+            gone: false,
             requeue_after_ms: None,
             events: Vec::new(),
+            warnings: Vec::new(),
+            deletion_refused: false,
+        };
+        if let Some(error) = input.unreadable.status {
+            planner.event_once(
+                "StatusRebuilt",
+                format!(
+                    "the stored status could not be read ({error}); rebuilt from Docker and KV"
+                ),
+            );
         }
+        if let Some(error) = input.unreadable.request {
+            planner.event_once(
+                "RequestUnreadable",
+                format!("the pending request could not be read ({error}); ignored"),
+            );
+        }
+        planner
     }
 
     fn now(&self) -> u64 {
@@ -221,9 +414,22 @@ impl<'a> Planner<'a> {
         self.events.push((reason.to_owned(), message.into()));
     }
 
-    fn requeue_at(&mut self, at_ms: u64) {
-        let after = at_ms.saturating_sub(self.now()).max(1);
+    /// An event, unless the status already ends with the same one (a condition that holds
+    /// across reconciles is told once).
+    fn event_once(&mut self, reason: &str, message: String) {
+        let last = self.status.events.last();
+        if last.map(|e| (e.reason.as_str(), e.message.as_str())) != Some((reason, &message)) {
+            self.event(reason, message);
+        }
+    }
+
+    fn requeue_after(&mut self, after_ms: u64) {
+        let after = after_ms.max(1);
         self.requeue_after_ms = Some(self.requeue_after_ms.map_or(after, |a| a.min(after)));
+    }
+
+    fn requeue_at(&mut self, at_ms: u64) {
+        self.requeue_after(at_ms.saturating_sub(self.now()));
     }
 
     fn condition(&mut self, kind: &str, value: bool, reason: &str, message: impl Into<String>) {
@@ -242,8 +448,9 @@ impl<'a> Planner<'a> {
     fn invalid(&mut self, diagnostics: &Diagnostics, index: u64) {
         self.status.observed_index = index;
         let message = diagnostics.to_string();
-        if self.status.condition("Degraded").map(|c| c.reason.as_str()) != Some("InvalidSpec")
-            || self.status.condition("Degraded").map(|c| &c.message) != Some(&message)
+        let degraded = self.status.condition("Degraded");
+        if degraded.map(|c| (c.reason.as_str(), c.message.as_str()))
+            != Some(("InvalidSpec", message.as_str()))
         {
             self.event(
                 "InvalidSpec",
@@ -255,8 +462,62 @@ impl<'a> Planner<'a> {
         self.set_phase(Phase::Invalid);
     }
 
-    fn deleted(&mut self) {
-        for c in &self.input.observed.containers {
+    /// A valid spec the daemon's security policy forbids: like an invalid one, nothing of
+    /// it runs and nothing changes.
+    fn forbidden(&mut self, message: &str, index: u64) {
+        self.status.observed_index = index;
+        let told = self.input.status.and_then(|s| s.last_error.as_deref());
+        if told != Some(message) {
+            self.warnings.push(message.to_owned());
+        }
+        let now = self.now();
+        degrade(&mut self.status, security::REASON, message, now);
+        self.status.phase = Some(Phase::Invalid);
+        self.status.last_error = Some(message.to_owned());
+    }
+
+    /// No spec: remove everything, unless the guard or the orphan rule says otherwise.
+    fn absent(&mut self) {
+        let observed = &self.input.observed.containers;
+        let had_status = self.input.status.is_some() || self.input.unreadable.status.is_some();
+        self.report = false;
+        if observed.is_empty() {
+            self.gone = true;
+            return;
+        }
+        if !had_status && !self.input.policy.prune_orphans {
+            self.warnings.push(format!(
+                "orphaned containers ({}): labelled for this daemon but the service has neither \
+                 spec nor status; start with --prune-orphans to remove them",
+                observed.len()
+            ));
+            return;
+        }
+        if let Some(reason) = self.input.deletion.refused
+            && !self.input.policy.allow_mass_deletion
+            && !self.input.deletion.confirmed
+        {
+            self.deletion_refused = true;
+            self.warnings.push(reason.to_owned());
+            if had_status {
+                self.report = true;
+                let now = self.now();
+                degrade(&mut self.status, "DeletionRefused", reason, now);
+            }
+            return;
+        }
+        let in_play: Vec<&Container> = self.world.colors.values().flatten().copied().collect();
+        for c in in_play {
+            self.retire(c, false);
+        }
+        let rest: Vec<&Container> = self
+            .world
+            .archived
+            .iter()
+            .chain(&self.world.sides)
+            .copied()
+            .collect();
+        for c in rest {
             self.steps.push(Step::Remove { target: c.into() });
         }
         if !self.steps.is_empty() {
@@ -265,50 +526,39 @@ impl<'a> Planner<'a> {
     }
 
     fn valid(&mut self, service: &'a Service, index: u64) {
-        let desired_revision = revision::of_service(service);
+        let desired = revision::of_service(service);
         self.status.observed_index = index;
         let live = self.live_color();
+        let live_revision = live.and_then(|c| self.live_revision(c));
+        let live = live.zip(live_revision);
 
         // A request acknowledged once is never acted on again.
+        let acknowledged = self.status.last_request.as_ref().map(|a| a.id.clone());
         let request = self
             .input
             .request
-            .filter(|r| self.status.last_request.as_ref().map(|a| &a.id) != Some(&r.id));
+            .filter(|r| acknowledged.as_ref() != Some(&r.id));
 
-        let rejected = self
+        if self
             .status
             .rejected
             .as_ref()
-            .filter(|r| r.revision == desired_revision && r.spec_index == index)
-            .cloned();
-        if self.status.rejected.is_some() && rejected.is_none() {
+            .is_some_and(|r| r.revision != desired || r.spec_index != index)
+        {
             // The spec changed since the rejection: try again.
             self.status.rejected = None;
         }
 
         self.side_targets(service);
 
-        let live_revision = live.and_then(|c| revision_of(&in_color(self.input.observed, c)));
         // A promotion, once acknowledged, holds until the rollout is done.
         let mut promote = self.status.last_request.as_ref().is_some_and(|a| {
-            a.action == Action::Promote && a.result == "Done" && a.revision == desired_revision
+            a.action == Action::Promote && a.result == "Done" && a.revision == desired
         });
-        let mut rejected = rejected;
         if let Some(request) = request {
-            let (result, message) = self.request(
-                request,
-                live,
-                live_revision.as_deref(),
-                &desired_revision,
-                index,
-            );
-            if result == "Done" {
-                match request.action {
-                    Action::Promote => promote = true,
-                    Action::Abort | Action::Rollback => {
-                        rejected = self.status.rejected.clone();
-                    }
-                }
+            let (result, message) = self.request(request, live.as_ref(), &desired, index);
+            if result == "Done" && request.action == Action::Promote {
+                promote = true;
             }
             self.status.last_request = Some(Acknowledgement {
                 id: request.id.clone(),
@@ -321,65 +571,56 @@ impl<'a> Planner<'a> {
 
         // The revision that should be live: the spec's, unless it was rejected; then the one
         // serving now, or after a rollback the newest one kept.
-        let target = match (&rejected, &live_revision) {
-            (None, _) => Goal::Spec(desired_revision.clone()),
-            (Some(_), Some(lr)) if *lr != desired_revision => Goal::Hold,
-            (Some(_), _) => match self.kept_revision(live) {
+        let rejected = self.status.rejected.is_some();
+        let goal = match (&live, rejected) {
+            (_, false) => Goal::Spec(desired.clone()),
+            (Some((_, lr)), true) if *lr != desired => Goal::Hold,
+            (_, true) => match self.kept_revision(live.as_ref()) {
                 Some(kept) => Goal::Revive(kept),
                 None => Goal::Hold,
             },
         };
-
-        match target {
-            Goal::Hold => {
-                if let Some(color) = live {
-                    self.clean_other_color(service, color, live_revision.as_deref());
-                    self.report_colors(service, Some(color), None);
-                }
-                let r = rejected.expect("hold only follows a rejection");
-                self.condition("Degraded", true, &r.reason, r.message.clone());
-                self.condition(
-                    "Progressing",
-                    false,
-                    "RevisionRejected",
-                    format!(
-                        "revision {} is rejected until the spec changes; the last good \
-                         revision keeps serving",
-                        r.revision
-                    ),
-                );
-                self.status.preview_color = None;
-                self.set_phase(Phase::Degraded);
-            }
-            Goal::Spec(ref revision) if live_revision.as_deref() == Some(revision) => {
-                let color = live.expect("a live revision has a live color");
-                self.steady(service, color);
+        match goal {
+            Goal::Hold => self.hold(service, live.as_ref()),
+            Goal::Spec(revision) if live.as_ref().is_some_and(|(_, lr)| *lr == revision) => {
+                let color = live.as_ref().map_or(Color::Blue, |(c, _)| *c);
+                self.steady(service, color, &revision);
             }
             Goal::Spec(revision) => {
-                self.rollout(service, index, live, &revision, promote, None);
+                self.rollout(service, index, live.as_ref(), &revision, promote, false)
             }
-            Goal::Revive(kept) => {
-                self.rollout(service, index, live, &kept.clone(), true, Some(kept));
-            }
+            Goal::Revive(kept) => self.rollout(service, index, live.as_ref(), &kept, true, true),
         }
-        self.prune_history(service, live);
+        let live_revision = self
+            .status
+            .active_color
+            .and_then(|c| self.status.colors.get(&c))
+            .map(|c| c.revision.clone());
+        self.prune_history(service, live_revision.as_deref());
     }
 
-    /// The color serving traffic: what the status says, or, when the status was lost, the
-    /// older of the running colors (the switch may not have happened).
+    /// The color serving traffic: what the proxy routes to (it is what serves); else what
+    /// the status says; else, when neither knows, the older of the running colors (the
+    /// switch may not have happened). A color without any container in play serves nothing.
     fn live_color(&self) -> Option<Color> {
-        let observed = self.input.observed;
-        if let Some(color) = self.input.status.active_color {
-            return (!in_color(observed, color).is_empty()).then_some(color);
+        let present = |c: &Color| !self.world.color(*c).is_empty();
+        let proxied = self.input.proxy.filter(|p| p.known);
+        if let Some(color) = proxied.and_then(|p| p.live).filter(present) {
+            return Some(color);
         }
-        if self.input.status.phase.is_some() {
+        let from_status = self.input.status.and_then(|s| s.active_color);
+        if let Some(color) = from_status.filter(present) {
+            return Some(color);
+        }
+        if proxied.is_some() || self.input.status.is_some_and(|s| s.phase.is_some()) {
             return None;
         }
         [Color::Blue, Color::Green]
             .into_iter()
-            .filter(|&c| in_color(observed, c).iter().any(|c| c.running))
+            .filter(|&c| self.world.running(c))
             .min_by_key(|&c| {
-                in_color(observed, c)
+                self.world
+                    .color(c)
                     .iter()
                     .map(|c| c.spec_index)
                     .max()
@@ -387,17 +628,30 @@ impl<'a> Planner<'a> {
             })
     }
 
+    /// The revision the live color runs: the one the status recorded if it still has
+    /// containers there, else the one most of them run.
+    fn live_revision(&self, color: Color) -> Option<String> {
+        let containers = self.world.color(color);
+        let recorded = self
+            .input
+            .status
+            .and_then(|s| s.colors.get(&color))
+            .map(|c| &c.revision)
+            .filter(|r| containers.iter().any(|c| &c.revision == *r));
+        recorded.cloned().or_else(|| dominant_revision(containers))
+    }
+
     /// The newest revision other than the live one that still has containers of the other
-    /// color: running (draining) or archived.
-    fn kept_revision(&self, live: Option<Color>) -> Option<String> {
-        let live = live?;
-        let live_revision = revision_of(&in_color(self.input.observed, live));
-        self.input
-            .observed
-            .containers
+    /// color, in play (draining) or archived, and was not rejected.
+    fn kept_revision(&self, live: Option<&(Color, String)>) -> Option<String> {
+        let (color, live_revision) = live?;
+        let rejected = self.status.rejected.as_ref().map(|r| &r.revision);
+        self.world
+            .color(color.other())
             .iter()
-            .filter(|c| c.color() == Some(live.other()))
-            .filter(|c| Some(&c.revision) != live_revision.as_ref())
+            .chain(&self.world.archived)
+            .filter(|c| c.color() == Some(color.other()))
+            .filter(|c| c.revision != *live_revision && Some(&c.revision) != rejected)
             .max_by_key(|c| (c.spec_index, c.created_ms))
             .map(|c| c.revision.clone())
     }
@@ -406,23 +660,20 @@ impl<'a> Planner<'a> {
     fn request(
         &mut self,
         request: &Request,
-        live: Option<Color>,
-        live_revision: Option<&str>,
-        desired_revision: &str,
+        live: Option<&(Color, String)>,
+        desired: &str,
         index: u64,
     ) -> (&'static str, String) {
-        let rollout_color = live.map_or(Color::Blue, Color::other);
-        let rollout_revision = revision_of(&in_color(self.input.observed, rollout_color));
+        let live_revision = live.map(|(_, r)| r.as_str());
+        let rollout_color = live.map_or(Color::Blue, |(c, _)| c.other());
+        let rollout_revision = dominant_revision(self.world.color(rollout_color));
+        let in_progress = rollout_revision.as_deref() == Some(request.revision.as_str())
+            && live_revision != Some(request.revision.as_str());
         match request.action {
-            Action::Promote | Action::Abort
-                if rollout_revision.as_deref() != Some(request.revision.as_str())
-                    || live_revision == Some(request.revision.as_str()) =>
-            {
-                (
-                    "Stale",
-                    format!("no rollout of revision {} in progress", request.revision),
-                )
-            }
+            Action::Promote | Action::Abort if !in_progress => (
+                "Stale",
+                format!("no rollout of revision {} in progress", request.revision),
+            ),
             Action::Promote => ("Done", format!("promoting revision {}", request.revision)),
             Action::Abort => {
                 self.reject(
@@ -437,7 +688,7 @@ impl<'a> Planner<'a> {
                 "Stale",
                 format!("revision {} is not the live revision", request.revision),
             ),
-            Action::Rollback if request.revision != desired_revision => (
+            Action::Rollback if request.revision != desired => (
                 "Stale",
                 format!(
                     "revision {} is not the spec's revision; change the spec instead",
@@ -472,18 +723,66 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// The spec's revision was rejected: keep what serves, restart what crashed there, and
+    /// retire everything else once it drained.
+    fn hold(&mut self, service: &Service, live: Option<&(Color, String)>) {
+        self.status.rollout = None;
+        self.status.preview_color = None;
+        if let Some((color, revision)) = live {
+            self.restart_stopped(*color, revision);
+            self.clean_other_color(service, *color, None);
+        } else {
+            // Nothing serves: whatever is in play is a rejected attempt.
+            let in_play: Vec<&Container> = self.world.colors.values().flatten().copied().collect();
+            for c in in_play {
+                self.retire(c, false);
+            }
+        }
+        self.report_colors(service, live.map(|(c, _)| *c), None);
+        let (reason, message) = self
+            .status
+            .rejected
+            .as_ref()
+            .map(|r| (r.reason.clone(), r.message.clone()))
+            .unwrap_or_else(|| ("RevisionRejected".to_owned(), String::new()));
+        self.condition("Degraded", true, &reason, message);
+        let rejected = self
+            .status
+            .rejected
+            .as_ref()
+            .map_or_else(String::new, |r| r.revision.clone());
+        self.condition(
+            "Progressing",
+            false,
+            "RevisionRejected",
+            format!(
+                "revision {rejected} is rejected until the spec changes; {}",
+                if live.is_some() {
+                    "the last good revision keeps serving"
+                } else {
+                    "nothing was serving before"
+                }
+            ),
+        );
+        self.availability(live.map(|(c, _)| *c), service.spec.replicas);
+        self.set_phase(Phase::Degraded);
+    }
+
     /// The live color runs the spec's revision: scale it in place, restart what crashed, and
     /// retire the other color once its drain is over.
-    fn steady(&mut self, service: &Service, color: Color) {
+    fn steady(&mut self, service: &Service, color: Color, revision: &str) {
         let replicas = service.spec.replicas;
-        self.scale_color(service, color, replicas);
-        let live_revision = revision::of_service(service);
-        let drained = self.clean_other_color(service, color, Some(&live_revision));
-        let containers = in_color(self.input.observed, color);
-        let ready = ready_count(&containers).min(replicas);
+        self.status.rollout = None;
+        self.scale(service, color, revision, replicas);
+        let drained = self.clean_other_color(service, color, None);
+        // A live color found running the spec's revision without a switch recorded (a lost
+        // status, a recreate) is recorded now.
+        self.record_live(service, color, revision);
         self.report_colors(service, Some(color), None);
         self.status.preview_color = None;
-        let scaling = containers.len() as u32 != replicas || ready < replicas;
+        let containers = self.world.color(color);
+        let ready = ready_count(containers).min(replicas);
+        let scaling = count(containers) != replicas || ready < replicas;
         self.condition("Degraded", false, "AsExpected", "");
         if scaling {
             self.condition(
@@ -492,69 +791,132 @@ impl<'a> Planner<'a> {
                 "Scaling",
                 format!("{ready}/{replicas} replicas of {color} ready"),
             );
-        } else if !drained {
-            self.condition(
-                "Progressing",
-                false,
-                "RolloutComplete",
-                format!("{color} is live; the old color drains before it stops"),
-            );
         } else {
             self.condition(
                 "Progressing",
                 false,
                 "RolloutComplete",
-                format!("{color} is live with revision {live_revision}"),
+                if drained {
+                    format!("{color} is live with revision {revision}")
+                } else {
+                    format!("{color} is live; the old color drains before it stops")
+                },
             );
         }
+        self.availability(Some(color), replicas);
+        if ready == replicas {
+            self.set_phase(Phase::Available);
+            return;
+        }
+        // Replicas that do not get ready are not a rollout to abort, but they are reported
+        // once they have been missing for longer than a rollout may take.
+        let deadline = progress_deadline(service);
+        let since = self
+            .status
+            .condition("Available")
+            .filter(|c| c.status == "False")
+            .and_then(|c| humantime::parse_rfc3339(&c.last_transition_time).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(self.now(), |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            });
+        let due = since.saturating_add(deadline);
+        if self.now() >= due {
+            self.condition(
+                "Degraded",
+                true,
+                "ReplicasNotReady",
+                format!(
+                    "only {ready}/{replicas} replicas of {color} ready for longer than progressDeadline ({})",
+                    crate::spec::Duration::from_millis(deadline)
+                ),
+            );
+            self.set_phase(Phase::Degraded);
+        } else {
+            self.requeue_at(due);
+            self.set_phase(Phase::Progressing);
+        }
+    }
+
+    /// Sets the `Available` condition from the live color's ready replicas.
+    fn availability(&mut self, live: Option<Color>, replicas: u32) {
+        let ready = live.map_or(0, |c| ready_count(self.world.color(c)).min(replicas));
+        let available = live.is_some() && ready == replicas;
         self.condition(
             "Available",
-            ready == replicas,
-            if ready == replicas {
+            available,
+            if available {
                 "AllReplicasReady"
             } else {
                 "ReplicasNotReady"
             },
             format!("{ready}/{replicas} replicas ready"),
         );
-        self.set_phase(if ready == replicas {
-            Phase::Available
-        } else {
-            Phase::Progressing
-        });
     }
 
-    /// Brings the color to exactly `count` replicas of the spec's revision: creates missing
-    /// slots, starts stopped ones, removes slots above `count`.
-    fn scale_color(&mut self, service: &Service, color: Color, count: u32) {
-        let revision = revision::of_service(service);
-        let containers = in_color(self.input.observed, color);
-        let mut needs_image = false;
-        for slot in 1..=count {
-            match containers.iter().find(|c| c.slot() == Some(slot)) {
-                Some(c) if !c.running => self.steps.push(Step::Start {
-                    target: (*c).into(),
-                }),
-                Some(_) => {}
-                None => {
-                    needs_image = true;
-                    self.steps.push(Step::CreateReplica {
-                        color,
-                        slot,
-                        revision: revision.clone(),
-                    });
-                }
-            }
-        }
-        for c in containers.iter().rev() {
-            if c.slot().is_some_and(|s| s > count) {
-                self.steps.push(Step::Remove {
+    /// Brings `color` to exactly `count` replicas of `revision` (the spec's): retires slots
+    /// running another revision, creates missing slots, starts stopped ones, retires slots
+    /// above `count`. Returns whether a container name it needs is still held by a
+    /// container on its way out (then it tries again shortly).
+    fn scale(&mut self, service: &Service, color: Color, revision: &str, count: u32) -> bool {
+        let present: Vec<&Container> = self.world.color(color).to_vec();
+        let mut occupied: BTreeSet<u32> = BTreeSet::new();
+        for c in &present {
+            let stays = c.revision == revision
+                && c.slot().is_some_and(|s| (1..=count).contains(&s))
+                && occupied.insert(c.slot().unwrap_or(0));
+            if !stays {
+                // Another revision (kept for a rollback if it served) or a slot too many.
+                let keep = c.revision != revision && self.keeps(Some(service), &c.revision);
+                self.retire(c, keep);
+            } else if !c.running {
+                self.steps.push(Step::Start {
                     target: (*c).into(),
                 });
             }
         }
-        if needs_image {
+        let mut blocked = false;
+        let mut created = false;
+        for slot in (1..=count).filter(|s| !occupied.contains(s)) {
+            let name = replica_name(&service.metadata.name, color, slot);
+            // A container still being stopped or removed keeps its name until it is gone.
+            if self
+                .input
+                .observed
+                .containers
+                .iter()
+                .any(|c| c.stopping && c.name == name)
+            {
+                blocked = true;
+                continue;
+            }
+            created = true;
+            self.steps.push(Step::CreateReplica {
+                color,
+                slot,
+                revision: revision.to_owned(),
+            });
+        }
+        if created {
             self.pull_first(service, &service.spec.image);
+        }
+        if blocked {
+            self.requeue_after(POLL_MS);
+        }
+        blocked
+    }
+
+    /// Starts the stopped replicas of `revision` in `color` (a crash, or a kept revision).
+    fn restart_stopped(&mut self, color: Color, revision: &str) {
+        let stopped: Vec<&Container> = self
+            .world
+            .color(color)
+            .iter()
+            .filter(|c| c.revision == revision && !c.running)
+            .copied()
+            .collect();
+        for c in stopped {
+            self.steps.push(Step::Start { target: c.into() });
         }
     }
 
@@ -571,70 +933,87 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Retires or removes the replicas of the non-live color that do not run `keep`. Returns
-    /// false while the old color is still draining.
+    /// Whether a retired revision is kept for a rollback (archived) rather than removed:
+    /// blue/green with a history, the revision served, and was not rejected. Without a
+    /// status there is no record of what served, so everything is kept (the history limit
+    /// bounds it).
+    fn keeps(&self, service: Option<&Service>, revision: &str) -> bool {
+        let limit = service
+            .and_then(Service::blue_green)
+            .map_or(0, |bg| bg.revision_history_limit);
+        if limit == 0 {
+            return false;
+        }
+        if self.status.rejected.as_ref().map(|r| r.revision.as_str()) == Some(revision) {
+            return false;
+        }
+        match self.input.status {
+            None => true,
+            Some(_) => self
+                .status
+                .revision_history
+                .iter()
+                .any(|r| r.revision == revision),
+        }
+    }
+
+    /// Takes an in-play replica out of its slot at once (a rename, so the slot's name is free
+    /// for its successor in this very plan) and stops it, to keep it, or removes it, in the
+    /// background.
+    fn retire(&mut self, c: &Container, keep: bool) {
+        let to = free_archived_name(c, &self.input.observed.containers);
+        self.steps.push(Step::Rename {
+            target: c.into(),
+            to: to.clone(),
+        });
+        let target = Target {
+            name: to,
+            ..Target::from(c)
+        };
+        if !keep {
+            self.steps.push(Step::Remove { target });
+        } else if c.running {
+            self.steps.push(Step::Stop { target });
+        }
+    }
+
+    /// Retires the in-play replicas of the color other than `live` (except those running
+    /// `keep`), once the drain window after the last switch is over for the revision that
+    /// served before. Returns false while that revision still drains.
     fn clean_other_color(&mut self, service: &Service, live: Color, keep: Option<&str>) -> bool {
-        let other = in_color(self.input.observed, live.other());
-        let stale: Vec<&Container> = other
-            .into_iter()
+        let other: Vec<&Container> = self
+            .world
+            .color(live.other())
+            .iter()
             .filter(|c| Some(c.revision.as_str()) != keep)
+            .copied()
             .collect();
-        if stale.is_empty() {
+        if other.is_empty() {
             return true;
         }
+        // The revision that served before the last switch stays ready for an instant
+        // rollback until `scaleDownDelay` after the switch.
+        let previous = self
+            .status
+            .revision_history
+            .get(1)
+            .filter(|r| r.color == live.other())
+            .map(|r| r.revision.clone());
         if let Some(until) = self.drain_until(service)
-            && stale.iter().any(|c| c.running)
             && self.now() < until
+            && other
+                .iter()
+                .any(|c| c.running && Some(&c.revision) == previous.as_ref())
         {
             self.requeue_at(until);
             return false;
         }
-        // Revisions that served and were not rejected are kept for a rollback.
-        let rejected = self.status.rejected.as_ref().map(|r| r.revision.as_str());
-        let was_live: BTreeSet<String> = self
-            .status
-            .revision_history
-            .iter()
-            .map(|r| r.revision.clone())
-            .filter(|r| Some(r.as_str()) != rejected)
-            .collect();
-        let keep_history = service
-            .blue_green()
-            .map_or(0, |bg| bg.revision_history_limit)
-            > 0;
-        for c in stale {
-            if keep_history && was_live.contains(&c.revision) {
-                self.archive(c);
-            } else {
-                self.steps.push(Step::Remove { target: c.into() });
-            }
+        for c in other {
+            let keep = self.keeps(Some(service), &c.revision);
+            self.retire(c, keep);
         }
         self.event("Retired", format!("retired color {}", live.other()));
         true
-    }
-
-    /// Stops a replica and renames it out of its slot, keeping it for a rollback. An older
-    /// copy of the same revision and slot (A, then B, then A again) makes way for it.
-    fn archive(&mut self, c: &Container) {
-        let to = archived_name(&c.service, &c.revision, c.slot().unwrap_or(0));
-        if c.running {
-            self.steps.push(Step::Stop { target: c.into() });
-        }
-        if let Some(older) = self
-            .input
-            .observed
-            .containers
-            .iter()
-            .find(|o| o.name == to && o.id != c.id)
-        {
-            self.steps.push(Step::Remove {
-                target: older.into(),
-            });
-        }
-        self.steps.push(Step::Rename {
-            target: c.into(),
-            to,
-        });
     }
 
     /// When the current drain ends, if the service switched colors recently.
@@ -642,30 +1021,29 @@ impl<'a> Planner<'a> {
         let delay = service
             .blue_green()
             .map_or(0, |bg| bg.scale_down_delay.as_millis());
-        self.status.switched_at_ms.map(|at| at + delay)
+        self.status
+            .switched_at_ms
+            .map(|at| at.saturating_add(delay))
     }
 
-    /// Brings `revision` up in the non-live color (or the live one for `recreate`),
-    /// health-gates it and switches to it. `revive` names a kept revision whose stopped
-    /// containers are brought back instead of creating new ones.
+    /// Brings `revision` up in the non-live color (or the live one for `recreate`, or a free
+    /// one when nothing is live), health-gates it and switches to it. `revive`: the revision
+    /// is a kept one, brought back from its archived containers instead of created.
     fn rollout(
         &mut self,
         service: &Service,
         index: u64,
-        live: Option<Color>,
+        live: Option<&(Color, String)>,
         revision: &str,
         promote: bool,
-        revive: Option<String>,
+        revive: bool,
     ) {
         let blue_green = service.blue_green();
         let recreate = blue_green.is_none();
-        let color = match (live, recreate) {
-            (Some(c), false) => c.other(),
-            (Some(c), true) => c,
-            (None, _) => Color::Blue,
-        };
+        let live_color = live.map(|(c, _)| *c);
+        let color = self.rollout_color(live_color, revision, recreate);
         let first = live.is_none();
-        let auto = first || promote || blue_green.is_none_or(|bg| bg.auto_promote);
+        let auto = first || promote || recreate || blue_green.is_none_or(|bg| bg.auto_promote);
         let replicas = service.spec.replicas;
         let wanted = if auto {
             replicas
@@ -675,152 +1053,278 @@ impl<'a> Planner<'a> {
                 .unwrap_or(replicas)
                 .min(replicas)
         };
-        let observed = self.input.observed;
-        let present = in_color(observed, color);
 
-        // Containers in the target color that run something else must go first.
-        let blocking: Vec<&Container> = present
-            .iter()
-            .copied()
-            .filter(|c| c.revision != revision)
-            .collect();
-        if !blocking.is_empty() {
-            if recreate {
-                for c in &blocking {
-                    self.archive(c);
-                }
-                self.event("Recreating", format!("stopping {color} to recreate it"));
-            } else {
-                let live = live.expect("a blocked color beside no live color is impossible");
-                let drained = self.clean_other_color(service, live, None);
-                if !drained {
-                    self.progressing(
-                        "Draining",
-                        format!("waiting for {color} to drain before reusing it"),
-                    );
-                    self.report_colors(service, Some(live), None);
-                    return;
-                }
+        // Whatever else is in play while nothing serves is a superseded attempt.
+        if first {
+            let elsewhere: Vec<&Container> = self.world.color(color.other()).to_vec();
+            for c in elsewhere {
+                let keep = self.keeps(Some(service), &c.revision);
+                self.retire(c, keep);
             }
         }
 
-        if let Some(kept) = &revive {
-            let archived: Vec<&Container> = observed
-                .containers
-                .iter()
-                .filter(|c| c.color() == Some(color) && &c.revision == kept && c.is_archived())
-                .collect();
-            for c in archived {
-                let slot = c.slot().unwrap_or(0);
-                self.steps.push(Step::Rename {
-                    target: c.into(),
-                    to: replica_name(&c.service, color, slot),
-                });
-                self.steps.push(Step::Start { target: c.into() });
+        // `recreate`: the old revision stops before the new one starts.
+        if recreate && let Some((live_color, live_revision)) = live {
+            let old: Vec<&Container> = self.world.color(*live_color).to_vec();
+            for c in old {
+                let keep = self.keeps(Some(service), &c.revision);
+                self.retire(c, keep);
             }
-            for c in present.iter().filter(|c| &c.revision == kept && !c.running) {
-                self.steps.push(Step::Start {
-                    target: (*c).into(),
-                });
-            }
-        } else {
-            let mine: Vec<&Container> = present
-                .iter()
-                .copied()
-                .filter(|c| c.revision == revision)
-                .collect();
-            if mine.is_empty() && blocking.is_empty() {
-                self.event(
-                    "RolloutStarted",
-                    format!("starting {color} with revision {revision} (spec index {index})"),
-                );
-            }
-            // Scale only the slots of this revision; the blocking ones are being retired.
-            let steps_before = self.steps.len();
-            self.scale_color_of(service, color, &mine, wanted);
-            if self.steps.len() > steps_before {
-                self.pull_first(service, &service.spec.image);
-            }
-        }
-
-        let mine: Vec<&Container> = present
-            .iter()
-            .copied()
-            .filter(|c| c.revision == revision)
-            .collect();
-        let ready = ready_count(&mine);
-        self.report_colors(service, live, Some((color, wanted)));
-
-        if !self.steps.is_empty() || ready < wanted {
-            // Not healthy yet: check the deadline.
-            let started = mine.iter().map(|c| c.created_ms).min();
-            let deadline = blue_green
-                .map_or(crate::spec::defaults::progress_deadline(), |bg| {
-                    bg.progress_deadline
-                })
-                .as_millis();
-            if revive.is_none()
-                && let Some(started) = started
-            {
-                let due = started + deadline;
-                if self.now() >= due {
-                    self.abort_rollout(&mine, revision, index, deadline, live);
-                    return;
-                }
-                self.requeue_at(due);
-            }
-            self.progressing(
-                "WaitingForHealthy",
-                format!("{ready}/{wanted} replicas of {color} (revision {revision}) ready"),
+            self.event(
+                "Recreating",
+                format!("stopping revision {live_revision} in {live_color} to recreate it"),
             );
-            if let Some(live) = live {
-                self.status.preview_color = Some(color).filter(|c| *c != live);
-            }
+        }
+        if recreate && self.old_replicas_still_running() {
+            self.status.rollout = None;
+            self.report_colors(service, None, Some((color, wanted)));
+            self.progressing(
+                "Recreating",
+                format!("waiting for the old replicas to stop before starting revision {revision}"),
+            );
+            self.requeue_after(POLL_MS);
             return;
         }
 
-        if auto && wanted == replicas {
-            if live != Some(color) || recreate {
+        self.start_rollout(color, revision, index);
+        let blocked = if revive {
+            self.revive(service, color, revision);
+            false
+        } else {
+            self.scale(service, color, revision, wanted)
+        };
+
+        let mine: Vec<&Container> = self
+            .world
+            .color(color)
+            .iter()
+            .filter(|c| c.revision == revision)
+            .copied()
+            .collect();
+        let wanted = if revive { count(&mine).max(1) } else { wanted };
+        let ready = ready_count(&mine);
+        let shown_live = live_color.filter(|c| *c != color || !recreate);
+        self.report_colors(service, shown_live, Some((color, wanted)));
+        self.status.preview_color = shown_live.filter(|l| *l != color).map(|_| color);
+        self.availability(shown_live, replicas);
+
+        let settled = self.steps.iter().all(|s| s.is_background()) && !blocked;
+        if !settled || ready < wanted || count(&mine) < wanted {
+            self.check_deadline(service, &mine, revision, index, live_color);
+            return;
+        }
+        if !self.proxy_sees_up(color, &mine) {
+            self.progressing(
+                "WaitingForProxy",
+                format!("{ready}/{wanted} replicas of {color} ready; waiting for the proxy's checks to see them UP"),
+            );
+            self.requeue_after(POLL_MS);
+            return;
+        }
+        if auto && (wanted == replicas || revive) {
+            if live_color != Some(color) || recreate || self.routed_elsewhere(color) {
                 self.steps.push(Step::Switch { to: color });
             }
             self.switched(service, color, revision);
             return;
         }
         // Healthy and waiting for a person.
-        self.status.preview_color = Some(color);
         self.condition("Degraded", false, "AsExpected", "");
         self.condition(
             "Progressing",
             true,
             "WaitingForPromotion",
-            format!("{color} (revision {revision}) is ready on the preview route; run `cutover promote {}`", service.name()),
+            format!(
+                "{color} (revision {revision}) is ready on the preview route; run `cutover promote {}`",
+                service.name()
+            ),
         );
         self.set_phase(Phase::Preview);
     }
 
-    /// Like [`Planner::scale_color`], but counting only `mine` as present.
-    fn scale_color_of(&mut self, service: &Service, color: Color, mine: &[&Container], count: u32) {
-        let revision = revision::of_service(service);
-        for slot in 1..=count {
-            match mine.iter().find(|c| c.slot() == Some(slot)) {
-                Some(c) if !c.running => self.steps.push(Step::Start {
-                    target: (*c).into(),
-                }),
-                Some(_) => {}
-                None => self.steps.push(Step::CreateReplica {
-                    color,
-                    slot,
-                    revision: revision.clone(),
-                }),
+    /// Where a rollout goes: the color other than the live one (the live one for
+    /// `recreate`); with nothing live, the color already holding the revision, else blue.
+    fn rollout_color(&self, live: Option<Color>, revision: &str, recreate: bool) -> Color {
+        match (live, recreate) {
+            (Some(c), false) => c.other(),
+            (Some(c), true) => c,
+            (None, _) => [Color::Blue, Color::Green]
+                .into_iter()
+                .find(|&c| self.world.color(c).iter().any(|c| c.revision == revision))
+                .unwrap_or(Color::Blue),
+        }
+    }
+
+    /// Whether the proxy routes live traffic for this service to a color other than `color`
+    /// (so that a switch must be sent even if the status already names `color`).
+    fn routed_elsewhere(&self, color: Color) -> bool {
+        self.input
+            .proxy
+            .is_some_and(|p| p.live.is_some_and(|l| l != color))
+    }
+
+    /// Replicas of this service that left their slot and still run (or are being stopped).
+    fn old_replicas_still_running(&self) -> bool {
+        let planned: BTreeSet<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Rename { target, .. } => Some(target.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.input.observed.containers.iter().any(|c| {
+            c.color().is_some()
+                && (c.running || c.stopping)
+                && (c.stopping || c.is_archived() || planned.contains(c.id.as_str()))
+        })
+    }
+
+    /// Records the rollout's start (the progress deadline counts from it), unless it is the
+    /// one already recorded.
+    fn start_rollout(&mut self, color: Color, revision: &str, index: u64) {
+        let same = self
+            .status
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.revision == revision && r.color == color);
+        if same {
+            return;
+        }
+        self.event(
+            "RolloutStarted",
+            format!("starting {color} with revision {revision} (spec index {index})"),
+        );
+        self.status.rollout = Some(Rollout {
+            revision: revision.to_owned(),
+            color,
+            started_ms: self.now(),
+        });
+    }
+
+    /// Brings a kept revision back into `color`: its archived containers are renamed into
+    /// their slots and started; whatever else is in play there is retired.
+    fn revive(&mut self, service: &Service, color: Color, revision: &str) {
+        let blockers: Vec<&Container> = self
+            .world
+            .color(color)
+            .iter()
+            .filter(|c| c.revision != revision)
+            .copied()
+            .collect();
+        let mut occupied: BTreeSet<u32> = BTreeSet::new();
+        for c in self.world.color(color) {
+            if c.revision == revision
+                && let Some(slot) = c.slot()
+            {
+                occupied.insert(slot);
             }
         }
-        for c in mine.iter().rev() {
-            if c.slot().is_some_and(|s| s > count) {
-                self.steps.push(Step::Remove {
-                    target: (*c).into(),
-                });
+        for c in blockers {
+            let keep = self.keeps(Some(service), &c.revision);
+            self.retire(c, keep);
+        }
+        self.restart_stopped(color, revision);
+        let mut archived: Vec<&Container> = self
+            .world
+            .archived
+            .iter()
+            .filter(|c| c.color() == Some(color) && c.revision == revision)
+            .copied()
+            .collect();
+        archived.sort_by_key(|c| std::cmp::Reverse(c.created_ms));
+        for c in archived {
+            let Some(slot) = c.slot() else { continue };
+            if !occupied.insert(slot) {
+                continue;
+            }
+            self.steps.push(Step::Rename {
+                target: c.into(),
+                to: replica_name(&c.service, color, slot),
+            });
+            if !c.running {
+                self.steps.push(Step::Start { target: c.into() });
             }
         }
+    }
+
+    /// A rollout not ready by its progress deadline is aborted: its replicas are removed,
+    /// its revision rejected. Otherwise the service is `Progressing`, looked at again by the
+    /// deadline.
+    fn check_deadline(
+        &mut self,
+        service: &Service,
+        mine: &[&Container],
+        revision: &str,
+        index: u64,
+        live: Option<Color>,
+    ) {
+        let deadline = progress_deadline(service);
+        // From the rollout's start or its replicas' creation, whichever is later: a slow
+        // pull does not count, a revived revision's old containers do not either.
+        let started = [
+            self.status.rollout.as_ref().map(|r| r.started_ms),
+            mine.iter().map(|c| c.created_ms).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or_else(|| self.now());
+        let due = started.saturating_add(deadline);
+        let ready = ready_count(mine);
+        let color = self
+            .status
+            .rollout
+            .as_ref()
+            .map_or(Color::Blue, |r| r.color);
+        if self.now() >= due && !mine.is_empty() {
+            // Nothing more of this attempt is created.
+            self.steps
+                .retain(|s| !matches!(s, Step::CreateReplica { .. }));
+            for c in mine {
+                self.retire(c, false);
+            }
+            let message = format!(
+                "revision {revision} was not healthy within progressDeadline ({}); {}",
+                crate::spec::Duration::from_millis(deadline),
+                match live {
+                    Some(c) => format!("{c} keeps serving"),
+                    None => "nothing was serving before".to_owned(),
+                }
+            );
+            self.reject(revision, index, "ProgressDeadlineExceeded", &message);
+            self.condition(
+                "Degraded",
+                true,
+                "ProgressDeadlineExceeded",
+                message.clone(),
+            );
+            self.condition("Progressing", false, "ProgressDeadlineExceeded", message);
+            self.status.preview_color = None;
+            self.status.rollout = None;
+            self.set_phase(Phase::Degraded);
+            return;
+        }
+        self.requeue_at(due);
+        self.progressing(
+            "WaitingForHealthy",
+            format!(
+                "{ready}/{} replicas of {color} (revision {revision}) ready",
+                count(mine).max(ready)
+            ),
+        );
+    }
+
+    /// Whether the proxy's own checks see every one of `replicas` UP (always true without
+    /// a proxy).
+    fn proxy_sees_up(&self, color: Color, replicas: &[&Container]) -> bool {
+        let Some(proxy) = self.input.proxy else {
+            return true;
+        };
+        replicas
+            .iter()
+            .filter_map(|c| c.slot())
+            .all(|slot| proxy.up.contains(&(color, slot)))
     }
 
     fn progressing(&mut self, reason: &str, message: String) {
@@ -829,77 +1333,11 @@ impl<'a> Planner<'a> {
         self.set_phase(Phase::Progressing);
     }
 
-    fn abort_rollout(
-        &mut self,
-        mine: &[&Container],
-        revision: &str,
-        index: u64,
-        deadline_ms: u64,
-        live: Option<Color>,
-    ) {
-        self.steps.clear();
-        for c in mine {
-            self.steps.push(Step::Remove {
-                target: (*c).into(),
-            });
-        }
-        let message = format!(
-            "revision {revision} was not healthy within progressDeadline ({}); {}",
-            crate::spec::Duration::from_millis(deadline_ms),
-            match live {
-                Some(c) => format!("{c} keeps serving"),
-                None => "nothing was serving before".to_owned(),
-            }
-        );
-        self.reject(revision, index, "ProgressDeadlineExceeded", &message);
-        self.condition(
-            "Degraded",
-            true,
-            "ProgressDeadlineExceeded",
-            message.clone(),
-        );
-        self.condition("Progressing", false, "ProgressDeadlineExceeded", message);
-        self.status.preview_color = None;
-        self.set_phase(Phase::Degraded);
-    }
-
     /// Records a switch to `color` (planned now, or found done).
     fn switched(&mut self, service: &Service, color: Color, revision: &str) {
         let replicas = service.spec.replicas;
-        if self.status.active_color != Some(color)
-            || self
-                .status
-                .revision_history
-                .first()
-                .map(|r| r.revision.as_str())
-                != Some(revision)
-        {
-            let now = rfc3339(self.now());
-            if let Some(previous) = self.status.revision_history.first_mut() {
-                previous.retired_at.get_or_insert(now);
-            }
-            let image = in_color(self.input.observed, color)
-                .first()
-                .map_or_else(|| service.spec.image.clone(), |c| c.image.clone());
-            self.status.revision_history.insert(
-                0,
-                RevisionRecord {
-                    revision: revision.to_owned(),
-                    image,
-                    color,
-                    retired_at: None,
-                },
-            );
-            let limit = service
-                .blue_green()
-                .map_or(0, |bg| bg.revision_history_limit) as usize;
-            self.status.revision_history.truncate(limit + 1);
-            self.status.switched_at_ms = Some(self.now());
-            self.event(
-                "Switched",
-                format!("traffic switched to {color} (revision {revision})"),
-            );
-        }
+        self.status.rollout = None;
+        self.record_live(service, color, revision);
         self.status.active_color = Some(color);
         self.status.preview_color = None;
         self.report_colors(service, Some(color), None);
@@ -910,24 +1348,89 @@ impl<'a> Planner<'a> {
             "RolloutComplete",
             format!("{color} is live with revision {revision}"),
         );
+        let ready = ready_count(self.world.color(color)).min(replicas);
+        let available = ready == replicas;
         self.condition(
             "Available",
-            true,
-            "AllReplicasReady",
-            format!("{replicas}/{replicas} replicas ready"),
+            available,
+            if available {
+                "AllReplicasReady"
+            } else {
+                "ReplicasNotReady"
+            },
+            format!("{ready}/{replicas} replicas ready"),
         );
-        self.set_phase(Phase::Available);
+        self.set_phase(if available {
+            Phase::Available
+        } else {
+            Phase::Progressing
+        });
     }
 
-    /// Removes archived revisions beyond `revisionHistoryLimit`, oldest first.
-    fn prune_history(&mut self, service: &Service, live: Option<Color>) {
+    /// Puts `revision` in `color` at the head of the revision history, with the switch time,
+    /// unless it is there already.
+    fn record_live(&mut self, service: &Service, color: Color, revision: &str) {
+        let head = self.status.revision_history.first();
+        if self.status.active_color == Some(color)
+            && head.is_some_and(|r| r.revision == revision && r.color == color)
+        {
+            return;
+        }
+        let now = rfc3339(self.now());
+        if let Some(previous) = self.status.revision_history.first_mut() {
+            previous.retired_at.get_or_insert(now);
+        }
+        let image = self
+            .world
+            .color(color)
+            .iter()
+            .find(|c| c.revision == revision)
+            .map_or_else(|| service.spec.image.clone(), |c| c.image.clone());
+        self.status
+            .revision_history
+            .retain(|r| r.revision != revision);
+        self.status.revision_history.insert(
+            0,
+            RevisionRecord {
+                revision: revision.to_owned(),
+                image,
+                color,
+                retired_at: None,
+            },
+        );
         let limit = service
             .blue_green()
             .map_or(0, |bg| bg.revision_history_limit) as usize;
-        let live_revision = live.and_then(|c| revision_of(&in_color(self.input.observed, c)));
+        self.status
+            .revision_history
+            .truncate(limit.saturating_add(1));
+        self.status.switched_at_ms = Some(self.now());
+        self.status.active_color = Some(color);
+        self.event(
+            "Switched",
+            format!("traffic switched to {color} (revision {revision})"),
+        );
+    }
+
+    /// Removes archived revisions beyond `revisionHistoryLimit` (oldest first), archived
+    /// replicas that are not kept, duplicates of a kept slot, and stops archived replicas
+    /// that still run.
+    fn prune_history(&mut self, service: &Service, live_revision: Option<&str>) {
+        let limit = service
+            .blue_green()
+            .map_or(0, |bg| bg.revision_history_limit) as usize;
+        // Archived containers this plan brings back, or that it only just archived.
+        let touched: BTreeSet<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Rename { target, .. } | Step::Start { target } => Some(target.id.as_str()),
+                _ => None,
+            })
+            .collect();
         let mut by_revision: BTreeMap<&str, Vec<&Container>> = BTreeMap::new();
-        for c in &self.input.observed.containers {
-            if c.is_archived() && Some(&c.revision) != live_revision.as_ref() {
+        for c in &self.world.archived {
+            if !touched.contains(c.id.as_str()) {
                 by_revision.entry(&c.revision).or_default().push(c);
             }
         }
@@ -936,70 +1439,105 @@ impl<'a> Planner<'a> {
             .map(|(rev, cs)| (*rev, cs.iter().map(|c| c.spec_index).max().unwrap_or(0)))
             .collect();
         revisions.sort_by_key(|(_, index)| std::cmp::Reverse(*index));
-        // A revision being revived right now is no longer history.
-        let planned: BTreeSet<String> = self
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Rename { target, .. } => Some(target.id.clone()),
-                _ => None,
-            })
-            .collect();
-        for (revision, _) in revisions.into_iter().skip(limit) {
-            for c in &by_revision[revision] {
-                if !planned.contains(&c.id) {
-                    self.steps.push(Step::Remove {
-                        target: (*c).into(),
-                    });
+        let mut kept = 0;
+        let mut removals = Vec::new();
+        let mut stops = Vec::new();
+        for (revision, _) in revisions {
+            let containers = by_revision.get(revision).cloned().unwrap_or_default();
+            let keep = Some(revision) != live_revision
+                && kept < limit
+                && self.keeps(Some(service), revision);
+            if !keep {
+                removals.extend(containers);
+                continue;
+            }
+            kept += 1;
+            let mut seen = BTreeSet::new();
+            let mut newest_first = containers;
+            newest_first.sort_by_key(|c| std::cmp::Reverse(c.created_ms));
+            for c in newest_first {
+                if !seen.insert((c.color(), c.slot())) {
+                    removals.push(c);
+                } else if c.running {
+                    stops.push(c);
                 }
             }
         }
+        for c in removals {
+            self.steps.push(Step::Remove { target: c.into() });
+        }
+        for c in stops {
+            self.steps.push(Step::Stop { target: c.into() });
+        }
+        // A switch stays the last step.
+        if let Some(at) = self
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Switch { .. }))
+        {
+            let switch = self.steps.remove(at);
+            self.steps.push(switch);
+        }
     }
 
-    /// Starts, replaces or removes side targets so that exactly the spec's ones run.
+    /// Starts, replaces or removes side targets so that exactly the spec's ones run. A
+    /// replaced side target keeps its name (other containers reach it by it), so its
+    /// successor is created once the old one is gone.
     fn side_targets(&mut self, service: &Service) {
-        let observed = self.input.observed;
         let mut wanted = BTreeSet::new();
         for side in &service.spec.side_targets {
             wanted.insert(side.name.as_str());
             let revision = revision::of_side_target(side);
-            let existing = observed
-                .containers
+            let going = self.input.observed.containers.iter().any(|c| {
+                c.stopping && matches!(&c.role, Role::SideTarget { name } if *name == side.name)
+            });
+            let existing = self
+                .world
+                .sides
                 .iter()
-                .find(|c| matches!(&c.role, Role::SideTarget { name } if *name == side.name));
-            let create = Step::CreateSideTarget {
-                name: side.name.clone(),
-                revision: revision.clone(),
-            };
+                .find(|c| matches!(&c.role, Role::SideTarget { name } if *name == side.name))
+                .copied();
             match existing {
+                None if going => self.requeue_after(POLL_MS),
                 None => {
                     self.pull_side(service, &side.image);
-                    self.steps.push(create);
+                    self.steps.push(Step::CreateSideTarget {
+                        name: side.name.clone(),
+                        revision,
+                    });
                 }
                 Some(c) if c.revision != revision => {
                     self.pull_side(service, &side.image);
                     self.steps.push(Step::Remove { target: c.into() });
-                    self.steps.push(create);
+                    self.requeue_after(POLL_MS);
                 }
                 Some(c) if !c.running => self.steps.push(Step::Start { target: c.into() }),
                 Some(_) => {}
             }
         }
-        for c in &observed.containers {
-            if let Role::SideTarget { name } = &c.role
-                && !wanted.contains(name.as_str())
-            {
-                self.steps.push(Step::Remove { target: c.into() });
-            }
+        let unwanted: Vec<&Container> = self
+            .world
+            .sides
+            .iter()
+            .filter(
+                |c| matches!(&c.role, Role::SideTarget { name } if !wanted.contains(name.as_str())),
+            )
+            .copied()
+            .collect();
+        for c in unwanted {
+            self.steps.push(Step::Remove { target: c.into() });
         }
     }
 
     fn pull_side(&mut self, service: &Service, image: &str) {
         let always = service.spec.image_pull_policy == crate::spec::PullPolicy::Always;
-        if always || !self.input.observed.images_present.contains(image) {
-            self.steps.push(Step::PullImage {
-                image: image.to_owned(),
-            });
+        let pull = Step::PullImage {
+            image: image.to_owned(),
+        };
+        if (always || !self.input.observed.images_present.contains(image))
+            && !self.steps.contains(&pull)
+        {
+            self.steps.push(pull);
         }
     }
 
@@ -1012,748 +1550,75 @@ impl<'a> Planner<'a> {
     ) {
         let mut colors = BTreeMap::new();
         for color in [Color::Blue, Color::Green] {
-            let containers = in_color(self.input.observed, color);
-            let Some(first) = containers.first() else {
-                continue;
+            let containers = self.world.color(color);
+            let revision = match rollout {
+                Some((c, _)) if c == color => {
+                    self.status.rollout.as_ref().map(|r| r.revision.clone())
+                }
+                _ if live == Some(color) => self.live_revision(color),
+                _ => dominant_revision(containers),
             };
+            let Some(revision) = revision else { continue };
+            let of_revision: Vec<&Container> = containers
+                .iter()
+                .filter(|c| c.revision == revision)
+                .copied()
+                .collect();
             let desired = match rollout {
                 Some((c, wanted)) if c == color => wanted,
                 _ if live == Some(color) => service.spec.replicas,
                 _ => 0,
             };
+            if of_revision.is_empty() && desired == 0 {
+                continue;
+            }
+            let image = of_revision
+                .first()
+                .map_or_else(|| service.spec.image.clone(), |c| c.image.clone());
             colors.insert(
                 color,
                 ColorStatus {
-                    image: first.image.clone(),
-                    revision: revision_of(&containers).unwrap_or_else(|| first.revision.clone()),
-                    ready: ready_count(&containers),
+                    image,
+                    revision,
+                    ready: ready_count(&of_revision),
                     desired,
                 },
             );
         }
         self.status.colors = colors;
-        if live.is_some() {
-            self.status.active_color = live;
-        }
+        self.status.active_color = live;
     }
 
     fn finish(mut self) -> Plan {
         let now = self.now();
-        for step in &self.steps {
-            self.status.push_event("Step", &step.to_string(), now);
+        // Two rules may ask for the same step (an expired rollout retired by scaling and by
+        // its deadline); it runs once.
+        let mut unique: Vec<Step> = Vec::with_capacity(self.steps.len());
+        for step in std::mem::take(&mut self.steps) {
+            if !unique.contains(&step) {
+                unique.push(step);
+            }
         }
-        for (reason, message) in &self.events {
-            self.status.push_event(reason, message, now);
+        self.steps = unique;
+        let events = std::mem::take(&mut self.events);
+        if self.report {
+            for step in &self.steps {
+                self.status.push_event("Step", &step.to_string(), now);
+            }
+            for (reason, message) in &events {
+                self.status.push_event(reason, message, now);
+            }
         }
         Plan {
             steps: self.steps,
-            status: self.status,
+            status: self.report.then_some(self.status),
+            gone: self.gone,
             requeue_after_ms: self.requeue_after_ms,
+            warnings: self.warnings,
+            deletion_refused: self.deletion_refused,
         }
     }
-}
-
-/// What the live color should end up running.
-enum Goal {
-    /// The spec's revision.
-    Spec(String),
-    /// The live revision, because the spec's was rejected.
-    Hold,
-    /// A kept revision, after a rollback.
-    Revive(String),
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::parse_service;
-
-    const SECOND: u64 = 1000;
-
-    /// A two-replica `books` service with `extra` lines added to its spec.
-    fn service(extra: &str) -> Service {
-        let replicas = if extra.contains("replicas:") {
-            ""
-        } else {
-            "  replicas: 2\n"
-        };
-        let text = format!(
-            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: books}}\nspec:\n  image: books:1\n{replicas}{extra}"
-        );
-        parse_service("books.yaml", &text).unwrap()
-    }
-
-    fn with_image(image: &str, extra: &str) -> Service {
-        let mut s = service(extra);
-        s.spec.image = image.to_owned();
-        s
-    }
-
-    /// A world the tests drive: what runs, the status, and the clock.
-    struct World {
-        observed: Observed,
-        status: Status,
-        now_ms: u64,
-        next_id: u32,
-    }
-
-    impl World {
-        fn new() -> Self {
-            let mut observed = Observed::default();
-            observed.images_present.insert("books:1".to_owned());
-            observed.images_present.insert("books:2".to_owned());
-            World {
-                observed,
-                status: Status::default(),
-                now_ms: 1_000_000,
-                next_id: 0,
-            }
-        }
-
-        fn plan(&self, service: &Service, index: u64) -> Plan {
-            self.plan_with(Desired::Valid { service, index }, None)
-        }
-
-        fn plan_with(&self, desired: Desired<'_>, request: Option<&Request>) -> Plan {
-            plan(&Input {
-                name: "books",
-                desired,
-                observed: &self.observed,
-                status: &self.status,
-                request,
-                now_ms: self.now_ms,
-            })
-        }
-
-        /// Carries a plan out the way the adapters would, and keeps its status.
-        fn apply(&mut self, service: &Service, index: u64, plan: &Plan) {
-            for step in &plan.steps {
-                match step {
-                    Step::PullImage { image } => {
-                        self.observed.images_present.insert(image.clone());
-                    }
-                    Step::CreateReplica {
-                        color,
-                        slot,
-                        revision,
-                    } => {
-                        self.next_id += 1;
-                        self.observed.containers.push(Container {
-                            id: format!("id{}", self.next_id),
-                            name: replica_name("books", *color, *slot),
-                            service: "books".to_owned(),
-                            role: Role::Replica {
-                                color: *color,
-                                slot: *slot,
-                            },
-                            revision: revision.clone(),
-                            spec_index: index,
-                            image: service.spec.image.clone(),
-                            running: true,
-                            created_ms: self.now_ms,
-                            address: Some("10.0.0.1".to_owned()),
-                            ready: false,
-                        });
-                    }
-                    Step::CreateSideTarget { name, revision } => {
-                        self.next_id += 1;
-                        self.observed.containers.push(Container {
-                            id: format!("id{}", self.next_id),
-                            name: format!("books-{name}"),
-                            service: "books".to_owned(),
-                            role: Role::SideTarget { name: name.clone() },
-                            revision: revision.clone(),
-                            spec_index: index,
-                            image: "db:1".to_owned(),
-                            running: true,
-                            created_ms: self.now_ms,
-                            address: None,
-                            ready: false,
-                        });
-                    }
-                    Step::Start { target } => self.find(&target.id).running = true,
-                    Step::Stop { target } => {
-                        let c = self.find(&target.id);
-                        c.running = false;
-                        c.ready = false;
-                    }
-                    Step::Remove { target } => {
-                        self.observed.containers.retain(|c| c.id != target.id)
-                    }
-                    Step::Rename { target, to } => self.find(&target.id).name = to.clone(),
-                    Step::Switch { .. } => {}
-                }
-            }
-            self.status = plan.status.clone();
-        }
-
-        fn find(&mut self, id: &str) -> &mut Container {
-            self.observed
-                .containers
-                .iter_mut()
-                .find(|c| c.id == id)
-                .expect("container")
-        }
-
-        fn all_ready(&mut self) {
-            for c in &mut self.observed.containers {
-                c.ready = c.running;
-            }
-        }
-
-        fn later(&mut self, ms: u64) {
-            self.now_ms += ms;
-        }
-
-        /// Plans, applies and marks everything ready until no steps remain (at most 10
-        /// rounds), letting time pass past any requeue.
-        fn converge(&mut self, service: &Service, index: u64) -> Plan {
-            for _ in 0..10 {
-                let p = self.plan(service, index);
-                if p.steps.is_empty() && p.requeue_after_ms.is_none() {
-                    return p;
-                }
-                self.apply(service, index, &p);
-                self.all_ready();
-                if let Some(after) = p.requeue_after_ms {
-                    self.later(after);
-                }
-            }
-            panic!("did not converge: {:#?}", self.plan(service, index));
-        }
-
-        fn names(&self) -> Vec<String> {
-            let mut names: Vec<String> = self
-                .observed
-                .containers
-                .iter()
-                .map(|c| format!("{}{}", c.name, if c.running { "" } else { " (stopped)" }))
-                .collect();
-            names.sort();
-            names
-        }
-    }
-
-    fn describe(plan: &Plan) -> Vec<String> {
-        plan.steps.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn rev(service: &Service) -> String {
-        revision::of_service(service)
-    }
-
-    #[test]
-    fn first_deploy_creates_blue_then_switches_once_healthy() {
-        let books = service("");
-        let mut world = World::new();
-        let p = world.plan(&books, 7);
-        let r = rev(&books);
-        assert_eq!(
-            describe(&p),
-            [
-                format!("create blue replica 1 (revision {r})"),
-                format!("create blue replica 2 (revision {r})")
-            ]
-        );
-        assert_eq!(p.status.phase, Some(Phase::Progressing));
-        assert_eq!(p.status.observed_index, 7);
-        world.apply(&books, 7, &p);
-
-        let p = world.plan(&books, 7);
-        assert!(p.steps.is_empty(), "waits for health: {:?}", describe(&p));
-        assert!(p.requeue_after_ms.is_some(), "requeues at the deadline");
-        world.all_ready();
-
-        let p = world.plan(&books, 7);
-        assert_eq!(describe(&p), ["switch traffic to blue"]);
-        assert_eq!(p.status.active_color, Some(Color::Blue));
-        assert_eq!(p.status.phase, Some(Phase::Available));
-        world.apply(&books, 7, &p);
-        assert!(world.plan(&books, 7).steps.is_empty(), "converged");
-    }
-
-    #[test]
-    fn a_missing_image_is_pulled_before_anything_is_created() {
-        let books = with_image("books:3", "");
-        let p = World::new().plan(&books, 1);
-        assert_eq!(describe(&p)[0], "pull image books:3");
-        assert_eq!(p.steps.len(), 3);
-    }
-
-    #[test]
-    fn pull_policy_always_pulls_before_new_containers_only() {
-        let books = service("  imagePullPolicy: Always\n");
-        let mut world = World::new();
-        assert_eq!(describe(&world.plan(&books, 1))[0], "pull image books:1");
-        world.converge(&books, 1);
-        assert!(
-            world.plan(&books, 1).steps.is_empty(),
-            "no pull in steady state"
-        );
-    }
-
-    #[test]
-    fn a_replica_change_scales_the_live_color_in_place() {
-        let mut world = World::new();
-        world.converge(&service(""), 1);
-        let four = service("  replicas: 4\n");
-        let p = world.plan(&four, 2);
-        let r = rev(&four);
-        assert_eq!(
-            describe(&p),
-            [
-                format!("create blue replica 3 (revision {r})"),
-                format!("create blue replica 4 (revision {r})")
-            ]
-        );
-        world.converge(&four, 2);
-        let mut one = four.clone();
-        one.spec.replicas = 1;
-        assert_eq!(
-            describe(&world.plan(&one, 3)),
-            [
-                "remove books-blue-4",
-                "remove books-blue-3",
-                "remove books-blue-2"
-            ]
-        );
-    }
-
-    #[test]
-    fn a_new_revision_rolls_to_the_other_color_and_drains_the_old_one() {
-        let v1 = service("");
-        let v2 = with_image("books:2", "");
-        let mut world = World::new();
-        world.converge(&v1, 1);
-
-        let p = world.plan(&v2, 2);
-        assert_eq!(
-            describe(&p),
-            [
-                format!("create green replica 1 (revision {})", rev(&v2)),
-                format!("create green replica 2 (revision {})", rev(&v2)),
-            ]
-        );
-        world.apply(&v2, 2, &p);
-        assert_eq!(
-            world.status.active_color,
-            Some(Color::Blue),
-            "blue still serves"
-        );
-        assert_eq!(world.status.preview_color, Some(Color::Green));
-        world.all_ready();
-
-        let p = world.plan(&v2, 2);
-        assert_eq!(describe(&p), ["switch traffic to green"]);
-        world.apply(&v2, 2, &p);
-        assert_eq!(world.status.revision_history.len(), 2);
-
-        // The old color drains for scaleDownDelay (10s by default) before it stops.
-        let p = world.plan(&v2, 2);
-        assert!(p.steps.is_empty(), "{:?}", describe(&p));
-        assert_eq!(p.requeue_after_ms, Some(10 * SECOND));
-        assert_eq!(
-            p.status.phase,
-            Some(Phase::Available),
-            "the rollout is done for waiters"
-        );
-        world.later(10 * SECOND);
-        let p = world.plan(&v2, 2);
-        let r1 = rev(&v1);
-        assert_eq!(
-            describe(&p),
-            [
-                "stop books-blue-1".to_owned(),
-                format!("rename books-blue-1 to books-r{r1}-1"),
-                "stop books-blue-2".to_owned(),
-                format!("rename books-blue-2 to books-r{r1}-2"),
-            ]
-        );
-        world.apply(&v2, 2, &p);
-        assert!(world.plan(&v2, 2).steps.is_empty());
-        assert_eq!(
-            world.names(),
-            [
-                "books-green-1",
-                "books-green-2",
-                &format!("books-r{r1}-1 (stopped)"),
-                &format!("books-r{r1}-2 (stopped)"),
-            ]
-        );
-    }
-
-    #[test]
-    fn without_auto_promote_the_new_color_waits_in_preview_until_promoted() {
-        let manual = "  strategy: {blueGreen: {autoPromote: false, previewReplicas: 1}}\n";
-        let v1 = service(manual);
-        let v2 = with_image("books:2", manual);
-        let mut world = World::new();
-        world.converge(&v1, 1);
-        assert_eq!(
-            world.status.active_color,
-            Some(Color::Blue),
-            "a first deploy promotes"
-        );
-
-        let p = world.plan(&v2, 2);
-        assert_eq!(
-            describe(&p),
-            [format!("create green replica 1 (revision {})", rev(&v2))]
-        );
-        world.apply(&v2, 2, &p);
-        world.all_ready();
-        let p = world.plan(&v2, 2);
-        assert!(p.steps.is_empty());
-        assert_eq!(p.status.phase, Some(Phase::Preview));
-        assert_eq!(p.status.preview_color, Some(Color::Green));
-        world.apply(&v2, 2, &p);
-
-        let stale = Request {
-            id: "r1".into(),
-            action: Action::Promote,
-            revision: rev(&v1),
-            requested_at: String::new(),
-        };
-        let p = world.plan_with(
-            Desired::Valid {
-                service: &v2,
-                index: 2,
-            },
-            Some(&stale),
-        );
-        assert!(p.steps.is_empty());
-        assert_eq!(p.status.last_request.as_ref().unwrap().result, "Stale");
-
-        let promote = Request {
-            id: "r2".into(),
-            revision: rev(&v2),
-            ..stale
-        };
-        let p = world.plan_with(
-            Desired::Valid {
-                service: &v2,
-                index: 2,
-            },
-            Some(&promote),
-        );
-        assert_eq!(
-            describe(&p),
-            [format!("create green replica 2 (revision {})", rev(&v2))]
-        );
-        assert_eq!(p.status.last_request.as_ref().unwrap().result, "Done");
-        world.apply(&v2, 2, &p);
-        world.all_ready();
-        // The acknowledged request stays in KV; it must not act twice, and promotion holds.
-        let p = world.plan_with(
-            Desired::Valid {
-                service: &v2,
-                index: 2,
-            },
-            Some(&promote),
-        );
-        assert_eq!(describe(&p), ["switch traffic to green"]);
-    }
-
-    #[test]
-    fn a_rollout_not_healthy_by_its_deadline_is_aborted_and_its_revision_rejected() {
-        let v1 = service("");
-        let v2 = with_image("books:2", "");
-        let mut world = World::new();
-        world.converge(&v1, 1);
-        let p = world.plan(&v2, 2);
-        world.apply(&v2, 2, &p);
-        world.later(120 * SECOND);
-        let p = world.plan(&v2, 2);
-        assert_eq!(
-            describe(&p),
-            ["remove books-green-1", "remove books-green-2"]
-        );
-        assert_eq!(p.status.phase, Some(Phase::Degraded));
-        assert_eq!(
-            p.status.condition("Degraded").unwrap().reason,
-            "ProgressDeadlineExceeded"
-        );
-        assert_eq!(
-            p.status.active_color,
-            Some(Color::Blue),
-            "blue keeps serving"
-        );
-        world.apply(&v2, 2, &p);
-
-        let p = world.plan(&v2, 2);
-        assert!(
-            p.steps.is_empty(),
-            "a rejected revision is not retried: {:?}",
-            describe(&p)
-        );
-        assert_eq!(p.status.phase, Some(Phase::Degraded));
-
-        // The same spec written again (a new index) is a new attempt.
-        assert_eq!(world.plan(&v2, 3).steps.len(), 2);
-    }
-
-    #[test]
-    fn an_invalid_spec_changes_nothing_and_says_why() {
-        let mut world = World::new();
-        world.converge(&service(""), 1);
-        let diagnostics =
-            parse_service("cutover/services/books", "spec: {replica: 2}").unwrap_err();
-        let p = world.plan_with(
-            Desired::Invalid {
-                diagnostics: &diagnostics,
-                index: 9,
-            },
-            None,
-        );
-        assert!(p.steps.is_empty());
-        assert_eq!(p.status.phase, Some(Phase::Invalid));
-        assert_eq!(p.status.observed_index, 9);
-        assert_eq!(p.status.active_color, Some(Color::Blue));
-        let condition = p.status.condition("Degraded").unwrap();
-        assert_eq!(condition.reason, "InvalidSpec");
-        assert!(
-            condition.message.contains("cutover/services/books:"),
-            "{}",
-            condition.message
-        );
-    }
-
-    #[test]
-    fn a_deleted_spec_removes_every_container() {
-        let mut world = World::new();
-        world.converge(&service("  sideTargets: [{name: db, image: books:1}]\n"), 1);
-        let p = world.plan_with(Desired::Deleted, None);
-        assert_eq!(p.steps.len(), 3);
-        assert!(p.steps.iter().all(|s| matches!(s, Step::Remove { .. })));
-    }
-
-    #[test]
-    fn side_targets_start_once_and_survive_rollouts() {
-        let side = "  sideTargets: [{name: db, image: books:1}]\n";
-        let v1 = service(side);
-        let mut world = World::new();
-        let p = world.plan(&v1, 1);
-        assert!(
-            describe(&p)[0].starts_with("create side target db"),
-            "{:?}",
-            describe(&p)
-        );
-        world.converge(&v1, 1);
-        let v2 = with_image("books:2", side);
-        let p = world.plan(&v2, 2);
-        assert!(
-            p.steps
-                .iter()
-                .all(|s| matches!(s, Step::CreateReplica { .. })),
-            "{:?}",
-            describe(&p)
-        );
-        world.converge(&v2, 2);
-        assert!(world.names().contains(&"books-db".to_owned()));
-    }
-
-    #[test]
-    fn recreate_stops_the_old_revision_before_starting_the_new_one_in_place() {
-        let strategy = "  strategy: {recreate: {}}\n";
-        let v1 = service(strategy);
-        let v2 = with_image("books:2", strategy);
-        let mut world = World::new();
-        world.converge(&v1, 1);
-        let p = world.plan(&v2, 2);
-        let r1 = rev(&v1);
-        let r2 = rev(&v2);
-        assert_eq!(
-            describe(&p),
-            [
-                "stop books-blue-1".to_owned(),
-                format!("rename books-blue-1 to books-r{r1}-1"),
-                "stop books-blue-2".to_owned(),
-                format!("rename books-blue-2 to books-r{r1}-2"),
-                format!("create blue replica 1 (revision {r2})"),
-                format!("create blue replica 2 (revision {r2})"),
-            ]
-        );
-        world.converge(&v2, 2);
-        assert_eq!(world.status.active_color, Some(Color::Blue));
-        assert_eq!(world.status.phase, Some(Phase::Available));
-    }
-
-    #[test]
-    fn only_revision_history_limit_old_revisions_are_kept() {
-        let mut world = World::new();
-        for (index, image) in [
-            (1, "books:1"),
-            (2, "books:2"),
-            (3, "books:3"),
-            (4, "books:4"),
-        ] {
-            world.observed.images_present.insert(image.to_owned());
-            world.converge(&with_image(image, ""), index);
-        }
-        let kept: BTreeSet<&str> = world
-            .observed
-            .containers
-            .iter()
-            .filter(|c| c.is_archived())
-            .map(|c| c.image.as_str())
-            .collect();
-        assert_eq!(
-            kept,
-            BTreeSet::from(["books:2", "books:3"]),
-            "limit 2 by default"
-        );
-    }
-
-    #[test]
-    fn rollback_switches_back_to_the_draining_color_at_once() {
-        let v1 = service("");
-        let v2 = with_image("books:2", "");
-        let mut world = World::new();
-        world.converge(&v1, 1);
-        let p = world.plan(&v2, 2);
-        world.apply(&v2, 2, &p);
-        world.all_ready();
-        let p = world.plan(&v2, 2);
-        world.apply(&v2, 2, &p);
-        assert_eq!(world.status.active_color, Some(Color::Green));
-
-        let rollback = Request {
-            id: "r1".into(),
-            action: Action::Rollback,
-            revision: rev(&v2),
-            requested_at: String::new(),
-        };
-        let p = world.plan_with(
-            Desired::Valid {
-                service: &v2,
-                index: 2,
-            },
-            Some(&rollback),
-        );
-        assert_eq!(describe(&p), ["switch traffic to blue"]);
-        assert_eq!(p.status.last_request.as_ref().unwrap().result, "Done");
-        assert_eq!(p.status.rejected.as_ref().unwrap().reason, "RolledBack");
-        world.apply(&v2, 2, &p);
-        world.later(10 * SECOND);
-        let p = world.plan(&v2, 2);
-        assert_eq!(
-            describe(&p),
-            ["remove books-green-1", "remove books-green-2"]
-        );
-        world.apply(&v2, 2, &p);
-        assert_eq!(world.plan(&v2, 2).status.phase, Some(Phase::Degraded));
-    }
-
-    #[test]
-    fn rollback_revives_the_kept_revision_after_the_drain() {
-        let v1 = service("");
-        let v2 = with_image("books:2", "");
-        let mut world = World::new();
-        world.converge(&v1, 1);
-        world.converge(&v2, 2);
-        let rollback = Request {
-            id: "r1".into(),
-            action: Action::Rollback,
-            revision: rev(&v2),
-            requested_at: String::new(),
-        };
-        let p = world.plan_with(
-            Desired::Valid {
-                service: &v2,
-                index: 2,
-            },
-            Some(&rollback),
-        );
-        assert_eq!(
-            describe(&p),
-            [
-                format!("rename books-r{}-1 to books-blue-1", rev(&v1)),
-                format!("start books-r{}-1", rev(&v1)),
-                format!("rename books-r{}-2 to books-blue-2", rev(&v1)),
-                format!("start books-r{}-2", rev(&v1)),
-            ]
-        );
-        world.apply(&v2, 2, &p);
-        world.all_ready();
-        world.converge(&v2, 2);
-        assert_eq!(world.status.active_color, Some(Color::Blue));
-        assert_eq!(world.status.colors[&Color::Blue].image, "books:1");
-    }
-
-    #[test]
-    fn a_lost_status_is_rebuilt_from_the_containers() {
-        let v1 = service("");
-        let v2 = with_image("books:2", "");
-        let mut world = World::new();
-        world.converge(&v1, 1);
-        let p = world.plan(&v2, 2);
-        world.apply(&v2, 2, &p);
-        world.all_ready();
-        world.status = Status::default();
-        // Blue (older) is taken as live, so green is health-gated and switched, not assumed.
-        let p = world.plan(&v2, 2);
-        assert_eq!(describe(&p), ["switch traffic to green"]);
-    }
-
-    #[test]
-    fn planning_after_applying_a_plan_converges_for_every_scenario() {
-        let specs = [
-            service(""),
-            with_image("books:2", "  replicas: 3\n"),
-            with_image("books:2", "  replicas: 1\n  strategy: {recreate: {}}\n"),
-            service("  sideTargets: [{name: db, image: books:1}]\n"),
-        ];
-        for (i, a) in specs.iter().enumerate() {
-            for (j, b) in specs.iter().enumerate() {
-                let mut world = World::new();
-                world.converge(a, 1);
-                world.converge(b, 2);
-                let p = world.plan(b, 2);
-                assert!(p.steps.is_empty(), "{i} -> {j}: {:?}", describe(&p));
-                assert_eq!(p.status.phase, Some(Phase::Available), "{i} -> {j}");
-                let live = p.status.active_color.unwrap();
-                assert_eq!(p.status.colors[&live].revision, rev(b), "{i} -> {j}");
-            }
-        }
-    }
-
-    #[test]
-    fn going_back_to_an_archived_revision_keeps_one_copy_of_it() {
-        let v1 = service("");
-        let v2 = with_image("books:2", "");
-        let mut world = World::new();
-        for (index, spec) in [(1, &v1), (2, &v2), (3, &v1), (4, &v2), (5, &v1)] {
-            world.converge(spec, index);
-        }
-        let mut names = world.names();
-        names.dedup();
-        assert_eq!(
-            names.len(),
-            world.observed.containers.len(),
-            "no duplicate names"
-        );
-        assert_eq!(
-            world.status.colors[&world.status.active_color.unwrap()].image,
-            "books:1"
-        );
-    }
-
-    #[test]
-    fn mass_deletion_is_refused() {
-        let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        for (known, present, refused) in [
-            (set(&["a", "b", "c"]), set(&["a", "b"]), false),
-            (set(&["a", "b", "c"]), set(&["a"]), true),
-            (set(&["a", "b", "c", "d"]), set(&["a", "b"]), false),
-            (set(&["a"]), set(&[]), true),
-            (set(&[]), set(&[]), false),
-            (set(&["a", "b"]), set(&["a", "b", "c"]), false),
-        ] {
-            assert_eq!(
-                mass_deletion(&known, &present).is_some(),
-                refused,
-                "{known:?} -> {present:?}"
-            );
-        }
-    }
-}
+mod tests;

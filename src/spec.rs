@@ -217,7 +217,7 @@ impl Resources {
 /// The daemon's own HTTP probe of each replica. A replica counts as ready after
 /// `healthy_threshold` successes in a row and stops counting after `unhealthy_threshold`
 /// failures in a row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Health {
     #[serde(default = "defaults::health_path")]

@@ -110,6 +110,16 @@ pub struct RevisionRecord {
     pub retired_at: Option<String>,
 }
 
+/// A rollout in progress: `revision` is being brought up in `color`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub revision: String,
+    pub color: Color,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+}
+
 /// A revision the daemon gave up on; it is not tried again until the spec changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -165,6 +175,38 @@ pub struct Acknowledgement {
     pub message: String,
 }
 
+/// An operator's confirmation of a deletion the mass-deletion guard refused, stored at
+/// `<prefix>/control/prune-confirm` by `cutover prune --confirm`.
+///
+/// It names exactly the services it confirms, expires, and is consumed: the daemon drops a
+/// service from it once that service's containers are gone, and the key once it is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneConfirmation {
+    /// The services whose removal is confirmed.
+    pub services: Vec<String>,
+    /// After this (milliseconds since the Unix epoch, by the daemon's clock) it counts for
+    /// nothing.
+    pub expires_at_ms: u64,
+}
+
+impl PruneConfirmation {
+    /// Whether it confirms removing `service` at `now_ms`.
+    pub fn confirms(&self, service: &str, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms && self.services.iter().any(|s| s == service)
+    }
+}
+
+/// The deletion the guard refuses now, stored at `<prefix>/control/deletion-refused` by the
+/// leader so that `cutover prune` can show and confirm exactly it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedDeletion {
+    /// The services whose specs vanished and whose containers are kept.
+    pub services: Vec<String>,
+    pub message: String,
+}
+
 /// Everything the daemon says about one service.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -180,6 +222,10 @@ pub struct Status {
     /// drains until this plus `scaleDownDelay`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_at_ms: Option<u64>,
+    /// The rollout in progress, if any: which revision goes to which color since when (the
+    /// progress deadline counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
     #[serde(default)]
     pub colors: BTreeMap<Color, ColorStatus>,
     #[serde(default)]

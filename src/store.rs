@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::consul::{Client, ConsulError, PrefixWatch};
 use crate::spec::{self, Diagnostics, Service};
-use crate::status::{Request, Status};
+use crate::status::{PruneConfirmation, RefusedDeletion, Request, Status};
 
 /// The prefix used when neither `--prefix` nor `CUTOVER_PREFIX` says otherwise.
 pub const DEFAULT_PREFIX: &str = "cutover";
@@ -25,6 +25,8 @@ pub enum Folder {
     Services,
     Status,
     Requests,
+    /// Keys that steer the daemon itself rather than one service.
+    Control,
 }
 
 impl Folder {
@@ -33,6 +35,7 @@ impl Folder {
             Folder::Services => "services",
             Folder::Status => "status",
             Folder::Requests => "requests",
+            Folder::Control => "control",
         }
     }
 }
@@ -53,6 +56,21 @@ pub fn name_from_key<'k>(prefix: &str, folder: Folder, key: &'k str) -> Option<&
     let name = key.strip_prefix(prefix)?.strip_prefix('/')?;
     let name = name.strip_prefix(folder.as_str())?.strip_prefix('/')?;
     (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// `<prefix>/leader`: the leader election's lock.
+pub fn leader_key(prefix: &str) -> String {
+    format!("{prefix}/leader")
+}
+
+/// `<prefix>/control/prune-confirm`: a [`crate::status::PruneConfirmation`].
+pub fn prune_confirm_key(prefix: &str) -> String {
+    key_for(prefix, Folder::Control, "prune-confirm")
+}
+
+/// `<prefix>/control/deletion-refused`: a [`crate::status::RefusedDeletion`].
+pub fn deletion_refused_key(prefix: &str) -> String {
+    key_for(prefix, Folder::Control, "deletion-refused")
 }
 
 /// Cleans a user-given prefix: no leading or trailing slashes, not empty.
@@ -230,11 +248,7 @@ impl Store {
 
     /// A blocking-query watch on `<prefix>/services/`.
     pub fn watch_services(&self, wait: Duration) -> PrefixWatch {
-        PrefixWatch::new(
-            self.client.clone(),
-            folder_prefix(&self.prefix, Folder::Services),
-            wait,
-        )
+        self.watch_folder(Folder::Services, wait)
     }
 
     /// One service, or `None` when its key does not exist.
@@ -328,6 +342,76 @@ impl Store {
         cas: Option<u64>,
     ) -> Result<bool, StoreError> {
         self.put_json(&self.request_key(name), request, cas).await
+    }
+
+    /// The operator's confirmation of a refused deletion, if any (an unreadable one counts
+    /// as none: it confirms nothing).
+    pub async fn get_prune_confirmation(
+        &self,
+    ) -> Result<Option<Versioned<PruneConfirmation>>, StoreError> {
+        match self
+            .get_json(&prune_confirm_key(&self.prefix), "prune confirmation")
+            .await
+        {
+            Err(StoreError::InvalidJson { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Writes a confirmation (check-and-set when `cas` is given). Returns whether it was written.
+    pub async fn put_prune_confirmation(
+        &self,
+        confirmation: &PruneConfirmation,
+        cas: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.put_json(&prune_confirm_key(&self.prefix), confirmation, cas)
+            .await
+    }
+
+    /// Removes the confirmation if it is still at `cas`.
+    pub async fn delete_prune_confirmation(&self, cas: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .client
+            .delete(&prune_confirm_key(&self.prefix), Some(cas))
+            .await?)
+    }
+
+    /// The deletion the guard refuses now, if any.
+    pub async fn get_refused_deletion(&self) -> Result<Option<RefusedDeletion>, StoreError> {
+        match self
+            .get_json(&deletion_refused_key(&self.prefix), "refused deletion")
+            .await
+        {
+            Ok(found) => Ok(found.map(|v| v.value)),
+            Err(StoreError::InvalidJson { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the refused deletion, or clears it with `None`.
+    pub async fn set_refused_deletion(
+        &self,
+        refused: Option<&RefusedDeletion>,
+    ) -> Result<(), StoreError> {
+        let key = deletion_refused_key(&self.prefix);
+        match refused {
+            Some(refused) => self.put_json(&key, refused, None).await.map(drop),
+            None => self
+                .client
+                .delete(&key, None)
+                .await
+                .map(drop)
+                .map_err(Into::into),
+        }
+    }
+
+    /// A blocking-query watch on one folder, such as `<prefix>/requests/`.
+    pub fn watch_folder(&self, folder: Folder, wait: Duration) -> PrefixWatch {
+        PrefixWatch::new(
+            self.client.clone(),
+            folder_prefix(&self.prefix, folder),
+            wait,
+        )
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(

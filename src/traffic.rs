@@ -1,11 +1,12 @@
 //! The traffic seam: what the controller asks of the proxy, in the controller's terms.
 //!
-//! The controller calls [`Traffic::prepare`] before a plan's steps (so that replicas about
-//! to be stopped or removed take no new requests and finish the ones they have),
-//! [`Traffic::switch`] for [`crate::plan::Step::Switch`], and [`Traffic::settle`] after the
-//! steps. Each builds a [`ServiceRoutes`] from plain data and hands it to the HAProxy
-//! adapter, which turns it into Runtime API calls or, when the shape changed, a validated
-//! seamless reload.
+//! The controller takes the replicas a plan retires out of the routes before the plan's
+//! steps ([`Traffic::apply`] with [`routes`] minus [`leaving`]), lets their connections
+//! finish before stopping them ([`Traffic::drain`], in the background), switches through
+//! [`Traffic::switch`], and reads what the proxy routes and sees UP ([`Traffic::view`]) as
+//! an input of the planner. Each builds a [`ServiceRoutes`] from plain data and hands it to
+//! the HAProxy adapter, which turns it into Runtime API calls or, when the shape changed, a
+//! validated seamless reload.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,19 +17,21 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::haproxy::{
-    ApplyOutcome, Proxy, ProxyError, ProxyMetrics, Server, ServerState, ServiceRoutes, slots_for,
+    ApplyOutcome, Check, Proxy, ProxyError, ProxyMetrics, Server, ServerState, ServiceRoutes,
+    slots_for,
 };
 use crate::metrics::Metrics;
 use crate::observed::Container;
-use crate::plan::Step;
+use crate::plan::{ProxyView, Step};
 use crate::spec::Service;
 use crate::status::Color;
 
 /// How long a replica may take to finish its requests before it is stopped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a switch waits for HAProxy's own checks to see the new color UP.
-const UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a switch waits for HAProxy's own checks to see the new color UP. The planner
+/// switches only once they do, so this only covers a check that flapped since.
+const UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The proxy, shared by the workers.
 pub struct Traffic {
@@ -37,7 +40,9 @@ pub struct Traffic {
 }
 
 /// The routes of `service`: live and preview colors, and a server for every running replica
-/// with an address except those in `excluded` (ids), which go to maintenance.
+/// with an address except those in `excluded` (ids), which go to maintenance. Each color is
+/// reached and checked the way the revision it runs asks (its containers' labels), so a new
+/// spec's port or health path never changes how the live color is checked.
 pub fn routes(
     service: &Service,
     live: Option<Color>,
@@ -47,7 +52,7 @@ pub fn routes(
 ) -> ServiceRoutes {
     let kept: Vec<Container> = containers
         .iter()
-        .filter(|c| !excluded.contains(&c.id))
+        .filter(|c| !excluded.contains(&c.id) && !c.stopping)
         .cloned()
         .collect();
     // Slots must cover every replica that still runs, also while scaling down.
@@ -56,12 +61,29 @@ pub fn routes(
         .filter_map(|c| c.slot())
         .max()
         .unwrap_or(0);
+    let spec_check = |c: Option<&Container>| Check {
+        port: c.and_then(|c| c.port).unwrap_or(service.spec.port),
+        path: c
+            .and_then(|c| c.health.as_ref())
+            .map_or_else(|| service.spec.health.path.clone(), |h| h.path.clone()),
+        host: service.name().to_owned(),
+    };
+    let checks = [Color::Blue, Color::Green]
+        .into_iter()
+        .map(|color| {
+            let first = kept
+                .iter()
+                .find(|c| c.color() == Some(color) && !c.is_archived());
+            (color, spec_check(first))
+        })
+        .collect();
     ServiceRoutes {
         routes: service.spec.routes.clone(),
         live,
         preview: preview.filter(|p| Some(*p) != live),
         port: service.spec.port,
         health_path: service.spec.health.path.clone(),
+        checks,
         slots: slots_for(service.spec.replicas.max(highest)),
         servers: in_rotation(ServiceRoutes::servers_from(&kept)),
     }
@@ -122,45 +144,65 @@ impl Traffic {
         Ok(outcome)
     }
 
-    /// Takes the replicas in `leaving` out of the routes and waits (at most
-    /// [`DRAIN_TIMEOUT`]) until they have no sessions left.
-    pub async fn prepare(
-        &self,
-        name: &str,
-        routes: &ServiceRoutes,
-        leaving: &[&Container],
-    ) -> Result<(), ProxyError> {
-        self.apply(name, routes).await?;
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        for c in leaving {
-            let (Some(color), Some(slot)) = (c.color(), c.slot()) else {
-                continue;
-            };
-            loop {
-                let sessions = self
-                    .proxy
-                    .lock()
-                    .await
-                    .server_sessions(name, color, slot)
-                    .await?;
-                if sessions == 0 {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    warn!(service = %name, container = %c.name, sessions, "drain timed out; stopping anyway");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    /// What the proxy routes for `name` and which of its servers HAProxy's checks see UP.
+    /// A proxy that cannot be asked sees nothing UP (so nothing switches), and routes what
+    /// its table says.
+    pub async fn view(&self, name: &str) -> ProxyView {
+        let proxy = self.proxy.lock().await;
+        let routes = proxy.routes(name);
+        let (known, live) = (routes.is_some(), routes.and_then(|r| r.live));
+        let up = match proxy.servers_up_set(name).await {
+            Ok(up) => up,
+            Err(e) => {
+                debug!(service = %name, error = %e, "cannot read HAProxy's server states");
+                BTreeSet::new()
             }
-        }
-        Ok(())
+        };
+        ProxyView { known, live, up }
     }
 
-    /// Switches `name` to the live color of `routes`, once HAProxy's own checks see every
-    /// ready replica of that color UP (at most [`UP_TIMEOUT`]; then it switches anyway, as
-    /// cutover's probes already passed).
+    /// Waits (at most [`DRAIN_TIMEOUT`]) until the server in `slot` of `color` has no
+    /// sessions left, as long as it still points at `address` (a slot given to a successor
+    /// has the successor's sessions, not the leaving replica's). The replica must already be
+    /// out of the routes.
+    pub async fn drain(&self, name: &str, color: Color, slot: u32, address: &str) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let sessions = {
+                let proxy = self.proxy.lock().await;
+                let reused = proxy
+                    .routes(name)
+                    .and_then(|r| r.servers.get(&color))
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s.slot == slot && s.address != address);
+                if reused {
+                    return;
+                }
+                match proxy.server_sessions(name, color, slot).await {
+                    Ok(sessions) => sessions,
+                    Err(e) => {
+                        debug!(service = %name, error = %e, "cannot count sessions; not waiting");
+                        return;
+                    }
+                }
+            };
+            if sessions == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!(service = %name, %color, slot, sessions, "drain timed out; stopping anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Switches `name` to the live color of `routes`: the new servers first, with the routes
+    /// as they are, then the routes, once HAProxy's own checks see every server of that
+    /// color UP. It never switches to a color HAProxy sees DOWN: after [`UP_TIMEOUT`] it
+    /// fails, and the live color keeps serving.
     pub async fn switch(&self, name: &str, routes: &ServiceRoutes) -> Result<(), ProxyError> {
-        // The new servers first, with the routes as they are.
         let Some(to) = routes.live else {
             return self.apply(name, routes).await.map(drop);
         };
@@ -179,8 +221,10 @@ impl Traffic {
         let deadline = Instant::now() + UP_TIMEOUT;
         while !self.proxy.lock().await.servers_up(name, to, &slots).await? {
             if Instant::now() >= deadline {
-                warn!(service = %name, color = %to, "HAProxy's checks did not pass in time; switching anyway");
-                break;
+                return Err(ProxyError::NotUp {
+                    service: name.to_owned(),
+                    color: to,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -231,6 +275,9 @@ mod tests {
             created_ms: 0,
             address: Some(format!("10.0.0.{slot}")),
             ready: true,
+            stopping: false,
+            port: None,
+            health: None,
         }
     }
 

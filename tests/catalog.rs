@@ -70,6 +70,9 @@ impl World {
             created_ms: 0,
             address: Some("127.0.0.1".to_owned()),
             ready,
+            stopping: false,
+            port: None,
+            health: None,
         }
     }
 

@@ -361,6 +361,7 @@ fn ready(slot: u32, address: &str) -> Server {
 /// A service routed at `/`, live on `color` with `servers`.
 fn web(color: Color, servers: Vec<Server>) -> ServiceRoutes {
     ServiceRoutes {
+        checks: Default::default(),
         routes: vec![path_route("/")],
         live: Some(color),
         preview: None,
@@ -410,6 +411,7 @@ async fn path_and_host_routes_for_three_services() {
         .to_vec();
     let replicas = lab.replicas(&names, IMAGE_A).await;
     let service = |routes: Vec<Route>, color: Color, address: &str| ServiceRoutes {
+        checks: Default::default(),
         routes,
         live: Some(color),
         preview: None,

@@ -130,11 +130,21 @@ pub fn check_table(table: &BTreeMap<String, ServiceRoutes>) -> Result<(), TableE
                 "the name must be a DNS label (a-z, 0-9, -; at most 63 characters)".into(),
             ));
         }
-        if !routes.health_path.starts_with('/') || routes.health_path.contains(unsafe_char) {
-            return Err(fail(format!(
-                "health path {:?} must start with / and contain no whitespace, quotes or #",
-                routes.health_path
-            )));
+        for color in [Color::Blue, Color::Green] {
+            let check = routes.check(service, color);
+            if !check.path.starts_with('/') || check.path.contains(unsafe_char) {
+                return Err(fail(format!(
+                    "health path {:?} must start with / and contain no whitespace, quotes or #",
+                    check.path
+                )));
+            }
+            if check.host.is_empty() || check.host.contains(unsafe_char) || check.host.contains('/')
+            {
+                return Err(fail(format!(
+                    "health check host {:?} must be a host name without path, whitespace or quotes",
+                    check.host
+                )));
+            }
         }
         if routes.slots == 0 {
             return Err(fail("slots must be at least 1".into()));
@@ -365,13 +375,14 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
     for (service, routes) in table {
         for color in [Color::Blue, Color::Green] {
             let _ = writeln!(c);
+            let check = routes.check(service, color);
             let _ = writeln!(c, "backend {}", backend_name(service, color));
             let _ = writeln!(c, "    balance roundrobin");
             let _ = writeln!(c, "    option httpchk");
             let _ = writeln!(
                 c,
-                "    http-check send meth GET uri {} ver HTTP/1.1 hdr Host {service}",
-                routes.health_path
+                "    http-check send meth GET uri {} ver HTTP/1.1 hdr Host {}",
+                check.path, check.host
             );
             let _ = writeln!(c, "    http-check expect status 200-399");
             let _ = writeln!(
@@ -401,11 +412,11 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
                         let _ = writeln!(
                             c,
                             "    server {name} {}{disabled}",
-                            server_address(&server.address, routes.port)
+                            server_address(&server.address, check.port)
                         );
                     }
                     None => {
-                        let _ = writeln!(c, "    server {name} 0.0.0.0:{} disabled", routes.port);
+                        let _ = writeln!(c, "    server {name} 0.0.0.0:{} disabled", check.port);
                     }
                 }
             }
@@ -420,9 +431,8 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
     routes: Vec<(MapKind, String)>,
-    port: u16,
     slots: u32,
-    health_path: String,
+    checks: [super::Check; 2],
 }
 
 /// The shape of every service of a table.
@@ -435,9 +445,8 @@ pub fn shapes(table: &BTreeMap<String, ServiceRoutes>) -> BTreeMap<String, Shape
             keys.dedup();
             let shape = Shape {
                 routes: keys,
-                port: routes.port,
                 slots: routes.slots,
-                health_path: routes.health_path.clone(),
+                checks: [Color::Blue, Color::Green].map(|c| routes.check(service, c)),
             };
             (service.clone(), shape)
         })
@@ -464,6 +473,7 @@ pub fn runtime_commands(
     let mut down = Vec::new();
     for color in [Color::Blue, Color::Green] {
         let backend = backend_name(service, color);
+        let port = new.check(service, color).port;
         let slots_of = |routes: &ServiceRoutes| -> BTreeMap<u32, (String, ServerState)> {
             routes
                 .servers
@@ -493,9 +503,7 @@ pub fn runtime_commands(
                 &mut down
             };
             if readdress && let Some(address) = address {
-                target.push(command::set_server_addr(
-                    &backend, &server, address, new.port,
-                ));
+                target.push(command::set_server_addr(&backend, &server, address, port));
             }
             if restate || readdress {
                 target.push(command::set_server_state(&backend, &server, state));

@@ -21,6 +21,7 @@ fn ready(slot: u32, address: &str) -> Server {
 /// A service routed by `routes`, live on blue with two ready servers.
 fn service(routes: Vec<Route>) -> ServiceRoutes {
     ServiceRoutes {
+        checks: BTreeMap::new(),
         routes,
         live: Some(Color::Blue),
         preview: None,
@@ -374,6 +375,9 @@ fn servers_from_containers_skip_archived_stopped_and_addressless_replicas() {
         created_ms: 0,
         address: address.map(str::to_owned),
         ready,
+        stopping: false,
+        port: None,
+        health: None,
     };
     let servers = ServiceRoutes::servers_from(&[
         container("books-blue-2", Color::Blue, 2, Some("10.0.0.2"), true, true),
