@@ -32,7 +32,7 @@ use crate::plan::{self, Desired, Input, Step};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::security;
 use crate::status::{Phase, Status};
-use crate::store::{Store, StoreError, StoredService};
+use crate::store::{Store, StoreError, Stored, StoredService};
 use crate::traffic::{self, Traffic};
 
 /// How the daemon runs.
@@ -337,11 +337,34 @@ impl Controller {
         let scope = &self.settings.scope;
         let observation = self.docker.observe(scope, Some(name)).await?;
         let stored_status = self.store.get_status(name).await?;
-        let request = self.store.get_request(name).await?.map(|v| v.value);
-        let status = stored_status
+        let stored_request = self.store.get_request(name).await?;
+        // A key that does not decode never blocks the service: an unreadable status is
+        // rebuilt as if none had been written, an unreadable request is ignored; each is
+        // reported once, with an event in the status written afterwards.
+        let mut status = match &stored_status {
+            Some(Stored::Readable(v)) => v.value.clone(),
+            Some(Stored::Unreadable(bad)) => {
+                warn!(service = %name, "{bad}; rebuilding the status from the containers and the spec");
+                Status::rebuilt(&bad.to_string(), now_ms())
+            }
+            None => Status::default(),
+        };
+        let request = match stored_request {
+            Some(Stored::Readable(v)) => Some(v.value),
+            Some(Stored::Unreadable(bad)) => {
+                if stored.is_some()
+                    && status.note_unreadable_request(bad.modify_index, &bad.to_string(), now_ms())
+                {
+                    warn!(service = %name, "{bad}; ignoring it");
+                }
+                None
+            }
+            None => None,
+        };
+        let stored_status_value = stored_status
             .as_ref()
-            .map(|v| v.value.clone())
-            .unwrap_or_default();
+            .and_then(Stored::readable)
+            .map(|v| &v.value);
 
         let service = stored.as_ref().and_then(|s| s.parsed.as_ref().ok());
         let mut observed = Observed {
@@ -381,7 +404,7 @@ impl Controller {
             degrade(&mut refused, security::REASON, &message);
             refused.phase = Some(Phase::Invalid);
             refused.last_error = Some(message);
-            self.write_status(name, &refused, stored_status.as_ref().map(|s| &s.value))
+            self.write_status(name, &refused, stored_status_value)
                 .await?;
             return Ok(None);
         }
@@ -423,10 +446,11 @@ impl Controller {
                     self.leadership.check()?;
                     error!(service = %name, "{reason}");
                     self.metrics.deletion_refused();
-                    if let Some(stored) = stored_status.map(|v| v.value) {
-                        let mut status = stored.clone();
+                    if stored_status.is_some() {
+                        let mut status = status.clone();
                         degrade(&mut status, "DeletionRefused", &reason);
-                        self.write_status(name, &status, Some(&stored)).await?;
+                        self.write_status(name, &status, stored_status_value)
+                            .await?;
                     }
                     return Ok(None);
                 }
@@ -473,7 +497,7 @@ impl Controller {
         }
         if !matches!(desired, Desired::Deleted) {
             self.leadership.check()?;
-            self.write_status(name, &new_status, stored_status.as_ref().map(|s| &s.value))
+            self.write_status(name, &new_status, stored_status_value)
                 .await?;
         }
         if let Some(e) = failed {
