@@ -212,6 +212,22 @@ pub enum CliError {
     #[error("no status for {name}: the daemon has not reported on it (is cutover run running?)")]
     NoStatus { name: String },
 
+    #[error(
+        "cannot tell which revision to {action} for {name}: {detail}; pass --revision, or wait \
+         until cutover run rebuilds the status on its next reconcile of {name}"
+    )]
+    UnreadableStatus {
+        name: String,
+        action: String,
+        detail: String,
+    },
+
+    #[error("{}", unreadable_statuses(details))]
+    UnreadableStatuses {
+        /// One line per status, naming its key and the decode error.
+        details: Vec<String>,
+    },
+
     #[error("nothing to {action} for {name}: no revision fits; pass --revision")]
     NothingToAct { name: String, action: String },
 
@@ -248,6 +264,18 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn unreadable_statuses(details: &[String]) -> String {
+    let count = match details.len() {
+        1 => "1 status".to_owned(),
+        n => format!("{n} statuses"),
+    };
+    format!(
+        "cannot read {count}: {}; cutover run rebuilds a status on its next reconcile of the \
+         service, or removes it with a deleted service",
+        details.join("; ")
+    )
 }
 
 /// Checks a service name given on the command line before it becomes part of a KV key.

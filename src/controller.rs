@@ -38,7 +38,7 @@ use crate::observed::{Container, Observed};
 use crate::plan::{self, Deletion, Desired, Input, Policy, ProxyView, Step, Unreadable};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::status::{PruneConfirmation, RefusedDeletion, Status};
-use crate::store::{Folder, Store, StoreError, StoredService};
+use crate::store::{Folder, Store, StoreError, Stored, StoredService};
 use crate::traffic::{self, Traffic};
 
 /// How many background stops and removals run at once, across services.
@@ -376,7 +376,7 @@ impl Controller {
         self.metrics.reconcile_panicked();
         error!(service = %name, panic = %message, "reconcile panicked; the service is retried with backoff");
         let stored = match self.store.get_status(name).await {
-            Ok(stored) => stored.map(|v| v.value),
+            Ok(stored) => stored.and_then(Stored::into_readable).map(|v| v.value),
             Err(_) => None,
         };
         let status = plan::internal_error(stored.as_ref(), message, now_ms());
@@ -400,16 +400,24 @@ impl Controller {
         let observation = self.docker.observe(scope, Some(name)).await?;
         let mut containers = observation.containers;
         self.mark_stopping(&mut containers);
-        let (stored_status, status_error) = match self.store.get_status(name).await {
-            Ok(found) => (found.map(|v| v.value), None),
-            Err(StoreError::InvalidJson { source, .. }) => (None, Some(source.to_string())),
-            Err(e) => return Err(e.into()),
-        };
-        let (request, request_error) = match self.store.get_request(name).await {
-            Ok(found) => (found.map(|v| v.value), None),
-            Err(StoreError::InvalidJson { source, .. }) => (None, Some(source.to_string())),
-            Err(e) => return Err(e.into()),
-        };
+        // A key that does not decode never blocks the service: the planner rebuilds an
+        // unreadable status and ignores an unreadable request, and says so once.
+        let stored_status = self.store.get_status(name).await?;
+        let stored_request = self.store.get_request(name).await?;
+        let status_error = stored_status
+            .as_ref()
+            .and_then(Stored::unreadable)
+            .map(ToString::to_string);
+        let request_error = stored_request
+            .as_ref()
+            .and_then(Stored::unreadable)
+            .map(|bad| (bad.modify_index, bad.to_string()));
+        let stored_status = stored_status
+            .and_then(Stored::into_readable)
+            .map(|v| v.value);
+        let request = stored_request
+            .and_then(Stored::into_readable)
+            .map(|v| v.value);
         let service = stored.as_ref().and_then(|s| s.parsed.as_ref().ok());
         let mut observed = Observed {
             containers,
@@ -462,7 +470,9 @@ impl Controller {
             status: stored_status.as_ref(),
             unreadable: Unreadable {
                 status: status_error.as_deref(),
-                request: request_error.as_deref(),
+                request: request_error
+                    .as_ref()
+                    .map(|(index, e)| (*index, e.as_str())),
             },
             request: request.as_ref(),
             now_ms: now_ms(),

@@ -6,7 +6,7 @@
 //! | `GET /healthz` | 200 while the process runs. |
 //! | `GET /readyz` | 200 once the specs were read in full and Docker answers; 503 and why. |
 //! | `GET /metrics` | Every metric, OpenMetrics text. |
-//! | `GET /api/v1/services` | Each service's spec summary and stored status, from Consul. |
+//! | `GET /api/v1/services` | Each service's spec summary and stored status, from Consul; a status that does not decode is listed with its error. |
 //! | `GET /api/v1/daemon` | The daemon's own state: role, readiness, queue depth. |
 //! | `GET /` | The status page (`http/status.html`, self-contained). |
 //! | `GET`, `PUT /loglevel` | The log filter; `PUT` only from a loopback address. |
@@ -30,7 +30,7 @@ use crate::controller::Controller;
 use crate::metrics::{self, Metrics};
 use crate::spec::Strategy;
 use crate::status::Status;
-use crate::store::{Store, StoreError, StoredService, Versioned};
+use crate::store::{Store, StoreError, Stored, StoredService};
 
 /// The status page: one HTML file with its CSS and script inline, no external assets.
 const STATUS_PAGE: &str = include_str!("http/status.html");
@@ -132,8 +132,11 @@ pub struct ServiceView {
     pub name: String,
     /// `None` when only a status is left (the spec was deleted, removal in progress).
     pub spec: Option<SpecSummary>,
-    /// `None` until the daemon has written one.
+    /// `None` until the daemon has written one, or when it does not decode.
     pub status: Option<Status>,
+    /// Why the stored status does not decode: its key, ModifyIndex and the decode error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_error: Option<String>,
 }
 
 /// The parts of a spec a person looks for first.
@@ -193,10 +196,10 @@ impl SpecSummary {
     }
 }
 
-/// Every service that has a spec or a status, by name.
+/// Every service that has a spec or a status (readable or not), by name.
 pub fn service_views(
     specs: Vec<StoredService>,
-    statuses: Vec<(String, Versioned<Status>)>,
+    statuses: Vec<(String, Stored<Status>)>,
 ) -> Vec<ServiceView> {
     let mut views: std::collections::BTreeMap<String, ServiceView> = specs
         .iter()
@@ -207,19 +210,22 @@ pub fn service_views(
                     name: s.name.clone(),
                     spec: Some(SpecSummary::of(s)),
                     status: None,
+                    status_error: None,
                 },
             )
         })
         .collect();
     for (name, status) in statuses {
-        views
-            .entry(name.clone())
-            .or_insert_with(|| ServiceView {
-                name,
-                spec: None,
-                status: None,
-            })
-            .status = Some(status.value);
+        let view = views.entry(name.clone()).or_insert_with(|| ServiceView {
+            name,
+            spec: None,
+            status: None,
+            status_error: None,
+        });
+        match status {
+            Stored::Readable(versioned) => view.status = Some(versioned.value),
+            Stored::Unreadable(bad) => view.status_error = Some(bad.to_string()),
+        }
     }
     views.into_values().collect()
 }
@@ -352,17 +358,26 @@ mod tests {
              spec:\n  image: web:2\n  replicas: 3\n  routes: [{pathPrefix: /web}]\n",
         );
         let bad = stored("bad", "apiVersion: cutover.dev/v1\nkind: Service\n");
-        let status = |phase| Versioned {
-            value: Status {
-                phase: Some(phase),
-                ..Status::default()
-            },
-            modify_index: 9,
+        let status = |phase| {
+            Stored::Readable(crate::store::Versioned {
+                value: Status {
+                    phase: Some(phase),
+                    ..Status::default()
+                },
+                modify_index: 9,
+            })
         };
+        let junk = Stored::Unreadable(crate::store::Unreadable {
+            key: "cutover/status/junk".to_owned(),
+            modify_index: 11,
+            what: "status",
+            error: "expected value at line 1 column 1".to_owned(),
+        });
         let views = service_views(
             vec![web, bad],
             vec![
                 ("gone".to_owned(), status(crate::status::Phase::Available)),
+                ("junk".to_owned(), junk),
                 ("web".to_owned(), status(crate::status::Phase::Progressing)),
             ],
         );
@@ -376,15 +391,23 @@ mod tests {
                 .contains("cutover/services/bad")
         );
         assert_eq!(json[0]["status"], serde_json::Value::Null);
+        assert_eq!(json[0].get("statusError"), None);
         assert_eq!(json[1]["name"], "gone");
         assert_eq!(json[1]["spec"], serde_json::Value::Null);
         assert_eq!(json[1]["status"]["phase"], "Available");
-        assert_eq!(json[2]["name"], "web");
-        assert_eq!(json[2]["spec"]["image"], "web:2");
-        assert_eq!(json[2]["spec"]["replicas"], 3);
-        assert_eq!(json[2]["spec"]["strategy"], "blueGreen");
-        assert_eq!(json[2]["spec"]["autoPromote"], true);
-        assert_eq!(json[2]["spec"]["routes"][0], "/web");
-        assert_eq!(json[2]["status"]["phase"], "Progressing");
+        assert_eq!(json[2]["name"], "junk");
+        assert_eq!(json[2]["status"], serde_json::Value::Null);
+        assert_eq!(
+            json[2]["statusError"],
+            "cutover/status/junk (index 11) does not hold a valid status: expected value at \
+             line 1 column 1"
+        );
+        assert_eq!(json[3]["name"], "web");
+        assert_eq!(json[3]["spec"]["image"], "web:2");
+        assert_eq!(json[3]["spec"]["replicas"], 3);
+        assert_eq!(json[3]["spec"]["strategy"], "blueGreen");
+        assert_eq!(json[3]["spec"]["autoPromote"], true);
+        assert_eq!(json[3]["spec"]["routes"][0], "/web");
+        assert_eq!(json[3]["status"]["phase"], "Progressing");
     }
 }

@@ -165,11 +165,12 @@ pub struct ProxyView {
     pub up: BTreeSet<(Color, u32)>,
 }
 
-/// Keys that exist in KV but could not be read; the message says why.
+/// Keys that exist in KV but could not be read; the message says which and why.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unreadable<'a> {
     pub status: Option<&'a str>,
-    pub request: Option<&'a str>,
+    /// The request key's ModifyIndex (each bad value is told once) and the message.
+    pub request: Option<(u64, &'a str)>,
 }
 
 /// Everything [`plan`] looks at.
@@ -390,18 +391,18 @@ impl<'a> Planner<'a> {
             deletion_refused: false,
         };
         if let Some(error) = input.unreadable.status {
-            planner.event_once(
-                "StatusRebuilt",
-                format!(
-                    "the stored status could not be read ({error}); rebuilt from Docker and KV"
-                ),
-            );
+            planner.status = Status::rebuilt(error, input.now_ms);
+            planner.warnings.push(format!(
+                "{error}; rebuilding the status from the containers and the spec"
+            ));
         }
-        if let Some(error) = input.unreadable.request {
-            planner.event_once(
-                "RequestUnreadable",
-                format!("the pending request could not be read ({error}); ignored"),
-            );
+        if let Some((index, error)) = input.unreadable.request
+            && !matches!(input.desired, Desired::Absent)
+            && planner
+                .status
+                .note_unreadable_request(index, error, input.now_ms)
+        {
+            planner.warnings.push(format!("{error}; ignoring it"));
         }
         planner
     }
@@ -412,15 +413,6 @@ impl<'a> Planner<'a> {
 
     fn event(&mut self, reason: &str, message: impl Into<String>) {
         self.events.push((reason.to_owned(), message.into()));
-    }
-
-    /// An event, unless the status already ends with the same one (a condition that holds
-    /// across reconciles is told once).
-    fn event_once(&mut self, reason: &str, message: String) {
-        let last = self.status.events.last();
-        if last.map(|e| (e.reason.as_str(), e.message.as_str())) != Some((reason, &message)) {
-            self.event(reason, message);
-        }
     }
 
     fn requeue_after(&mut self, after_ms: u64) {

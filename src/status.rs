@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 /// How many events a status keeps, newest last.
 pub const MAX_EVENTS: usize = 20;
 
+/// The event reason when the stored status did not decode and the daemon rebuilt it.
+pub const STATUS_REBUILT: &str = "StatusRebuilt";
+
+/// The event reason when the stored request did not decode and the daemon ignored it.
+pub const REQUEST_UNREADABLE: &str = "RequestUnreadable";
+
 /// The two slots a blue/green service alternates between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,11 +244,52 @@ pub struct Status {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<Acknowledgement>,
+    /// The ModifyIndex of the last request value that did not decode: it was ignored, and
+    /// reported once with a [`REQUEST_UNREADABLE`] event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_request_index: Option<u64>,
     #[serde(default)]
     pub events: Vec<Event>,
 }
 
 impl Status {
+    /// The status to start from when the stored one did not decode: an empty one, which
+    /// the planner fills in from the containers and the spec as if none had been written,
+    /// with a [`STATUS_REBUILT`] event. `unreadable` says which key and why, in one line.
+    pub fn rebuilt(unreadable: &str, now_ms: u64) -> Status {
+        let mut status = Status::default();
+        status.push_event(
+            STATUS_REBUILT,
+            &format!("{unreadable}; rebuilt the status from the containers and the spec"),
+            now_ms,
+        );
+        status
+    }
+
+    /// Notes that the request value at `modify_index` did not decode and is ignored, with a
+    /// [`REQUEST_UNREADABLE`] event, once per value. Returns whether it was new (and so is
+    /// worth a log line).
+    pub fn note_unreadable_request(
+        &mut self,
+        modify_index: u64,
+        unreadable: &str,
+        now_ms: u64,
+    ) -> bool {
+        if self.unreadable_request_index == Some(modify_index) {
+            return false;
+        }
+        self.unreadable_request_index = Some(modify_index);
+        self.push_event(
+            REQUEST_UNREADABLE,
+            &format!(
+                "{unreadable}; ignored it: run cutover promote, rollback or abort again, or \
+                 delete the key"
+            ),
+            now_ms,
+        );
+        true
+    }
+
     pub fn condition(&self, kind: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.kind == kind)
     }
@@ -292,4 +339,56 @@ impl Status {
 pub fn rfc3339(ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuilt_status_is_empty_but_for_its_event() {
+        let status = Status::rebuilt(
+            "cutover/status/web (index 4) does not hold a valid status: x",
+            0,
+        );
+        assert_eq!(status.phase, None);
+        assert_eq!(status.active_color, None);
+        assert_eq!(status.events.len(), 1);
+        assert_eq!(status.events[0].reason, STATUS_REBUILT);
+        assert_eq!(
+            status.events[0].message,
+            "cutover/status/web (index 4) does not hold a valid status: x; rebuilt the status \
+             from the containers and the spec"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_request_is_noted_once_per_value() {
+        let mut status = Status::default();
+        assert!(status.note_unreadable_request(7, "bad request", 0));
+        assert!(!status.note_unreadable_request(7, "bad request", 1000));
+        assert_eq!(status.events.len(), 1);
+        assert_eq!(status.events[0].reason, REQUEST_UNREADABLE);
+        assert!(
+            status.events[0]
+                .message
+                .starts_with("bad request; ignored it")
+        );
+        // Past the events it keeps, still once.
+        for i in 0..MAX_EVENTS as u64 {
+            status.push_event("Step", "something", i);
+        }
+        assert!(!status.note_unreadable_request(7, "bad request", 2000));
+        // Another bad value is noted again.
+        assert!(status.note_unreadable_request(9, "bad request", 3000));
+        assert_eq!(status.unreadable_request_index, Some(9));
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["unreadableRequestIndex"], 9);
+        assert_eq!(
+            serde_json::to_value(Status::default())
+                .unwrap()
+                .get("unreadableRequestIndex"),
+            None
+        );
+    }
 }

@@ -9,6 +9,11 @@
 //! Only direct children of each folder count: a key such as `<prefix>/services/a/b` or the
 //! folder key `<prefix>/services/` itself is ignored. This module parses what it reads but
 //! decides nothing; the CLI and the daemon do.
+//!
+//! A read fails only when Consul cannot be read. A value that does not decode (junk put with
+//! `consul kv put`, a half-written file) is a result, not an error: a manifest carries its
+//! diagnostics ([`StoredService::parsed`]), a status or request comes back as
+//! [`Stored::Unreadable`], so that one bad key never hides the others.
 
 use std::time::Duration;
 
@@ -148,6 +153,66 @@ pub struct Versioned<T> {
     pub modify_index: u64,
 }
 
+/// A status or request as found in KV: decoded, or why it could not be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored<T> {
+    Readable(Versioned<T>),
+    Unreadable(Unreadable),
+}
+
+impl<T> Stored<T> {
+    /// The decoded value, if it decoded.
+    pub fn readable(&self) -> Option<&Versioned<T>> {
+        match self {
+            Stored::Readable(versioned) => Some(versioned),
+            Stored::Unreadable(_) => None,
+        }
+    }
+
+    /// The decoded value, if it decoded.
+    pub fn into_readable(self) -> Option<Versioned<T>> {
+        match self {
+            Stored::Readable(versioned) => Some(versioned),
+            Stored::Unreadable(_) => None,
+        }
+    }
+
+    /// Why it did not decode, if it did not.
+    pub fn unreadable(&self) -> Option<&Unreadable> {
+        match self {
+            Stored::Readable(_) => None,
+            Stored::Unreadable(unreadable) => Some(unreadable),
+        }
+    }
+}
+
+/// A key whose value did not decode. Displays as one line naming the key, its ModifyIndex
+/// and the decode error, such as `cutover/status/web (index 42) does not hold a valid
+/// status: expected value at line 1 column 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub key: String,
+    /// The ModifyIndex of the bad value: a new bad value has a new one.
+    pub modify_index: u64,
+    /// `status` or `request`.
+    pub what: &'static str,
+    /// The decoder's message, at most [`MAX_ERROR_CHARS`] characters.
+    pub error: String,
+}
+
+/// How much of a decode error is kept: serde's messages can quote the value.
+pub const MAX_ERROR_CHARS: usize = 200;
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (index {}) does not hold a valid {}: {}",
+            self.key, self.modify_index, self.what, self.error
+        )
+    }
+}
+
 /// What can go wrong reading or writing cutover's keys.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -156,14 +221,6 @@ pub enum StoreError {
 
     #[error("invalid prefix {prefix:?}: write path segments such as cutover or teams/web/cutover")]
     InvalidPrefix { prefix: String },
-
-    #[error("{key} does not hold valid {what} JSON: {source}")]
-    InvalidJson {
-        key: String,
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
 
     #[error("{key} would be {size} bytes, more than Consul's limit of {limit} bytes")]
     TooLarge {
@@ -286,12 +343,20 @@ impl Store {
     }
 
     /// The daemon's status of one service, or `None` when it has written none.
-    pub async fn get_status(&self, name: &str) -> Result<Option<Versioned<Status>>, StoreError> {
+    ///
+    /// # Errors
+    /// Only when Consul cannot be read; a value that does not decode is
+    /// [`Stored::Unreadable`].
+    pub async fn get_status(&self, name: &str) -> Result<Option<Stored<Status>>, StoreError> {
         self.get_json(&self.status_key(name), "status").await
     }
 
-    /// Every status under `<prefix>/status/`, by service name, sorted by name.
-    pub async fn list_statuses(&self) -> Result<Vec<(String, Versioned<Status>)>, StoreError> {
+    /// Every status under `<prefix>/status/`, by service name, sorted by name; one that does
+    /// not decode is listed as [`Stored::Unreadable`].
+    ///
+    /// # Errors
+    /// Only when Consul cannot be read.
+    pub async fn list_statuses(&self) -> Result<Vec<(String, Stored<Status>)>, StoreError> {
         let listing = self
             .client
             .list(&folder_prefix(&self.prefix, Folder::Status))
@@ -301,13 +366,10 @@ impl Store {
             let Some(name) = name_from_key(&self.prefix, Folder::Status, &entry.key) else {
                 continue;
             };
-            let value = decode_json(&entry.key, "status", &entry.value)?;
+            let name = name.to_owned();
             statuses.push((
-                name.to_owned(),
-                Versioned {
-                    value,
-                    modify_index: entry.modify_index,
-                },
+                name,
+                decode_json(entry.key, "status", entry.modify_index, &entry.value),
             ));
         }
         statuses.sort_by(|a, b| a.0.cmp(&b.0));
@@ -330,7 +392,11 @@ impl Store {
     }
 
     /// The last imperative request for a service, or `None`.
-    pub async fn get_request(&self, name: &str) -> Result<Option<Versioned<Request>>, StoreError> {
+    ///
+    /// # Errors
+    /// Only when Consul cannot be read; a value that does not decode is
+    /// [`Stored::Unreadable`].
+    pub async fn get_request(&self, name: &str) -> Result<Option<Stored<Request>>, StoreError> {
         self.get_json(&self.request_key(name), "request").await
     }
 
@@ -349,13 +415,10 @@ impl Store {
     pub async fn get_prune_confirmation(
         &self,
     ) -> Result<Option<Versioned<PruneConfirmation>>, StoreError> {
-        match self
+        let found = self
             .get_json(&prune_confirm_key(&self.prefix), "prune confirmation")
-            .await
-        {
-            Err(StoreError::InvalidJson { .. }) => Ok(None),
-            other => other,
-        }
+            .await?;
+        Ok(found.and_then(Stored::into_readable))
     }
 
     /// Writes a confirmation (check-and-set when `cas` is given). Returns whether it was written.
@@ -378,14 +441,10 @@ impl Store {
 
     /// The deletion the guard refuses now, if any.
     pub async fn get_refused_deletion(&self) -> Result<Option<RefusedDeletion>, StoreError> {
-        match self
+        let found = self
             .get_json(&deletion_refused_key(&self.prefix), "refused deletion")
-            .await
-        {
-            Ok(found) => Ok(found.map(|v| v.value)),
-            Err(StoreError::InvalidJson { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(found.and_then(Stored::into_readable).map(|v| v.value))
     }
 
     /// Records the refused deletion, or clears it with `None`.
@@ -418,14 +477,16 @@ impl Store {
         &self,
         key: &str,
         what: &'static str,
-    ) -> Result<Option<Versioned<T>>, StoreError> {
+    ) -> Result<Option<Stored<T>>, StoreError> {
         let Some(entry) = self.client.get(key).await? else {
             return Ok(None);
         };
-        Ok(Some(Versioned {
-            value: decode_json(key, what, &entry.value)?,
-            modify_index: entry.modify_index,
-        }))
+        Ok(Some(decode_json(
+            key.to_owned(),
+            what,
+            entry.modify_index,
+            &entry.value,
+        )))
     }
 
     async fn put_json<T: serde::Serialize>(
@@ -440,16 +501,36 @@ impl Store {
     }
 }
 
+/// Decodes a JSON value; one that does not decode becomes [`Stored::Unreadable`].
 fn decode_json<T: serde::de::DeserializeOwned>(
-    key: &str,
+    key: String,
     what: &'static str,
+    modify_index: u64,
     bytes: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::InvalidJson {
-        key: key.to_owned(),
-        what,
-        source,
-    })
+) -> Stored<T> {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Stored::Readable(Versioned {
+            value,
+            modify_index,
+        }),
+        Err(e) => Stored::Unreadable(Unreadable {
+            key,
+            modify_index,
+            what,
+            error: shorten(&e.to_string(), MAX_ERROR_CHARS),
+        }),
+    }
+}
+
+/// `text` cut to at most `max` characters, with `…` where it was cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some(_) => {
+            let keep: String = text.chars().take(max.saturating_sub(1)).collect();
+            format!("{keep}…")
+        }
+    }
 }
 
 fn check_size(key: &str, size: usize) -> Result<(), StoreError> {
@@ -527,6 +608,57 @@ mod tests {
         assert!(normalize_prefix("").is_err());
         assert!(normalize_prefix("/").is_err());
         assert!(normalize_prefix("a//b").is_err());
+    }
+
+    #[test]
+    fn values_that_do_not_decode_are_unreadable_not_errors() {
+        let good: Stored<Status> = decode_json(
+            "k".to_owned(),
+            "status",
+            3,
+            br#"{"observedIndex": 7, "phase": null}"#,
+        );
+        assert_eq!(
+            good.readable()
+                .map(|v| (v.value.observed_index, v.modify_index)),
+            Some((7, 3))
+        );
+        let cases: [(&[u8], &str); 4] = [
+            (b"junk", "expected value at line 1 column 1"),
+            (b"", "EOF while parsing a value at line 1 column 0"),
+            (
+                b"{\"observedIndex\": \"x\"}",
+                "invalid type: string \"x\", expected u64 at line 1 column 21",
+            ),
+            (b"\xff\xfe", "expected value at line 1 column 1"),
+        ];
+        for (bytes, error) in cases {
+            let read: Stored<Status> =
+                decode_json("cutover/status/web".to_owned(), "status", 42, bytes);
+            let unreadable = read.unreadable().expect("unreadable");
+            assert_eq!(unreadable.error, error);
+            assert_eq!(
+                unreadable.to_string(),
+                format!("cutover/status/web (index 42) does not hold a valid status: {error}")
+            );
+        }
+    }
+
+    #[test]
+    fn long_decode_errors_are_shortened() {
+        let phase = "x".repeat(1000);
+        let read: Stored<Status> = decode_json(
+            "k".to_owned(),
+            "status",
+            1,
+            format!(r#"{{"observedIndex": 1, "phase": "{phase}"}}"#).as_bytes(),
+        );
+        let error = &read.unreadable().unwrap().error;
+        assert_eq!(error.chars().count(), MAX_ERROR_CHARS);
+        assert!(error.starts_with("unknown variant `xxx"), "{error}");
+        assert!(error.ends_with('…'), "{error}");
+        assert_eq!(shorten("héllo", 5), "héllo");
+        assert_eq!(shorten("héllo!", 5), "héll…");
     }
 
     #[test]

@@ -712,6 +712,90 @@ fn status_prints_what_the_daemon_wrote() {
 }
 
 #[test]
+fn an_unreadable_status_is_named_and_the_others_are_still_shown() {
+    let prefix = unique_prefix("status-junk");
+    let cutover = || agent().cutover(&prefix);
+    let dir = TempDir::new();
+    for name in ["books", "users"] {
+        let file = dir.write(&format!("{name}.yaml"), &manifest(name, "books:1", 1));
+        cutover().arg("apply").arg("-f").arg(&file).succeeds();
+    }
+    let good = dir.write(
+        "good.json",
+        r#"{"observedIndex": 1, "phase": "Available", "activeColor": "blue",
+            "colors": {"blue": {"image": "books:1", "revision": "r1", "ready": 1, "desired": 1}}}"#,
+    );
+    agent().kv_put_file(&format!("{prefix}/status/books"), &good);
+    let junk = dir.write("junk.json", "junk");
+    let users_key = format!("{prefix}/status/users");
+    agent().kv_put_file(&users_key, &junk);
+    // A status left behind by a deleted spec, unreadable too.
+    agent().kv_put_file(&format!("{prefix}/status/ghost"), &junk);
+
+    // Every service is listed; the unreadable ones as Unknown, with their key and error.
+    // The exit code is 1, so that scripts notice.
+    let run = cutover().arg("status").fails();
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(rows.len() >= 4, "a header and three rows: {run}");
+    assert_eq!(rows[1][..3], ["books", "Available", "blue"], "{run}");
+    assert_eq!(rows[2][..2], ["ghost", "Unknown"], "{run}");
+    assert_eq!(rows[3][..2], ["users", "Unknown"], "{run}");
+    assert!(
+        run.stdout.contains(&format!("users: {users_key} (index "))
+            && run
+                .stdout
+                .contains("does not hold a valid status: expected value at line 1 column 1"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains(&users_key) && run.stderr.contains(&format!("{prefix}/status/ghost")),
+        "{run}"
+    );
+
+    let run = cutover().args(["status", "users"]).fails();
+    assert!(run.stdout.contains("users   Unknown"), "{run}");
+    assert!(run.stdout.contains(&users_key), "{run}");
+    assert!(run.stderr.contains(&users_key), "{run}");
+    cutover().args(["status", "books"]).succeeds();
+
+    let run = cutover().args(["status", "-o", "json"]).fails();
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(printed["books"]["phase"], "Available", "{run}");
+    assert_eq!(printed["users"], serde_json::Value::Null, "{run}");
+    assert!(run.stderr.contains(&users_key), "{run}");
+
+    // --wait waits for the daemon to rewrite it, and says why it waits.
+    let run = cutover()
+        .args(["status", "users", "--wait", "--timeout", "2s"])
+        .fails();
+    assert!(run.stderr.contains(&users_key), "{run}");
+    assert!(run.stderr.contains("timed out waiting for users"), "{run}");
+
+    // A request needs the revision from the status: refused, naming the key.
+    let run = cutover().args(["promote", "users"]).fails();
+    assert!(
+        run.stderr.contains(&users_key) && run.stderr.contains("does not hold a valid status"),
+        "{run}"
+    );
+    assert!(
+        agent()
+            .kv_get(&format!("{prefix}/requests/users"))
+            .is_none()
+    );
+
+    // prune still sees the statuses without a spec.
+    let run = cutover().arg("prune").succeeds();
+    assert_eq!(
+        run.stdout,
+        "would remove ghost\nrun again with --confirm to let the daemon remove them\n"
+    );
+}
+
+#[test]
 fn an_unreachable_consul_is_one_line_naming_the_address() {
     let address = format!("127.0.0.1:{}", support::unused_port());
     let started = Instant::now();

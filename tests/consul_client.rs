@@ -274,7 +274,7 @@ async fn statuses_and_requests_round_trip() {
     };
     assert!(store.put_status("books", &status, None).await.unwrap());
     let read = store.get_status("books").await.unwrap().unwrap();
-    assert_eq!(read.value, status);
+    assert_eq!(read.readable().unwrap().value, status);
     let listed = store.list_statuses().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].0, "books");
@@ -289,21 +289,90 @@ async fn statuses_and_requests_round_trip() {
     assert!(store.put_request("books", &request, Some(0)).await.unwrap());
     assert!(!store.put_request("books", &request, Some(0)).await.unwrap());
     assert_eq!(
-        store.get_request("books").await.unwrap().unwrap().value,
+        store
+            .get_request("books")
+            .await
+            .unwrap()
+            .unwrap()
+            .into_readable()
+            .unwrap()
+            .value,
         request
     );
+}
 
-    // A status that is not the daemon's JSON is an error that names the key.
-    store
-        .client()
-        .put(&store.status_key("bad"), b"not json", None)
+#[tokio::test]
+async fn values_that_do_not_decode_are_unreadable_results_not_errors() {
+    let store = agent().store(&unique_prefix("junk"));
+    let good = Status {
+        observed_index: 3,
+        phase: Some(Phase::Available),
+        ..Status::default()
+    };
+    assert!(store.put_status("books", &good, None).await.unwrap());
+    let client = store.client();
+    client
+        .put(&store.status_key("users"), b"not json", None)
         .await
         .unwrap();
-    let error = store.get_status("bad").await.unwrap_err();
-    assert!(
-        error.to_string().contains(&store.status_key("bad")),
-        "{error}"
+    client
+        .put(&store.status_key("bytes"), &[0, 159, 255], None)
+        .await
+        .unwrap();
+    client
+        .put(
+            &store.request_key("users"),
+            br#"{"action": "launch"}"#,
+            None,
+        )
+        .await
+        .unwrap();
+
+    // One bad status does not hide the others.
+    let listed = store.list_statuses().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["books", "bytes", "users"]);
+    assert_eq!(listed[0].1.readable().unwrap().value, good);
+    for (name, stored) in &listed[1..] {
+        let bad = stored.unreadable().expect("unreadable");
+        assert_eq!(bad.key, store.status_key(name));
+        assert!(bad.modify_index > 0);
+    }
+
+    let read = store.get_status("users").await.unwrap().unwrap();
+    let bad = read.unreadable().expect("unreadable");
+    let entry = client
+        .get(&store.status_key("users"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bad.modify_index, entry.modify_index);
+    assert_eq!(
+        bad.to_string(),
+        format!(
+            "{} (index {}) does not hold a valid status: expected ident at line 1 column 2",
+            store.status_key("users"),
+            entry.modify_index
+        )
     );
+
+    let read = store.get_request("users").await.unwrap().unwrap();
+    let bad = read.unreadable().expect("unreadable");
+    assert_eq!(bad.key, store.request_key("users"));
+    assert!(bad.error.starts_with("unknown variant `launch`"), "{bad}");
+    assert!(store.get_request("books").await.unwrap().is_none());
+
+    // Only Consul being unreachable is an error.
+    let nowhere = Client::new(&ConsulConfig {
+        address: format!("127.0.0.1:{}", support::unused_port()),
+        retry_timeout: Duration::from_millis(200),
+        ..ConsulConfig::default()
+    })
+    .unwrap();
+    let unreachable = cutover::store::Store::new(nowhere, store.prefix()).unwrap();
+    assert!(unreachable.get_status("users").await.is_err());
+    assert!(unreachable.list_statuses().await.is_err());
+    assert!(unreachable.get_request("users").await.is_err());
 }
 
 #[tokio::test]

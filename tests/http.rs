@@ -372,6 +372,30 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
 }
 
 #[test]
+fn an_unreadable_status_is_listed_with_its_error() {
+    let mut w = World::new("http-junk");
+    w.start_daemon();
+    w.apply("parcel", &demo("parcel", "cutover-demo:a", 1, FAST));
+    w.wait_available("parcel");
+    // A status left behind without a spec or containers: nothing makes the daemon rewrite it.
+    let key = format!("{}/status/relic", w.prefix);
+    w.agent.kv_put_file(&key, &w.dir.write("junk", "junk"));
+
+    let json = get_ok(w.port, "/api/v1/services").json();
+    let services = json["services"].as_array().expect("a services array");
+    let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["parcel", "relic"], "{json:#}");
+    assert_eq!(services[0]["status"]["phase"], "Available", "{json:#}");
+    let relic = &services[1];
+    assert_eq!(relic["status"], serde_json::Value::Null, "{json:#}");
+    let error = relic["statusError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&key) && error.contains("expected value at line 1 column 1"),
+        "{json:#}"
+    );
+}
+
+#[test]
 fn readiness_waits_for_consul_and_logs_can_be_json() {
     let mut w = World::new("http-unready");
     // Nothing listens there: the daemon is alive but cannot read the specs.
@@ -568,6 +592,11 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     w.wait_phase("checkout", "Preview");
     w.wait_phase("inventory", "Degraded");
     w.wait_phase("payments", "Invalid");
+    // A status left behind without a spec, unreadable: shown as Unknown with its error.
+    w.agent.kv_put_file(
+        &format!("{}/status/relic", w.prefix),
+        &w.dir.write("junk", "junk"),
+    );
 
     let url = format!("http://127.0.0.1:{}/", w.port);
     let dom = run_chromium(chromium_profile.path(), &url, &["--dump-dom"]);
@@ -585,6 +614,8 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     );
     let payments = tag_with(&dom, r#"data-service="payments""#);
     assert!(payments.contains(r#"data-phase="Invalid""#), "{payments}");
+    let relic = tag_with(&dom, r#"data-service="relic""#);
+    assert!(relic.contains(r#"data-phase="Unknown""#), "{relic}");
     for text in [
         ">catalog<",
         ">Available<",
@@ -596,9 +627,11 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
         ">cutover-demo:b<",
         ">Leader<",
         ">Ready<",
-        "4 services",
+        "5 services",
         "ImagePullFailed",
         "spec.replicas",
+        "Status unreadable",
+        "does not hold a valid status: expected value at line 1 column 1",
     ] {
         assert!(
             dom.contains(text),

@@ -250,7 +250,8 @@ impl<'p> Sim<'p> {
             status: self.status(),
             unreadable: Unreadable {
                 status: matches!(self.status, Stored::Junk).then_some("expected value"),
-                request: matches!(self.request, Some(Err(_))).then_some("missing field `id`"),
+                request: matches!(self.request, Some(Err(_)))
+                    .then_some((self.next_request, "missing field `id`")),
             },
             request,
             now_ms: self.now_ms,
@@ -339,7 +340,10 @@ impl<'p> Sim<'p> {
                     requested_at: String::new(),
                 }));
             }
-            Event::CorruptRequest => self.request = Some(Err("junk".to_owned())),
+            Event::CorruptRequest => {
+                self.next_request += 1;
+                self.request = Some(Err("junk".to_owned()));
+            }
             Event::Later(ms) => self.now_ms += ms,
         }
     }

@@ -3,12 +3,14 @@
 //! Each request names the revision it applies to (the one `cutover status` shows, unless
 //! `--revision` says otherwise), so a request made against one rollout never acts on a newer
 //! one. The daemon acknowledges it in the status; with `--wait` the command waits for that.
+//! A status that does not decode cannot tell the revision: the command then fails naming the
+//! key, unless `--revision` is given.
 
 use std::time::Duration;
 
 use super::{CliError, Context, check_name, parse_duration};
 use crate::status::{Action, Request, Status, rfc3339};
-use crate::store::Store;
+use crate::store::{Store, Stored};
 
 /// Promote, roll back or abort the rollout of a service.
 #[derive(Debug, clap::Args)]
@@ -27,19 +29,28 @@ pub struct Args {
 pub async fn run(ctx: &Context, action: Action, args: Args) -> Result<(), CliError> {
     check_name(&args.name)?;
     let store = ctx.store()?;
-    let status = store
+    let stored = store
         .get_status(&args.name)
         .await?
-        .map(|s| s.value)
         .ok_or_else(|| CliError::NoStatus {
             name: args.name.clone(),
         })?;
-    let revision = match args.revision {
-        Some(revision) => revision,
-        None => default_revision(&status, action).ok_or_else(|| CliError::NothingToAct {
-            name: args.name.clone(),
-            action: format!("{action:?}").to_lowercase(),
-        })?,
+    let action_word = format!("{action:?}").to_lowercase();
+    let revision = match (args.revision, stored) {
+        (Some(revision), _) => revision,
+        (None, Stored::Readable(status)) => {
+            default_revision(&status.value, action).ok_or_else(|| CliError::NothingToAct {
+                name: args.name.clone(),
+                action: action_word,
+            })?
+        }
+        (None, Stored::Unreadable(bad)) => {
+            return Err(CliError::UnreadableStatus {
+                name: args.name,
+                action: action_word,
+                detail: bad.to_string(),
+            });
+        }
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -97,9 +108,11 @@ async fn wait_for_ack(
                 .list_blocking(&key, index, Duration::from_secs(30))
                 .await?;
             index = listing.index;
+            // An unreadable status holds no acknowledgement; the daemon rewrites it.
             if let Some(ack) = store
                 .get_status(name)
                 .await?
+                .and_then(Stored::into_readable)
                 .and_then(|s| s.value.last_request)
                 .filter(|a| a.id == id)
             {

@@ -4,11 +4,14 @@
 //! such. Fetching ([`fetch_reports`]) is separate from rendering ([`render_table`],
 //! [`render_details`]) so that a `--wait` can fetch in a loop (or on a blocking query) and
 //! render once.
+//!
+//! A status that does not decode is shown as phase `Unknown` with its key and the decode
+//! error, next to the others; the command then exits 1 (after printing everything).
 
 use std::collections::BTreeMap;
 
 use crate::status::{Phase, Status};
-use crate::store::{Store, StoredService, Versioned};
+use crate::store::{Store, Stored, StoredService, Unreadable};
 
 use super::{CliError, Context, OutputFormat, check_name, table};
 
@@ -16,7 +19,10 @@ const EXAMPLES: &str = "\
 Examples:
   cutover status               # every service
   cutover status books         # one service, with conditions and recent events
-  cutover status books -o json # the status key as the daemon wrote it";
+  cutover status books -o json # the status key as the daemon wrote it
+
+Exit code: 0; 1 when a status key does not decode (every service is still printed, that one
+as phase Unknown with its key and error), or when --wait sees the rollout fail or time out.";
 
 /// How many events `status NAME` shows, newest last.
 const SHOWN_EVENTS: usize = 5;
@@ -31,7 +37,8 @@ pub struct Args {
     #[arg(short, long, value_enum)]
     pub output: Option<OutputFormat>,
     /// Wait until the daemon made the current spec Available (exit 0) or gave up on it
-    /// (exit 1): invalid, rejected, or its image cannot be had. Needs NAME.
+    /// (exit 1): invalid, rejected, or its image cannot be had. Needs NAME. An unreadable
+    /// status is waited past: the daemon rebuilds it.
     #[arg(long, requires = "name")]
     pub wait: bool,
     /// How long --wait waits.
@@ -39,15 +46,36 @@ pub struct Args {
     pub timeout: std::time::Duration,
 }
 
-/// A service's spec (if any) next to its status (if any).
+/// A service's spec (if any) next to its status (if any, readable or not).
 #[derive(Debug, Clone)]
 pub struct Report {
     pub name: String,
     pub spec: Option<StoredService>,
-    pub status: Option<Versioned<Status>>,
+    pub status: Option<Stored<Status>>,
 }
 
 impl Report {
+    /// The status, if there is one and it decoded.
+    pub fn readable_status(&self) -> Option<&Status> {
+        self.status.as_ref()?.readable().map(|v| &v.value)
+    }
+
+    /// Why the status did not decode, if it did not.
+    pub fn unreadable_status(&self) -> Option<&Unreadable> {
+        self.status.as_ref()?.unreadable()
+    }
+
+    /// The line printed for a service whose status does not decode.
+    pub fn unreadable_message(&self, bad: &Unreadable) -> String {
+        let fix = if self.spec.is_some() {
+            "cutover run rebuilds it on its next reconcile"
+        } else {
+            "the spec is deleted: cutover run removes the key with the service's containers \
+             (delete it by hand if there are none)"
+        };
+        format!("{}: {bad}; {fix}", self.name)
+    }
+
     /// The line printed for a service the daemon has not reported on.
     pub fn no_status_message(&self) -> String {
         format!(
@@ -120,7 +148,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         None => print!("{}", render_table(&reports)),
     }
-    Ok(())
+    let details: Vec<String> = reports
+        .iter()
+        .filter_map(Report::unreadable_status)
+        .map(ToString::to_string)
+        .collect();
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::UnreadableStatuses { details })
+    }
 }
 
 fn print_machine_readable(
@@ -128,12 +165,13 @@ fn print_machine_readable(
     one: bool,
     format: OutputFormat,
 ) -> Result<(), CliError> {
+    // An unreadable status prints as null; the error after the output names it.
     let value = if one {
-        serde_json::to_value(reports[0].status.as_ref().map(|s| &s.value))?
+        serde_json::to_value(reports[0].readable_status())?
     } else {
         let all: BTreeMap<&str, Option<&Status>> = reports
             .iter()
-            .map(|r| (r.name.as_str(), r.status.as_ref().map(|s| &s.value)))
+            .map(|r| (r.name.as_str(), r.readable_status()))
             .collect();
         serde_json::to_value(all)?
     };
@@ -160,15 +198,21 @@ const HEADERS: [&str; 7] = [
     "INDEX",
 ];
 
-/// A table of the services that have a status, followed by one line per service without.
+/// A table of the services that have a status (`Unknown` where it does not decode),
+/// followed by one line per service without one and per status that does not decode.
 pub fn render_table(reports: &[Report]) -> String {
     let rows: Vec<Vec<String>> = reports.iter().filter_map(row).collect();
     let mut out = String::new();
     if !rows.is_empty() {
         out.push_str(&table::render(&HEADERS, &rows));
     }
-    for report in reports.iter().filter(|r| r.status.is_none()) {
-        out.push_str(&report.no_status_message());
+    for report in reports {
+        let line = match &report.status {
+            None => report.no_status_message(),
+            Some(Stored::Unreadable(bad)) => report.unreadable_message(bad),
+            Some(Stored::Readable(_)) => continue,
+        };
+        out.push_str(&line);
         out.push('\n');
     }
     out
@@ -177,10 +221,11 @@ pub fn render_table(reports: &[Report]) -> String {
 /// One service: its row, then conditions, the rejected revision, the last error and request,
 /// and the last few events.
 pub fn render_details(report: &Report) -> String {
-    let Some(versioned) = &report.status else {
-        return format!("{}\n", report.no_status_message());
+    let status = match &report.status {
+        None => return format!("{}\n", report.no_status_message()),
+        Some(Stored::Unreadable(_)) => return render_table(std::slice::from_ref(report)),
+        Some(Stored::Readable(versioned)) => &versioned.value,
     };
-    let status = &versioned.value;
     let mut out = render_table(std::slice::from_ref(report));
     if !status.conditions.is_empty() {
         out.push_str("\nConditions:\n");
@@ -238,8 +283,25 @@ fn indent(text: &str) -> String {
 
 /// The table row of a service with a status; `None` without one.
 fn row(report: &Report) -> Option<Vec<String>> {
-    let status = &report.status.as_ref()?.value;
     let dash = || "-".to_owned();
+    let status = match report.status.as_ref()? {
+        Stored::Readable(versioned) => &versioned.value,
+        Stored::Unreadable(_) => {
+            let index = match &report.spec {
+                Some(spec) => format!("-/{}", spec.modify_index),
+                None => "- (spec deleted)".to_owned(),
+            };
+            return Some(vec![
+                report.name.clone(),
+                "Unknown".to_owned(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                index,
+            ]);
+        }
+    };
     let active = status.active_color.and_then(|c| status.colors.get(&c));
     let index = match &report.spec {
         Some(spec) if spec.modify_index == status.observed_index => {
@@ -295,6 +357,7 @@ async fn wait_for_outcome(
     let watched = format!("{}/", store.prefix());
     let wait = async {
         let mut index = 0;
+        let mut said_unreadable = false;
         loop {
             let spec = store
                 .get_service(name)
@@ -303,7 +366,19 @@ async fn wait_for_outcome(
                     name: name.to_owned(),
                     key: store.service_key(name),
                 })?;
-            if let Some(status) = store.get_status(name).await? {
+            let status = match store.get_status(name).await? {
+                Some(Stored::Readable(status)) => Some(status),
+                Some(Stored::Unreadable(bad)) => {
+                    // Not an outcome: the daemon rebuilds it on its next reconcile.
+                    if !said_unreadable {
+                        eprintln!("{name}: {bad}; waiting for cutover run to rebuild it");
+                        said_unreadable = true;
+                    }
+                    None
+                }
+                None => None,
+            };
+            if let Some(status) = status {
                 match outcome(&status.value, spec.modify_index) {
                     Some(Ok(())) => return Ok(()),
                     Some(Err(message)) => {
@@ -349,7 +424,7 @@ mod tests {
         }
     }
 
-    fn available(observed_index: u64) -> Versioned<Status> {
+    fn available(observed_index: u64) -> Stored<Status> {
         let mut status = Status {
             observed_index,
             phase: Some(Phase::Available),
@@ -377,10 +452,10 @@ mod tests {
             reason: "Promoted".to_owned(),
             message: "blue is live".to_owned(),
         });
-        Versioned {
+        Stored::Readable(crate::store::Versioned {
             value: status,
             modify_index: 40,
-        }
+        })
     }
 
     #[test]
@@ -403,6 +478,51 @@ books   Available   blue     -         2/3             books:1   10/12
 no status yet: the daemon has not reported on users (is cutover run running?)
 ";
         assert_eq!(render_table(&reports), expected);
+    }
+
+    #[test]
+    fn an_unreadable_status_is_a_row_and_a_line() {
+        let unreadable = |name: &str| {
+            Some(Stored::Unreadable(Unreadable {
+                key: format!("cutover/status/{name}"),
+                modify_index: 41,
+                what: "status",
+                error: "expected value at line 1 column 1".to_owned(),
+            }))
+        };
+        let reports = vec![
+            Report {
+                name: "books".to_owned(),
+                spec: Some(spec("books", 10)),
+                status: Some(available(10)),
+            },
+            Report {
+                name: "ghost".to_owned(),
+                spec: None,
+                status: unreadable("ghost"),
+            },
+            Report {
+                name: "users".to_owned(),
+                spec: Some(spec("users", 3)),
+                status: unreadable("users"),
+            },
+        ];
+        let expected = "\
+NAME    PHASE       ACTIVE   PREVIEW   READY/DESIRED   IMAGE     INDEX
+books   Available   blue     -         2/3             books:1   10
+ghost   Unknown     -        -         -               -         - (spec deleted)
+users   Unknown     -        -         -               -         -/3
+ghost: cutover/status/ghost (index 41) does not hold a valid status: expected value at line 1 column 1; the spec is deleted: cutover run removes the key with the service's containers (delete it by hand if there are none)
+users: cutover/status/users (index 41) does not hold a valid status: expected value at line 1 column 1; cutover run rebuilds it on its next reconcile
+";
+        assert_eq!(render_table(&reports), expected);
+        let details = render_details(&reports[2]);
+        assert!(details.starts_with("NAME"), "{details}");
+        assert!(details.contains("users   Unknown"), "{details}");
+        assert!(
+            details.ends_with("rebuilds it on its next reconcile\n"),
+            "{details}"
+        );
     }
 
     #[test]

@@ -1000,7 +1000,7 @@ fn an_unreadable_status_or_request_is_told_and_does_not_stop_the_service() {
         status: None,
         unreadable: Unreadable {
             status: Some("expected value at line 1 column 1"),
-            request: Some("missing field `id`"),
+            request: Some((7, "missing field `id`")),
         },
         request: None,
         now_ms: world.now_ms,
