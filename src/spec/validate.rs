@@ -199,11 +199,7 @@ fn parse_located(source: &str, text: &str) -> Result<(Service, Positions), Diagn
     let positions = walker.positions;
     let value = match value {
         Some(value) if walker.diagnostics.is_empty() => value,
-        _ => {
-            let mut diagnostics = walker.diagnostics;
-            diagnostics.sort();
-            return Err(Diagnostics(diagnostics));
-        }
+        _ => return Err(sorted_and_limited(walker.diagnostics)),
     };
     let service: Service = serde_yaml::from_value(value).map_err(|error| {
         // The schema and the types disagree: a bug in cutover, not in the manifest.
@@ -214,13 +210,58 @@ fn parse_located(source: &str, text: &str) -> Result<(Service, Positions), Diagn
         fail(root.position, "", message)
     })?;
 
-    let mut diagnostics = cross_field_diagnostics(source, &service, &positions);
+    let diagnostics = cross_field_diagnostics(source, &service, &positions);
     if diagnostics.is_empty() {
         Ok((service, positions))
     } else {
-        diagnostics.sort();
-        Err(Diagnostics(diagnostics))
+        Err(sorted_and_limited(diagnostics))
     }
+}
+
+/// How many diagnostics one manifest reports at most. The daemon writes them into the
+/// service's status key, which Consul caps at 512 KiB like any value.
+pub const MAX_DIAGNOSTICS: usize = 50;
+
+/// How long one diagnostic's message may be, in characters. A message quotes the bad value,
+/// and a value can be nearly as long as the manifest.
+pub const MAX_MESSAGE_CHARS: usize = 600;
+
+/// Sorts the diagnostics into source order and keeps the first [`MAX_DIAGNOSTICS`], with a
+/// last one saying how many were left out.
+fn sorted_and_limited(mut diagnostics: Vec<Diagnostic>) -> Diagnostics {
+    diagnostics.sort();
+    if diagnostics.len() > MAX_DIAGNOSTICS {
+        let left_out = diagnostics.len() - MAX_DIAGNOSTICS;
+        diagnostics.truncate(MAX_DIAGNOSTICS);
+        let last = &diagnostics[MAX_DIAGNOSTICS - 1];
+        let note = Diagnostic {
+            source: last.source.clone(),
+            line: last.line,
+            column: last.column,
+            path: String::new(),
+            message: format!(
+                "{left_out} more problems are not shown; fix these and validate again"
+            ),
+        };
+        diagnostics.push(note);
+    }
+    Diagnostics(diagnostics)
+}
+
+/// Shortens a message over [`MAX_MESSAGE_CHARS`] in its middle, where a long quoted value
+/// is; the start (what is wrong) and the end (the fix) are kept.
+fn shortened(message: String) -> String {
+    let chars = message.chars().count();
+    if chars <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let keep = MAX_MESSAGE_CHARS / 2;
+    let head: String = message.chars().take(keep).collect();
+    let tail: String = message.chars().skip(chars - keep).collect();
+    format!(
+        "{head}[... {} characters left out ...]{tail}",
+        chars - 2 * keep
+    )
 }
 
 fn diagnostic(source: &str, position: Position, path: &str, message: String) -> Diagnostic {
@@ -228,8 +269,8 @@ fn diagnostic(source: &str, position: Position, path: &str, message: String) -> 
         source: source.to_owned(),
         line: position.line,
         column: position.column,
-        path: path.to_owned(),
-        message,
+        path: shortened(path.to_owned()),
+        message: shortened(message),
     }
 }
 
@@ -748,9 +789,14 @@ fn unknown_field(key: &str, fields: &[Field]) -> String {
 /// The candidate closest to `word` (ignoring case), if it is close enough to be a typo.
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_lowercase();
+    let length = word.chars().count();
+    let close_enough = |candidate: &str| (candidate.len() / 3).max(1);
     candidates
+        // A word much longer or shorter than a candidate is no typo of it; skipping it keeps
+        // a key of half a megabyte from costing a quadratic distance.
+        .filter(|candidate| length.abs_diff(candidate.len()) <= close_enough(candidate))
         .map(|candidate| (edit_distance(&word, &candidate.to_lowercase()), candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
+        .filter(|(distance, candidate)| *distance <= close_enough(candidate))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
@@ -1215,6 +1261,52 @@ mod tests {
         let text = format!("{MINIMAL}#{}\n", "x".repeat(padding));
         assert_eq!(text.len(), MAX_VALUE_BYTES);
         assert!(parse_service("big.yaml", &text).is_ok());
+    }
+
+    /// The repro of a stack overflow that killed every daemon: 20,000 levels of "- ".
+    #[test]
+    fn deep_nesting_is_a_located_diagnostic() {
+        let text = format!(
+            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: x}}\nspec:\n  image: \
+             x:1\n  command:\n    {}x\n",
+            "- ".repeat(20_000)
+        );
+        let error = parse_service("cutover/services/x", &text).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cutover/services/x:7:129: spec.command[0][0]...: lists and mappings are nested more \
+             than 64 levels deep here; a manifest needs a few levels, remove the extra \
+             brackets, dashes or indentation"
+        );
+    }
+
+    /// A status key holds every diagnostic, so a hostile text must not make them huge.
+    #[test]
+    fn diagnostics_stay_small_whatever_the_text() {
+        let image = "X".repeat(400_000);
+        let text = MINIMAL.replace("books:1.4.2", &image);
+        let error = parse_service("big.yaml", &text).unwrap_err();
+        assert_eq!(error.len(), 1);
+        let message = &error.0[0].message;
+        assert!(
+            message.chars().count() < MAX_MESSAGE_CHARS + 50,
+            "{message}"
+        );
+        assert!(message.starts_with("\"XXXX"), "{message}");
+        assert!(message.contains("characters left out"), "{message}");
+        // The fix at the end is kept: it quotes the image in lowercase.
+        assert!(message.ends_with("xxxx\""), "{message}");
+
+        let keys: String = (0..20_000).map(|i| format!("  k{i}: 1\n")).collect();
+        let text = format!("{MINIMAL}{keys}")
+            .replace("spec: {image: books:1.4.2}\n", "spec:\n  image: books:1\n");
+        let error = parse_service("many.yaml", &text).unwrap_err();
+        assert_eq!(error.len(), MAX_DIAGNOSTICS + 1, "{error}");
+        assert_eq!(
+            error.0[MAX_DIAGNOSTICS].message,
+            "19950 more problems are not shown; fix these and validate again"
+        );
+        assert!(error.to_string().len() < 20_000);
     }
 
     #[test]
