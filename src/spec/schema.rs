@@ -469,6 +469,39 @@ fn is_repository_component(component: &str) -> bool {
     true
 }
 
+/// Whether a character may be written as is in a URL path (RFC 3986: unreserved,
+/// sub-delimiters, `:`, `@`, `/` and the `%` of a percent-encoding) and is safe in every place
+/// a path goes in HAProxy: a map file (where whitespace and `#` end the key), a configuration
+/// line (quotes, `\`, `#`) and a Runtime API command (`;` ends a command, `\` escapes). So
+/// `;`, quotes, `\`, `#`, `<`, `>`, whitespace, control characters and anything not ASCII are
+/// not.
+fn is_safe_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&()*+,=:@/%".contains(c)
+}
+
+/// The first unsafe character of a path, with how to write the path instead.
+fn check_path_chars(text: &str, query: bool) -> Result<(), String> {
+    let unsafe_char = text
+        .chars()
+        .find(|c| !(is_safe_path_char(*c) || (query && *c == '?')));
+    match unsafe_char {
+        None => Ok(()),
+        Some(c) => {
+            let mut utf8 = [0; 4];
+            let encoded: String = c
+                .encode_utf8(&mut utf8)
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect();
+            Err(format!(
+                "{text:?} contains {:?}, which is not allowed in a URL path and unsafe in \
+                 HAProxy's maps and commands; write it percent-encoded ({encoded})",
+                c.to_string()
+            ))
+        }
+    }
+}
+
 fn check_health_path(text: &str) -> Result<(), String> {
     if !text.starts_with('/') {
         return Err(format!("{text:?} must start with \"/\", such as /health"));
@@ -478,7 +511,12 @@ fn check_health_path(text: &str) -> Result<(), String> {
             "{text:?} contains a space, write it URL-encoded (%20)"
         ));
     }
-    Ok(())
+    if text.contains('#') {
+        return Err(format!(
+            "{text:?} contains \"#\"; a probe sends no fragment, remove it"
+        ));
+    }
+    check_path_chars(text, true)
 }
 
 fn check_path_prefix(text: &str) -> Result<(), String> {
@@ -496,7 +534,7 @@ fn check_path_prefix(text: &str) -> Result<(), String> {
              or fragment"
         ));
     }
-    Ok(())
+    check_path_chars(text, false)
 }
 
 /// Hosts are exact DNS names in lowercase. Wildcards (`*.example.com`) are refused: the proxy

@@ -1263,6 +1263,64 @@ mod tests {
         assert!(parse_service("big.yaml", &text).is_ok());
     }
 
+    /// Every character HAProxy's CLI, its map files or its configuration treats specially is
+    /// refused in every spec value that reaches HAProxy, with its place and the fix.
+    #[test]
+    fn values_that_reach_haproxy_refuse_its_metacharacters() {
+        let metacharacters = [
+            ";", "\\", " ", "\t", "\n", "\r", "\r\n", "\0", "#", "\"", "'", "<<", ">", "`",
+            "\u{7f}", "\u{85}", "\u{2028}", "é",
+        ];
+        for m in metacharacters {
+            for (field, path, value) in [
+                (
+                    "routes: [{pathPrefix: VALUE}]",
+                    "spec.routes[0].pathPrefix",
+                    format!("/x{m}reload"),
+                ),
+                (
+                    "routes: [{host: VALUE}]",
+                    "spec.routes[0].host",
+                    format!("x{m}reload.example.com"),
+                ),
+                (
+                    "health: {path: VALUE}",
+                    "spec.health.path",
+                    format!("/x{m}y"),
+                ),
+            ] {
+                // A JSON string is a YAML double-quoted scalar, escapes included.
+                let quoted = serde_json::to_string(&value).unwrap();
+                let text = format!(
+                    "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: x}}\nspec:\n  \
+                     image: x:1\n  {}\n",
+                    field.replace("VALUE", &quoted)
+                );
+                let error = match parse_service("x.yaml", &text) {
+                    Ok(_) => panic!("{value:?} in {path} was accepted"),
+                    Err(error) => error,
+                };
+                let first = &error.0[0];
+                assert_eq!(
+                    (error.len(), first.line, first.path.as_str()),
+                    (1, 6, path),
+                    "{value:?}: {error}"
+                );
+                let fix = [
+                    "URL-encoded",
+                    "percent-encoded",
+                    "host name",
+                    "remove it",
+                    "remove the query",
+                ];
+                assert!(
+                    fix.iter().any(|fix| first.message.contains(fix)),
+                    "{value:?}: {error}"
+                );
+            }
+        }
+    }
+
     /// The repro of a stack overflow that killed every daemon: 20,000 levels of "- ".
     #[test]
     fn deep_nesting_is_a_located_diagnostic() {
