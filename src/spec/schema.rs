@@ -70,6 +70,9 @@ pub enum Kind {
     Memory {
         min: Memory,
     },
+    /// A signal name as Docker accepts it (`SIGTERM`, `TERM`, `sigterm`), normalised to
+    /// `SIGTERM`.
+    Signal,
     /// A mapping of strings to strings, such as `env` or `labels`. `noun` names the values in
     /// messages ("env values must be strings").
     TextMap {
@@ -139,6 +142,14 @@ const SPEC: &[Field] = &[
         },
     ),
     optional("command", COMMAND),
+    optional("stopSignal", Kind::Signal),
+    optional(
+        "stopGracePeriod",
+        Kind::Duration {
+            min: Duration::from_millis(0),
+            max: Duration::from_millis(3_600_000),
+        },
+    ),
     optional("resources", Kind::Object(RESOURCES)),
     optional("health", Kind::Object(HEALTH)),
     optional("routes", Kind::ObjectList(ROUTE)),
@@ -215,6 +226,32 @@ pub const CAPABILITIES: &[&str] = &[
     "WAKE_ALARM",
 ];
 
+/// The signals Docker accepts by name on Linux (`signal.SignalMap` in moby), without their
+/// `SIG` prefix. The real-time signals are also accepted as `RTMIN+n` and `RTMAX-n`.
+pub const SIGNALS: &[&str] = &[
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "RTMAX", "RTMIN", "SEGV", "STKFLT", "STOP", "SYS",
+    "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+    "XFSZ",
+];
+
+/// The canonical `SIGxxx` name of a signal written with or without `SIG`, in any case, or
+/// `None` when Docker does not know it.
+pub fn signal_name(text: &str) -> Option<String> {
+    let upper = text.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let real_time = |prefix: &str, sign: char, most: u32| {
+        bare.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(sign))
+            .filter(|n| !n.starts_with('0'))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (1..=most).contains(&n))
+    };
+    let known =
+        SIGNALS.contains(&bare) || real_time("RTMIN", '+', 15) || real_time("RTMAX", '-', 14);
+    known.then(|| format!("SIG{bare}"))
+}
+
 const COMMAND: Kind = Kind::TextList {
     noun: "command",
     item: accept_any_text,
@@ -258,6 +295,7 @@ const HEALTH: &[Field] = &[
             max: Duration::from_millis(10 * 60_000),
         },
     ),
+    optional("host", Kind::Text(check_health_host)),
 ];
 
 const ROUTE: &[Field] = &[
@@ -573,6 +611,27 @@ fn check_host(text: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The `Host` header of the health probes: a host name as routes write it, optionally with a
+/// port, since it is also what HAProxy's check sends.
+fn check_health_host(text: &str) -> Result<(), String> {
+    let (name, port) = match text.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (text, None),
+    };
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|port| port > 0);
+        if !valid {
+            return Err(format!(
+                "{text:?}: the port after \":\" must be a number from 1 to 65535, such as \
+                 books.example.com:8080"
+            ));
+        }
+    }
+    check_host(name)
 }
 
 fn check_env_name(text: &str) -> Result<(), String> {

@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde_yaml::Value as YamlValue;
 
-use super::schema::{Field, Kind, MANIFEST};
+use super::schema::{Field, Kind, MANIFEST, SIGNALS};
 use super::yaml::{self, Node, Position, Resolved, ScalarStyle, Value};
 use super::{Duration, MAX_VALUE_BYTES, Memory, NetworkMode, Service, Strategy};
 
@@ -674,6 +674,36 @@ impl Walker<'_> {
                 Ok(_) if resolved == Resolved::String => Ok(YamlValue::String(text.clone())),
                 Ok(memory) => Ok(YamlValue::Number(serde_yaml::Number::from(memory.bytes()))),
             },
+            Kind::Signal => match resolved {
+                Resolved::String => match super::schema::signal_name(text) {
+                    Some(name) => Ok(YamlValue::String(name)),
+                    None => Err(unknown_signal(text)),
+                },
+                Resolved::Integer(number) => {
+                    let name = [
+                        (1, "SIGHUP"),
+                        (2, "SIGINT"),
+                        (3, "SIGQUIT"),
+                        (9, "SIGKILL"),
+                        (10, "SIGUSR1"),
+                        (12, "SIGUSR2"),
+                        (15, "SIGTERM"),
+                        (28, "SIGWINCH"),
+                    ]
+                    .into_iter()
+                    .find(|(n, _)| *n == number)
+                    .map_or_else(
+                        || "a name such as SIGTERM".to_owned(),
+                        |(_, name)| name.to_owned(),
+                    );
+                    Err(format!(
+                        "expected a signal name, found the number {number}; write {name}"
+                    ))
+                }
+                _ => Err(format!(
+                    "expected a signal name such as SIGTERM, found {text}"
+                )),
+            },
             _ => unreachable!("collections are walked elsewhere"),
         };
         match result {
@@ -748,6 +778,23 @@ fn describe_node(node: &Node) -> String {
     }
 }
 
+/// `"SIGTREM" is not a signal Docker knows, did you mean "SIGTERM"?`
+fn unknown_signal(text: &str) -> String {
+    let upper = text.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    // Signal names are short: a swap of two letters (TREM) is two edits and still a typo.
+    let close = SIGNALS
+        .iter()
+        .map(|signal| (edit_distance(bare, signal), *signal))
+        .filter(|(distance, _)| *distance <= 2 && bare.len() >= 3)
+        .min_by_key(|(distance, _)| *distance);
+    let suggestion = match close {
+        Some((_, close)) => format!("did you mean \"SIG{close}\"?"),
+        None => "write a name such as SIGTERM, SIGINT, SIGQUIT or SIGUSR1".to_owned(),
+    };
+    format!("{text:?} is not a signal Docker knows, {suggestion}")
+}
+
 /// What a kind expects, for "expected ..." in messages.
 fn describe_kind(kind: &Kind) -> String {
     match kind {
@@ -758,6 +805,7 @@ fn describe_kind(kind: &Kind) -> String {
         Kind::Bool => "true or false".to_owned(),
         Kind::Duration { .. } => "a duration such as 5s".to_owned(),
         Kind::Memory { .. } => "a memory size such as 256Mi".to_owned(),
+        Kind::Signal => "a signal name such as SIGTERM".to_owned(),
         Kind::TextMap { .. } => "a mapping of names to strings, such as {NAME: value}".to_owned(),
         Kind::TextList { example, .. } => format!("a list of strings such as {example}"),
         Kind::Object([]) => "an empty mapping, {}".to_owned(),
@@ -1193,6 +1241,57 @@ mod tests {
             assert_eq!(actual, expected, "{field}");
         }
         assert_eq!(spec.replicas, defaults::replicas());
+    }
+
+    #[test]
+    fn stop_signal_grace_period_and_probe_host_have_defaults_and_normalised_values() {
+        let service = parse_service("books.yaml", MINIMAL).unwrap();
+        assert_eq!(service.spec.stop_signal(), "SIGTERM");
+        assert_eq!(
+            service.spec.stop_grace_period(),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(service.spec.stop_grace_period_secs(), 10);
+        assert_eq!(service.health_host(), "books");
+        // Not written, not serialized: the YAML of an existing spec is what it was.
+        let yaml = service.to_yaml();
+        for field in ["stopSignal", "stopGracePeriod", "host"] {
+            assert!(!yaml.contains(field), "{yaml}");
+        }
+
+        for (signal, grace, host, expected) in [
+            (
+                "usr1",
+                "1500ms",
+                "books.example.com:8080",
+                ("SIGUSR1", 1_500, 2),
+            ),
+            ("SIGKILL", "0s", "localhost", ("SIGKILL", 0, 0)),
+            ("Winch", "1h", "a-b.c", ("SIGWINCH", 3_600_000, 3_600)),
+            ("RTMIN+3", "1ms", "x", ("SIGRTMIN+3", 1, 1)),
+        ] {
+            let text = MINIMAL.replace(
+                "spec: {image: books:1.4.2}",
+                &format!(
+                    "spec: {{image: books:1, stopSignal: {signal}, stopGracePeriod: {grace}, \
+                     health: {{host: \"{host}\"}}}}"
+                ),
+            );
+            let service = parse_service("books.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+            let spec = &service.spec;
+            assert_eq!(
+                (
+                    spec.stop_signal(),
+                    spec.stop_grace_period().as_millis() as u64,
+                    spec.stop_grace_period_secs()
+                ),
+                expected,
+                "{signal} {grace}"
+            );
+            assert_eq!(service.health_host(), host);
+            let again = parse_service("books.yaml", &service.to_yaml()).unwrap();
+            assert_eq!(again, service);
+        }
     }
 
     #[test]
