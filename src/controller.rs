@@ -75,6 +75,7 @@ impl ReconcileError {
                 ..
             }) => "ImageNotFound",
             ReconcileError::Docker(DockerError::Pull { .. }) => "ImagePullFailed",
+            ReconcileError::Docker(DockerError::VolumeNotOwned { .. }) => crate::security::REASON,
             ReconcileError::Proxy(ProxyError::Rejected { .. }) => "ProxyConfigRejected",
             ReconcileError::Proxy(_) => "ProxyFailed",
             _ => "StepFailed",

@@ -84,6 +84,11 @@ pub struct Args {
     /// Run replicas of specs whose `volumes` mount host paths.
     #[arg(long, env = "CUTOVER_ALLOW_HOST_MOUNTS")]
     pub allow_host_mounts: bool,
+    /// Let specs mount named volumes that belong to another service, another installation
+    /// or no cutover service at all (otherwise such a mount fails with
+    /// ForbiddenBySecurityPolicy).
+    #[arg(long, env = "CUTOVER_ALLOW_SHARED_VOLUMES")]
+    pub allow_shared_volumes: bool,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -150,6 +155,7 @@ impl Args {
             host_network: self.allow_host_network,
             cap_add: self.allow_cap_add,
             host_mounts: self.allow_host_mounts,
+            shared_volumes: self.allow_shared_volumes,
         }
     }
 }
@@ -323,7 +329,8 @@ mod tests {
                 "--allow-privileged",
                 "--allow-host-network",
                 "--allow-cap-add",
-                "--allow-host-mounts"
+                "--allow-host-mounts",
+                "--allow-shared-volumes"
             ]),
             Allowances::ALL
         );
