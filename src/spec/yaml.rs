@@ -13,6 +13,12 @@
 //! - a second document (`---`) is refused: one manifest holds one service;
 //! - keys must be scalars (no `? [a, b]: c`).
 //!
+//! No text can make it crash: it pulls yaml-rust2's events in a loop and keeps the open
+//! collections on its own stack (yaml-rust2's `Parser::load` would recurse once per level),
+//! and it refuses collections nested deeper than [`MAX_DEPTH`]. Since no tree is deeper than
+//! that, everything that walks a tree recursively afterwards (the validator, `Drop`, `Clone`,
+//! serde) is bounded too. Aliases are never expanded.
+//!
 //! This module does no I/O and knows nothing about manifests.
 
 use std::collections::HashMap;
