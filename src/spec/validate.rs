@@ -1387,6 +1387,11 @@ mod tests {
                     "spec.health.path",
                     format!("/x{m}y"),
                 ),
+                (
+                    "health: {host: VALUE}",
+                    "spec.health.host",
+                    format!("x{m}y.example.com"),
+                ),
             ] {
                 // A JSON string is a YAML double-quoted scalar, escapes included.
                 let quoted = serde_json::to_string(&value).unwrap();
