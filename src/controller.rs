@@ -92,6 +92,7 @@ impl ReconcileError {
             ReconcileError::Docker(DockerError::ForbiddenBySecurityPolicy { .. }) => {
                 crate::security::REASON
             }
+            ReconcileError::Docker(DockerError::VolumeNotOwned { .. }) => crate::security::REASON,
             ReconcileError::Proxy(ProxyError::Rejected { .. }) => "ProxyConfigRejected",
             ReconcileError::Proxy(_) => "ProxyFailed",
             _ => "StepFailed",

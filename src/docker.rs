@@ -16,6 +16,7 @@
 //! written against API 1.41 (Docker 20.10) and later.
 
 mod registry;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -26,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
     EndpointSettings, EventMessage, HostConfig, Mount, MountType, NetworkCreateRequest,
-    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
@@ -212,7 +213,7 @@ pub enum DockerError {
         #[source]
         source: EngineError,
     },
-    #[error("cannot create volume {volume} for side target {container}: {source}")]
+    #[error("cannot create or inspect volume {volume} for container {container}: {source}")]
     CreateVolume {
         container: String,
         volume: String,
@@ -223,6 +224,16 @@ pub enum DockerError {
     InvalidVolume { container: String, volume: String },
     #[error("refusing to create container {container}: {message}")]
     ForbiddenBySecurityPolicy { container: String, message: String },
+    #[error(
+        "refusing to mount volume {volume} into container {container}: it belongs to {owner}, \
+         not to this service; use a volume name of this service's own, or start the daemon \
+         with --allow-shared-volumes to let services share volumes"
+    )]
+    VolumeNotOwned {
+        container: String,
+        volume: String,
+        owner: String,
+    },
     #[error("service {service} has no side target {name}; the plan and the spec disagree")]
     UnknownSideTarget { service: String, name: String },
     #[error("the step `{step}` is not a Docker step; the router carries it out")]
@@ -805,6 +816,7 @@ impl Docker {
                 message: security::message(&refusals),
             });
         }
+        self.claim_replica_volumes(ctx, &name, service).await?;
         let mut labels = base_labels(ctx, revision);
         labels.insert(LABEL_COLOR.to_owned(), color.to_string());
         labels.insert(LABEL_SLOT.to_owned(), slot.to_string());
@@ -830,8 +842,8 @@ impl Docker {
             } else {
                 common.network_mode.clone()
             },
-            // Written as `docker run -v` takes them: a named volume is created on first use,
-            // a missing host directory is created by the engine.
+            // Written as `docker run -v` takes them. Named volumes were claimed above (created
+            // with our labels); a missing host directory is created by the engine.
             binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
             ..common
         };
@@ -841,6 +853,9 @@ impl Docker {
             cmd: spec.command.clone(),
             labels: Some(labels.clone()),
             host_config: Some(host_config),
+            // How Docker stops this revision's replicas, for as long as they exist.
+            stop_signal: Some(spec.stop_signal().to_owned()),
+            stop_timeout: Some(i64::try_from(spec.stop_grace_period_secs()).unwrap_or(i64::MAX)),
             // On a user-defined network the container's name resolves already, and follows
             // a rename; an alias would keep answering to the old slot name after one. A
             // container on the host's network joins no other.
@@ -867,7 +882,8 @@ impl Docker {
                     container: name.clone(),
                     volume: volume.clone(),
                 })?;
-            self.ensure_volume(ctx, &name, source, &side.name).await?;
+            self.claim_volume(ctx, &name, source, Some(&side.name))
+                .await?;
             mounts.push(Mount {
                 typ: Some(MountType::VOLUME),
                 source: Some(source.to_owned()),
@@ -894,37 +910,6 @@ impl Docker {
         };
         self.create_and_start(&name, &side.image, &labels, body)
             .await
-    }
-
-    /// Creates the named volume unless it exists, labelled as ours.
-    async fn ensure_volume(
-        &self,
-        ctx: &ExecContext<'_>,
-        container: &str,
-        volume: &str,
-        side_target: &str,
-    ) -> Result<(), DockerError> {
-        let fail = |error: bollard::errors::Error| DockerError::CreateVolume {
-            container: container.to_owned(),
-            volume: volume.to_owned(),
-            source: error.into(),
-        };
-        match self.client.inspect_volume(volume).await {
-            Ok(_) => return Ok(()),
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(fail(e)),
-        }
-        let request = VolumeCreateRequest {
-            name: Some(volume.to_owned()),
-            labels: Some(HashMap::from([
-                (LABEL_INSTANCE.to_owned(), ctx.scope.instance.clone()),
-                (LABEL_SERVICE.to_owned(), ctx.service_name.to_owned()),
-                (LABEL_SIDE_TARGET.to_owned(), side_target.to_owned()),
-            ])),
-            ..VolumeCreateRequest::default()
-        };
-        self.client.create_volume(request).await.map_err(fail)?;
-        Ok(())
     }
 
     /// Creates container `name` and starts it. If the name exists already with exactly the

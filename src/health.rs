@@ -353,7 +353,8 @@ impl HealthMonitor {
     /// changed, and forgets the others (reporting a change for any that was ready). Each
     /// container is probed the way its own revision asks (its health and port labels);
     /// `health` and `port` (the current spec's) are for containers made before those
-    /// labels. The `Host` header is the service's name, as HAProxy's check sends it.
+    /// labels. The `Host` header is the revision's `health.host`, else the service's name,
+    /// as HAProxy's check sends it.
     /// `docker_health` is the Docker adapter's `HEALTHCHECK` state by container id.
     /// Containers of other services in `containers` are ignored.
     pub fn sync(
@@ -375,7 +376,10 @@ impl HealthMonitor {
                         address,
                         port: c.port.unwrap_or(port),
                         path: health.path.clone(),
-                        host: (!service.is_empty()).then(|| service.to_owned()),
+                        host: health
+                            .host
+                            .clone()
+                            .or_else(|| (!service.is_empty()).then(|| service.to_owned())),
                         timeout: health.timeout.as_std(),
                     },
                     interval: health.interval.as_std(),

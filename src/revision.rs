@@ -1,8 +1,10 @@
 //! Revisions: a stable hash of everything in a spec that needs a new container.
 //!
 //! Two specs with the same revision can share containers; any change to the image, env,
-//! command, port, health check, resources, volumes or security settings (privileged,
-//! networkMode, capAdd) gives a new revision and so a new color.
+//! command, port, health check (its host included), resources, volumes, security settings
+//! (privileged, networkMode, capAdd), stop signal or stop grace period gives a new revision
+//! and so a new color: Docker fixes both stop settings when it creates a container, so each
+//! revision is stopped the way its own spec said.
 //! Replicas, routes and the strategy are not part of it: they change in place.
 //!
 //! The hash is FNV-1a over canonical JSON, so it is the same on every machine and every
@@ -10,7 +12,7 @@
 
 use serde::Serialize;
 
-use crate::spec::{NetworkMode, Service, SideTarget};
+use crate::spec::{NetworkMode, Service, SideTarget, defaults};
 
 /// The revision of a service's replicas: 10 hex digits.
 pub fn of_service(service: &Service) -> String {
@@ -33,6 +35,11 @@ pub fn of_service(service: &Service) -> String {
         cap_add: &'a [String],
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
         volumes: &'a [String],
+        // Docker sets a container's stop signal and timeout when it creates it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stop_signal: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stop_grace_period_secs: Option<u64>,
     }
     hash(&Template {
         image: &spec.image,
@@ -45,6 +52,10 @@ pub fn of_service(service: &Service) -> String {
         network_mode: spec.network_mode,
         cap_add: &spec.cap_add,
         volumes: &spec.volumes,
+        // The default written out is the default: it needs no new container.
+        stop_signal: Some(spec.stop_signal()).filter(|signal| *signal != defaults::STOP_SIGNAL),
+        stop_grace_period_secs: Some(spec.stop_grace_period_secs())
+            .filter(|secs| *secs != defaults::stop_grace_period().as_std().as_secs()),
     })
 }
 
@@ -88,6 +99,29 @@ mod tests {
             of_service(&service("")),
             "ca8ce6a313",
             "the revision before these fields existed"
+        );
+    }
+
+    /// stopSignal, stopGracePeriod and health.host left unset, or the stop fields written as
+    /// their defaults, keep the revision they had before these fields existed.
+    #[test]
+    fn the_stop_and_health_host_fields_unset_keep_the_old_revision() {
+        let before = "ca8ce6a313";
+        assert_eq!(of_service(&service("  health: {path: /}\n")), before);
+        assert_eq!(of_service(&service("  stopGracePeriod: 10s\n")), before);
+        assert_eq!(of_service(&service("  stopSignal: SIGTERM\n")), before);
+        assert_eq!(of_service(&service("  stopSignal: term\n")), before);
+        for different in [
+            "  stopSignal: SIGQUIT\n",
+            "  stopGracePeriod: 1h\n",
+            "  health: {host: books.example.com}\n",
+        ] {
+            assert_ne!(of_service(&service(different)), before, "{different}");
+        }
+        // One signal, one revision, however it is written.
+        assert_eq!(
+            of_service(&service("  stopSignal: quit\n")),
+            of_service(&service("  stopSignal: SIGQUIT\n"))
         );
     }
 

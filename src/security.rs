@@ -37,6 +37,9 @@ pub struct Allowances {
     pub cap_add: bool,
     /// `--allow-host-mounts`
     pub host_mounts: bool,
+    /// `--allow-shared-volumes`: mount named volumes that belong to another service or to
+    /// nobody in cutover (checked by the Docker adapter, which sees the volumes' labels).
+    pub shared_volumes: bool,
 }
 
 impl Allowances {
@@ -46,6 +49,7 @@ impl Allowances {
         host_network: false,
         cap_add: false,
         host_mounts: false,
+        shared_volumes: false,
     };
 
     /// Everything allowed, for tests.
@@ -54,6 +58,7 @@ impl Allowances {
         host_network: true,
         cap_add: true,
         host_mounts: true,
+        shared_volumes: true,
     };
 
     /// The flags that are on, as they are written on the command line, for the start-up log.
@@ -63,6 +68,7 @@ impl Allowances {
             (self.host_network, Permission::HostNetwork),
             (self.cap_add, Permission::CapAdd),
             (self.host_mounts, Permission::HostMounts),
+            (self.shared_volumes, Permission::SharedVolumes),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -76,6 +82,7 @@ impl Allowances {
             Permission::HostNetwork => self.host_network,
             Permission::CapAdd => self.cap_add,
             Permission::HostMounts => self.host_mounts,
+            Permission::SharedVolumes => self.shared_volumes,
         }
     }
 }
@@ -87,6 +94,8 @@ pub enum Permission {
     HostNetwork,
     CapAdd,
     HostMounts,
+    /// Never asked by [`check`]: whose a volume is shows only on the engine.
+    SharedVolumes,
 }
 
 impl Permission {
@@ -97,6 +106,7 @@ impl Permission {
             Permission::HostNetwork => "--allow-host-network",
             Permission::CapAdd => "--allow-cap-add",
             Permission::HostMounts => "--allow-host-mounts",
+            Permission::SharedVolumes => "--allow-shared-volumes",
         }
     }
 }
@@ -121,6 +131,7 @@ impl fmt::Display for Refusal {
             Permission::HostNetwork => "host networking",
             Permission::CapAdd => "added capabilities",
             Permission::HostMounts => "host bind mounts",
+            Permission::SharedVolumes => "volumes of other services",
         };
         write!(
             f,
@@ -223,6 +234,7 @@ mod tests {
             host_network: permission == Permission::HostNetwork,
             cap_add: permission == Permission::CapAdd,
             host_mounts: permission == Permission::HostMounts,
+            shared_volumes: permission == Permission::SharedVolumes,
         };
         let host_network = "  networkMode: host\n  strategy: {recreate: {}}\n";
         let everything = "  privileged: true\n  networkMode: host\n  strategy: {recreate: {}}\n  \
@@ -353,7 +365,8 @@ mod tests {
                 "--allow-privileged",
                 "--allow-host-network",
                 "--allow-cap-add",
-                "--allow-host-mounts"
+                "--allow-host-mounts",
+                "--allow-shared-volumes"
             ]
         );
     }

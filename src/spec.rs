@@ -72,6 +72,14 @@ pub struct ServiceSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// The signal Docker sends to stop a replica, normalised to `SIGxxx`; `None` means
+    /// SIGTERM. Read it through [`ServiceSpec::stop_signal`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a replica may take to exit after the stop signal before it is killed; `None`
+    /// means 10s. Read it through [`ServiceSpec::stop_grace_period`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<Duration>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
     #[serde(default)]
@@ -176,6 +184,8 @@ impl fmt::Debug for ServiceSpec {
             .field("port", &self.port)
             .field("env", &RedactedEnv(&self.env))
             .field("command", &self.command)
+            .field("stop_signal", &self.stop_signal)
+            .field("stop_grace_period", &self.stop_grace_period)
             .field("resources", &self.resources)
             .field("health", &self.health)
             .field("routes", &self.routes)
@@ -233,6 +243,11 @@ pub struct Health {
     /// Failures during this time after the container starts do not count.
     #[serde(default = "defaults::start_period")]
     pub start_period: Duration,
+    /// The `Host` header of the probes (cutover's and HAProxy's); `None` means the service's
+    /// name. Read it through [`Service::health_host`]. Left out of the serialized form when
+    /// not written, so that the revision of existing specs does not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Default for Health {
@@ -244,7 +259,29 @@ impl Default for Health {
             healthy_threshold: defaults::healthy_threshold(),
             unhealthy_threshold: defaults::unhealthy_threshold(),
             start_period: defaults::start_period(),
+            host: None,
         }
+    }
+}
+
+impl ServiceSpec {
+    /// The signal Docker sends to stop a replica: `spec.stopSignal` or `SIGTERM`.
+    pub fn stop_signal(&self) -> &str {
+        self.stop_signal.as_deref().unwrap_or(defaults::STOP_SIGNAL)
+    }
+
+    /// How long a replica may take to exit after its stop signal before Docker kills it:
+    /// `spec.stopGracePeriod` or 10s.
+    pub fn stop_grace_period(&self) -> std::time::Duration {
+        self.stop_grace_period
+            .unwrap_or_else(defaults::stop_grace_period)
+            .as_std()
+    }
+
+    /// The grace period in the whole seconds Docker counts (`docker stop -t`, `StopTimeout`),
+    /// rounded up so that a replica never gets less time than the spec gives it.
+    pub fn stop_grace_period_secs(&self) -> u64 {
+        self.stop_grace_period().as_millis().div_ceil(1000) as u64
     }
 }
 
@@ -352,6 +389,15 @@ impl Service {
         &self.metadata.name
     }
 
+    /// The `Host` header the health probes send: `spec.health.host`, or the service's name.
+    pub fn health_host(&self) -> &str {
+        self.spec
+            .health
+            .host
+            .as_deref()
+            .unwrap_or(&self.metadata.name)
+    }
+
     /// The blue/green settings, or `None` for the recreate strategy.
     pub fn blue_green(&self) -> Option<&BlueGreen> {
         match &self.spec.strategy {
@@ -405,6 +451,11 @@ pub mod defaults {
     }
     pub fn revision_history_limit() -> u32 {
         2
+    }
+    /// `spec.stopSignal` when not written, as Docker's own default.
+    pub const STOP_SIGNAL: &str = "SIGTERM";
+    pub fn stop_grace_period() -> Duration {
+        Duration::from_millis(10_000)
     }
 }
 

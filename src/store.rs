@@ -117,8 +117,9 @@ impl std::fmt::Debug for StoredService {
 
 impl StoredService {
     /// Parses a stored value. A value that is not UTF-8 becomes a diagnostic rather than an
-    /// error, so that one broken key never hides the others.
-    fn from_bytes(name: &str, key: String, modify_index: u64, bytes: Vec<u8>) -> StoredService {
+    /// error, so that one broken key never hides the others. Public for the fuzz target
+    /// (`tests/fuzz_manifest.rs`), which feeds it whatever bytes a KV value could hold.
+    pub fn from_bytes(name: &str, key: String, modify_index: u64, bytes: Vec<u8>) -> StoredService {
         let (text, parsed) = match String::from_utf8(bytes) {
             Ok(text) => {
                 let parsed = spec::parse_service(&key, &text);

@@ -66,7 +66,13 @@ pub fn routes(
         path: c
             .and_then(|c| c.health.as_ref())
             .map_or_else(|| service.spec.health.path.clone(), |h| h.path.clone()),
-        host: service.name().to_owned(),
+        host: c
+            .and_then(|c| c.health.as_ref())
+            .map_or_else(
+                || service.health_host(),
+                |h| h.host.as_deref().unwrap_or(service.name()),
+            )
+            .to_owned(),
     };
     let checks = [Color::Blue, Color::Green]
         .into_iter()

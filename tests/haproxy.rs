@@ -883,3 +883,82 @@ async fn haproxy_outlives_the_daemon_and_is_adopted() {
     assert!(tally.version_a > 0 && tally.version_b > 0);
     assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
 }
+
+/// The map entries of `show map`, without the entry addresses HAProxy prints first.
+async fn map_lines(proxy: &Proxy, file: &Path) -> Vec<String> {
+    let command = cutover::haproxy::runtime::command::show_map(file);
+    let reply = proxy.command(&command).await.unwrap();
+    let mut lines: Vec<String> = reply
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.split_once(' ')
+                .map_or(line, |(_, rest)| rest)
+                .to_owned()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Every metacharacter of HAProxy's CLI, inside and at the end of a map key and value, on
+/// the admin socket and through the master CLI: HAProxy ends with exactly that key and value
+/// in its map and runs nothing else (the value carries a `del map` of an existing entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_arguments_reach_the_runtime_api_as_exactly_one_word_each() {
+    use cutover::haproxy::runtime::{self, command};
+    use cutover::haproxy::{Listener, MapKind};
+
+    let lab = Lab::new();
+    let settings = lab.settings();
+    let mut proxy = Proxy::start(settings.clone()).await.unwrap();
+    let mut routes = web(Color::Blue, vec![]);
+    routes.routes.push(path_route("/keep"));
+    proxy.apply("web", &routes).await.unwrap();
+    let file = lab.dir.join(cutover::haproxy::render::map_file_name(
+        Listener::Live,
+        MapKind::Path,
+    ));
+    let before = map_lines(&proxy, &file).await;
+    assert_eq!(before, ["/ be_web_blue", "/keep be_web_blue"]);
+
+    let master = settings.master_socket().unwrap();
+    let admin = settings.runtime_socket();
+    for metacharacter in [
+        ";", "\\", " ", "\t", "<<", "#", "\"", "'", "@1 ", "\n", "\r\n",
+    ] {
+        for (socket, prefix) in [(&admin, ""), (&master, "@1 ")] {
+            let m = metacharacter;
+            let key = format!("/k{m}show info{m}x{m}");
+            let first = format!("v{m}del map {} /keep{m}", file.display());
+            let second = format!("w{m}{m}del map {} /keep{m}", file.display());
+            for text in [
+                command::add_map(&file, &key, &first),
+                command::set_map(&file, &key, &second),
+            ] {
+                runtime::execute(socket, &format!("{prefix}{text}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{m:?} through {}: {e}", socket.display()));
+            }
+            // A line break cannot be carried: it is replaced, and still nothing else runs.
+            let shown = |text: &str| text.replace(['\r', '\n'], "\u{FFFD}");
+            let mut expected = before.clone();
+            expected.push(format!("{} {}", shown(&key), shown(&second)));
+            expected.sort();
+            assert_eq!(
+                map_lines(&proxy, &file).await,
+                expected,
+                "{m:?} through {}",
+                socket.display()
+            );
+            runtime::execute(
+                socket,
+                &format!("{prefix}{}", command::del_map(&file, &key)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(map_lines(&proxy, &file).await, before, "{m:?}");
+        }
+    }
+    proxy.stop().await.unwrap();
+}

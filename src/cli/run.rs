@@ -84,6 +84,11 @@ pub struct Args {
     /// Run replicas of specs whose `volumes` mount host paths.
     #[arg(long, env = "CUTOVER_ALLOW_HOST_MOUNTS")]
     pub allow_host_mounts: bool,
+    /// Let specs mount named volumes that belong to another service, another installation
+    /// or no cutover service at all (otherwise such a mount fails with
+    /// ForbiddenBySecurityPolicy).
+    #[arg(long, env = "CUTOVER_ALLOW_SHARED_VOLUMES")]
+    pub allow_shared_volumes: bool,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -94,8 +99,9 @@ pub struct ProxyArgs {
     /// The live listener of the supervised HAProxy.
     #[arg(long, env = "CUTOVER_HTTP_BIND", default_value = "0.0.0.0:80")]
     pub http_bind: String,
-    /// The preview listener: the new color before promotion, on the same routes.
-    #[arg(long, env = "CUTOVER_PREVIEW_BIND", default_value = "0.0.0.0:8080")]
+    /// The preview listener: the new color before promotion, on the same routes. Loopback by
+    /// default: unreleased revisions are not for the public (see docs/operations.md).
+    #[arg(long, env = "CUTOVER_PREVIEW_BIND", default_value = "127.0.0.1:8080")]
     pub preview_bind: String,
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
@@ -149,6 +155,7 @@ impl Args {
             host_network: self.allow_host_network,
             cap_add: self.allow_cap_add,
             host_mounts: self.allow_host_mounts,
+            shared_volumes: self.allow_shared_volumes,
         }
     }
 }
@@ -278,13 +285,25 @@ mod tests {
     use crate::cli::{Cli, Command};
     use crate::security::Allowances;
 
-    fn allowances(flags: &[&str]) -> Allowances {
+    fn run_args(flags: &[&str]) -> super::Args {
         let mut args = vec!["cutover", "run"];
         args.extend_from_slice(flags);
         match Cli::try_parse_from(args).unwrap().command {
-            Command::Run(args) => args.allowances(),
-            _ => unreachable!("parsed a run command"),
+            Command::Run(args) => *args,
+            other => panic!("parsed {other:?}"),
         }
+    }
+
+    fn allowances(flags: &[&str]) -> Allowances {
+        run_args(flags).allowances()
+    }
+
+    /// Unreleased revisions are not public unless the operator says so.
+    #[test]
+    fn the_preview_listener_is_on_loopback_by_default() {
+        assert_eq!(run_args(&[]).proxy.preview_bind, "127.0.0.1:8080");
+        let exposed = run_args(&["--preview-bind", "0.0.0.0:8080"]);
+        assert_eq!(exposed.proxy.preview_bind, "0.0.0.0:8080");
     }
 
     #[test]
@@ -310,7 +329,8 @@ mod tests {
                 "--allow-privileged",
                 "--allow-host-network",
                 "--allow-cap-add",
-                "--allow-host-mounts"
+                "--allow-host-mounts",
+                "--allow-shared-volumes"
             ]),
             Allowances::ALL
         );

@@ -105,9 +105,10 @@ pub struct TableError {
     pub reason: String,
 }
 
-/// Characters that would end a word, a line or start a comment in a config or map file.
+/// Characters that would end a word, a line or start a comment in a config or map file, or
+/// end a command on the Runtime API.
 fn unsafe_char(c: char) -> bool {
-    c.is_whitespace() || c.is_control() || c == '#' || c == '"' || c == '\'' || c == '\\'
+    c.is_whitespace() || c.is_control() || "#\"'\\;".contains(c)
 }
 
 /// Refuses what would render into a broken config or an ambiguous route: names that are
@@ -134,7 +135,7 @@ pub fn check_table(table: &BTreeMap<String, ServiceRoutes>) -> Result<(), TableE
             let check = routes.check(service, color);
             if !check.path.starts_with('/') || check.path.contains(unsafe_char) {
                 return Err(fail(format!(
-                    "health path {:?} must start with / and contain no whitespace, quotes or #",
+                    "health path {:?} must start with / and contain no whitespace, quotes, ; or #",
                     check.path
                 )));
             }
@@ -154,7 +155,7 @@ pub fn check_table(table: &BTreeMap<String, ServiceRoutes>) -> Result<(), TableE
                 && (!path.starts_with('/') || path.contains(unsafe_char))
             {
                 return Err(fail(format!(
-                    "path prefix {path:?} must start with / and contain no whitespace, quotes or #"
+                    "path prefix {path:?} must start with / and contain no whitespace, quotes, ; or #"
                 )));
             }
             if let Some(host) = &route.host

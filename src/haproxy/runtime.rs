@@ -42,34 +42,74 @@ pub async fn send(socket: &Path, command: &str) -> Result<String, ProxyError> {
     }
 }
 
-/// The Runtime API commands the adapter uses, spelled in one place.
+/// One argument of a Runtime API command, escaped so that HAProxy reads it as exactly one
+/// word with exactly this text.
+///
+/// HAProxy's CLI (management guide, "Unix Socket commands") splits a line into commands at
+/// `;` and a command into words at spaces and tabs; a line ending in `<<` starts a payload;
+/// a backslash makes the next character literal and is removed. So every ASCII character
+/// other than letters, digits and `/ . _ - : @ % = + ,` gets a backslash in front of it. A
+/// line break or any other control character but the tab cannot be carried at all (it ends
+/// the line whatever precedes it); it is replaced by U+FFFD, so such an argument names
+/// nothing that exists.
+/// The validator refuses all of these in spec values already; this is the second line of
+/// defence.
+pub fn escape(argument: &str) -> String {
+    let mut escaped = String::with_capacity(argument.len());
+    for c in argument.chars() {
+        if c.is_control() && c != '\t' {
+            escaped.push(char::REPLACEMENT_CHARACTER);
+            continue;
+        }
+        let plain = c.is_ascii_alphanumeric() || "/._-:@%=+,".contains(c) || !c.is_ascii();
+        if !plain {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The Runtime API commands the adapter uses, spelled in one place. Every argument goes
+/// through [`escape`].
 pub mod command {
     use std::path::Path;
 
+    use super::escape;
+
+    fn path(file: &Path) -> String {
+        escape(&file.to_string_lossy())
+    }
+
     /// `set map <file> <key> <value>`: change the value of an existing key.
     pub fn set_map(file: &Path, key: &str, value: &str) -> String {
-        format!("set map {} {key} {value}", file.display())
+        format!("set map {} {} {}", path(file), escape(key), escape(value))
     }
 
     /// `add map <file> <key> <value>`: append an entry (it goes last, so a prefix map's
     /// longest-first order is not kept: the adapter reloads for new routes instead).
     pub fn add_map(file: &Path, key: &str, value: &str) -> String {
-        format!("add map {} {key} {value}", file.display())
+        format!("add map {} {} {}", path(file), escape(key), escape(value))
     }
 
     /// `del map <file> <key>`.
     pub fn del_map(file: &Path, key: &str) -> String {
-        format!("del map {} {key}", file.display())
+        format!("del map {} {}", path(file), escape(key))
     }
 
     /// `show map <file>`.
     pub fn show_map(file: &Path) -> String {
-        format!("show map {}", file.display())
+        format!("show map {}", path(file))
     }
 
     /// `set server <backend>/<server> addr <ip> port <port>`.
     pub fn set_server_addr(backend: &str, server: &str, address: &str, port: u16) -> String {
-        format!("set server {backend}/{server} addr {address} port {port}")
+        format!(
+            "set server {}/{} addr {} port {port}",
+            escape(backend),
+            escape(server),
+            escape(address)
+        )
     }
 
     /// `set server <backend>/<server> state ready|drain|maint`.
@@ -78,13 +118,18 @@ pub mod command {
         server: &str,
         state: super::super::ServerState,
     ) -> String {
-        format!("set server {backend}/{server} state {}", state.as_str())
+        format!(
+            "set server {}/{} state {}",
+            escape(backend),
+            escape(server),
+            state.as_str()
+        )
     }
 
     /// `show servers state [<backend>]`.
     pub fn show_servers_state(backend: Option<&str>) -> String {
         match backend {
-            Some(b) => format!("show servers state {b}"),
+            Some(b) => format!("show servers state {}", escape(b)),
             None => "show servers state".to_owned(),
         }
     }
@@ -274,6 +319,30 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_are_escaped_for_the_cli() {
+        for (argument, escaped) in [
+            ("/api/v1", "/api/v1"),
+            ("books.example.com/api", "books.example.com/api"),
+            ("be_books_blue", "be_books_blue"),
+            ("172.23.0.2", "172.23.0.2"),
+            ("fd00::2", "fd00::2"),
+            ("/x;reload", "/x\\;reload"),
+            ("/a b\tc", "/a\\ b\\\tc"),
+            ("/back\\slash", "/back\\\\slash"),
+            ("/payload <<", "/payload\\ \\<\\<"),
+            ("/#\"'", "/\\#\\\"\\'"),
+            ("/line\nshow info", "/line\u{FFFD}show\\ info"),
+            ("/café", "/café"),
+        ] {
+            assert_eq!(escape(argument), escaped, "{argument:?}");
+        }
+        assert_eq!(
+            command::set_map(Path::new("/run/my maps/live.map"), "/x;y", "be_a"),
+            "set map /run/my\\ maps/live.map /x\\;y be_a"
+        );
+    }
 
     #[test]
     fn show_proc_with_old_workers() {

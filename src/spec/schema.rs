@@ -70,6 +70,9 @@ pub enum Kind {
     Memory {
         min: Memory,
     },
+    /// A signal name as Docker accepts it (`SIGTERM`, `TERM`, `sigterm`), normalised to
+    /// `SIGTERM`.
+    Signal,
     /// A mapping of strings to strings, such as `env` or `labels`. `noun` names the values in
     /// messages ("env values must be strings").
     TextMap {
@@ -139,6 +142,14 @@ const SPEC: &[Field] = &[
         },
     ),
     optional("command", COMMAND),
+    optional("stopSignal", Kind::Signal),
+    optional(
+        "stopGracePeriod",
+        Kind::Duration {
+            min: Duration::from_millis(0),
+            max: Duration::from_millis(3_600_000),
+        },
+    ),
     optional("resources", Kind::Object(RESOURCES)),
     optional("health", Kind::Object(HEALTH)),
     optional("routes", Kind::ObjectList(ROUTE)),
@@ -215,6 +226,32 @@ pub const CAPABILITIES: &[&str] = &[
     "WAKE_ALARM",
 ];
 
+/// The signals Docker accepts by name on Linux (`signal.SignalMap` in moby), without their
+/// `SIG` prefix. The real-time signals are also accepted as `RTMIN+n` and `RTMAX-n`.
+pub const SIGNALS: &[&str] = &[
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "RTMAX", "RTMIN", "SEGV", "STKFLT", "STOP", "SYS",
+    "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+    "XFSZ",
+];
+
+/// The canonical `SIGxxx` name of a signal written with or without `SIG`, in any case, or
+/// `None` when Docker does not know it.
+pub fn signal_name(text: &str) -> Option<String> {
+    let upper = text.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let real_time = |prefix: &str, sign: char, most: u32| {
+        bare.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(sign))
+            .filter(|n| !n.starts_with('0'))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (1..=most).contains(&n))
+    };
+    let known =
+        SIGNALS.contains(&bare) || real_time("RTMIN", '+', 15) || real_time("RTMAX", '-', 14);
+    known.then(|| format!("SIG{bare}"))
+}
+
 const COMMAND: Kind = Kind::TextList {
     noun: "command",
     item: accept_any_text,
@@ -258,6 +295,7 @@ const HEALTH: &[Field] = &[
             max: Duration::from_millis(10 * 60_000),
         },
     ),
+    optional("host", Kind::Text(check_health_host)),
 ];
 
 const ROUTE: &[Field] = &[
@@ -469,6 +507,39 @@ fn is_repository_component(component: &str) -> bool {
     true
 }
 
+/// Whether a character may be written as is in a URL path (RFC 3986: unreserved,
+/// sub-delimiters, `:`, `@`, `/` and the `%` of a percent-encoding) and is safe in every place
+/// a path goes in HAProxy: a map file (where whitespace and `#` end the key), a configuration
+/// line (quotes, `\`, `#`) and a Runtime API command (`;` ends a command, `\` escapes). So
+/// `;`, quotes, `\`, `#`, `<`, `>`, whitespace, control characters and anything not ASCII are
+/// not.
+fn is_safe_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&()*+,=:@/%".contains(c)
+}
+
+/// The first unsafe character of a path, with how to write the path instead.
+fn check_path_chars(text: &str, query: bool) -> Result<(), String> {
+    let unsafe_char = text
+        .chars()
+        .find(|c| !(is_safe_path_char(*c) || (query && *c == '?')));
+    match unsafe_char {
+        None => Ok(()),
+        Some(c) => {
+            let mut utf8 = [0; 4];
+            let encoded: String = c
+                .encode_utf8(&mut utf8)
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect();
+            Err(format!(
+                "{text:?} contains {:?}, which is not allowed in a URL path and unsafe in \
+                 HAProxy's maps and commands; write it percent-encoded ({encoded})",
+                c.to_string()
+            ))
+        }
+    }
+}
+
 fn check_health_path(text: &str) -> Result<(), String> {
     if !text.starts_with('/') {
         return Err(format!("{text:?} must start with \"/\", such as /health"));
@@ -478,7 +549,12 @@ fn check_health_path(text: &str) -> Result<(), String> {
             "{text:?} contains a space, write it URL-encoded (%20)"
         ));
     }
-    Ok(())
+    if text.contains('#') {
+        return Err(format!(
+            "{text:?} contains \"#\"; a probe sends no fragment, remove it"
+        ));
+    }
+    check_path_chars(text, true)
 }
 
 fn check_path_prefix(text: &str) -> Result<(), String> {
@@ -496,7 +572,7 @@ fn check_path_prefix(text: &str) -> Result<(), String> {
              or fragment"
         ));
     }
-    Ok(())
+    check_path_chars(text, false)
 }
 
 /// Hosts are exact DNS names in lowercase. Wildcards (`*.example.com`) are refused: the proxy
@@ -535,6 +611,27 @@ fn check_host(text: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The `Host` header of the health probes: a host name as routes write it, optionally with a
+/// port, since it is also what HAProxy's check sends.
+fn check_health_host(text: &str) -> Result<(), String> {
+    let (name, port) = match text.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (text, None),
+    };
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|port| port > 0);
+        if !valid {
+            return Err(format!(
+                "{text:?}: the port after \":\" must be a number from 1 to 65535, such as \
+                 books.example.com:8080"
+            ));
+        }
+    }
+    check_host(name)
 }
 
 fn check_env_name(text: &str) -> Result<(), String> {

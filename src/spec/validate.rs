@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde_yaml::Value as YamlValue;
 
-use super::schema::{Field, Kind, MANIFEST};
+use super::schema::{Field, Kind, MANIFEST, SIGNALS};
 use super::yaml::{self, Node, Position, Resolved, ScalarStyle, Value};
 use super::{Duration, MAX_VALUE_BYTES, Memory, NetworkMode, Service, Strategy};
 
@@ -199,11 +199,7 @@ fn parse_located(source: &str, text: &str) -> Result<(Service, Positions), Diagn
     let positions = walker.positions;
     let value = match value {
         Some(value) if walker.diagnostics.is_empty() => value,
-        _ => {
-            let mut diagnostics = walker.diagnostics;
-            diagnostics.sort();
-            return Err(Diagnostics(diagnostics));
-        }
+        _ => return Err(sorted_and_limited(walker.diagnostics)),
     };
     let service: Service = serde_yaml::from_value(value).map_err(|error| {
         // The schema and the types disagree: a bug in cutover, not in the manifest.
@@ -214,13 +210,58 @@ fn parse_located(source: &str, text: &str) -> Result<(Service, Positions), Diagn
         fail(root.position, "", message)
     })?;
 
-    let mut diagnostics = cross_field_diagnostics(source, &service, &positions);
+    let diagnostics = cross_field_diagnostics(source, &service, &positions);
     if diagnostics.is_empty() {
         Ok((service, positions))
     } else {
-        diagnostics.sort();
-        Err(Diagnostics(diagnostics))
+        Err(sorted_and_limited(diagnostics))
     }
+}
+
+/// How many diagnostics one manifest reports at most. The daemon writes them into the
+/// service's status key, which Consul caps at 512 KiB like any value.
+pub const MAX_DIAGNOSTICS: usize = 50;
+
+/// How long one diagnostic's message may be, in characters. A message quotes the bad value,
+/// and a value can be nearly as long as the manifest.
+pub const MAX_MESSAGE_CHARS: usize = 600;
+
+/// Sorts the diagnostics into source order and keeps the first [`MAX_DIAGNOSTICS`], with a
+/// last one saying how many were left out.
+fn sorted_and_limited(mut diagnostics: Vec<Diagnostic>) -> Diagnostics {
+    diagnostics.sort();
+    if diagnostics.len() > MAX_DIAGNOSTICS {
+        let left_out = diagnostics.len() - MAX_DIAGNOSTICS;
+        diagnostics.truncate(MAX_DIAGNOSTICS);
+        let last = &diagnostics[MAX_DIAGNOSTICS - 1];
+        let note = Diagnostic {
+            source: last.source.clone(),
+            line: last.line,
+            column: last.column,
+            path: String::new(),
+            message: format!(
+                "{left_out} more problems are not shown; fix these and validate again"
+            ),
+        };
+        diagnostics.push(note);
+    }
+    Diagnostics(diagnostics)
+}
+
+/// Shortens a message over [`MAX_MESSAGE_CHARS`] in its middle, where a long quoted value
+/// is; the start (what is wrong) and the end (the fix) are kept.
+fn shortened(message: String) -> String {
+    let chars = message.chars().count();
+    if chars <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let keep = MAX_MESSAGE_CHARS / 2;
+    let head: String = message.chars().take(keep).collect();
+    let tail: String = message.chars().skip(chars - keep).collect();
+    format!(
+        "{head}[... {} characters left out ...]{tail}",
+        chars - 2 * keep
+    )
 }
 
 fn diagnostic(source: &str, position: Position, path: &str, message: String) -> Diagnostic {
@@ -228,8 +269,8 @@ fn diagnostic(source: &str, position: Position, path: &str, message: String) -> 
         source: source.to_owned(),
         line: position.line,
         column: position.column,
-        path: path.to_owned(),
-        message,
+        path: shortened(path.to_owned()),
+        message: shortened(message),
     }
 }
 
@@ -633,6 +674,36 @@ impl Walker<'_> {
                 Ok(_) if resolved == Resolved::String => Ok(YamlValue::String(text.clone())),
                 Ok(memory) => Ok(YamlValue::Number(serde_yaml::Number::from(memory.bytes()))),
             },
+            Kind::Signal => match resolved {
+                Resolved::String => match super::schema::signal_name(text) {
+                    Some(name) => Ok(YamlValue::String(name)),
+                    None => Err(unknown_signal(text)),
+                },
+                Resolved::Integer(number) => {
+                    let name = [
+                        (1, "SIGHUP"),
+                        (2, "SIGINT"),
+                        (3, "SIGQUIT"),
+                        (9, "SIGKILL"),
+                        (10, "SIGUSR1"),
+                        (12, "SIGUSR2"),
+                        (15, "SIGTERM"),
+                        (28, "SIGWINCH"),
+                    ]
+                    .into_iter()
+                    .find(|(n, _)| *n == number)
+                    .map_or_else(
+                        || "a name such as SIGTERM".to_owned(),
+                        |(_, name)| name.to_owned(),
+                    );
+                    Err(format!(
+                        "expected a signal name, found the number {number}; write {name}"
+                    ))
+                }
+                _ => Err(format!(
+                    "expected a signal name such as SIGTERM, found {text}"
+                )),
+            },
             _ => unreachable!("collections are walked elsewhere"),
         };
         match result {
@@ -707,6 +778,23 @@ fn describe_node(node: &Node) -> String {
     }
 }
 
+/// `"SIGTREM" is not a signal Docker knows, did you mean "SIGTERM"?`
+fn unknown_signal(text: &str) -> String {
+    let upper = text.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    // Signal names are short: a swap of two letters (TREM) is two edits and still a typo.
+    let close = SIGNALS
+        .iter()
+        .map(|signal| (edit_distance(bare, signal), *signal))
+        .filter(|(distance, _)| *distance <= 2 && bare.len() >= 3)
+        .min_by_key(|(distance, _)| *distance);
+    let suggestion = match close {
+        Some((_, close)) => format!("did you mean \"SIG{close}\"?"),
+        None => "write a name such as SIGTERM, SIGINT, SIGQUIT or SIGUSR1".to_owned(),
+    };
+    format!("{text:?} is not a signal Docker knows, {suggestion}")
+}
+
 /// What a kind expects, for "expected ..." in messages.
 fn describe_kind(kind: &Kind) -> String {
     match kind {
@@ -717,6 +805,7 @@ fn describe_kind(kind: &Kind) -> String {
         Kind::Bool => "true or false".to_owned(),
         Kind::Duration { .. } => "a duration such as 5s".to_owned(),
         Kind::Memory { .. } => "a memory size such as 256Mi".to_owned(),
+        Kind::Signal => "a signal name such as SIGTERM".to_owned(),
         Kind::TextMap { .. } => "a mapping of names to strings, such as {NAME: value}".to_owned(),
         Kind::TextList { example, .. } => format!("a list of strings such as {example}"),
         Kind::Object([]) => "an empty mapping, {}".to_owned(),
@@ -748,9 +837,14 @@ fn unknown_field(key: &str, fields: &[Field]) -> String {
 /// The candidate closest to `word` (ignoring case), if it is close enough to be a typo.
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_lowercase();
+    let length = word.chars().count();
+    let close_enough = |candidate: &str| (candidate.len() / 3).max(1);
     candidates
+        // A word much longer or shorter than a candidate is no typo of it; skipping it keeps
+        // a key of half a megabyte from costing a quadratic distance.
+        .filter(|candidate| length.abs_diff(candidate.len()) <= close_enough(candidate))
         .map(|candidate| (edit_distance(&word, &candidate.to_lowercase()), candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
+        .filter(|(distance, candidate)| *distance <= close_enough(candidate))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
@@ -1150,6 +1244,57 @@ mod tests {
     }
 
     #[test]
+    fn stop_signal_grace_period_and_probe_host_have_defaults_and_normalised_values() {
+        let service = parse_service("books.yaml", MINIMAL).unwrap();
+        assert_eq!(service.spec.stop_signal(), "SIGTERM");
+        assert_eq!(
+            service.spec.stop_grace_period(),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(service.spec.stop_grace_period_secs(), 10);
+        assert_eq!(service.health_host(), "books");
+        // Not written, not serialized: the YAML of an existing spec is what it was.
+        let yaml = service.to_yaml();
+        for field in ["stopSignal", "stopGracePeriod", "host"] {
+            assert!(!yaml.contains(field), "{yaml}");
+        }
+
+        for (signal, grace, host, expected) in [
+            (
+                "usr1",
+                "1500ms",
+                "books.example.com:8080",
+                ("SIGUSR1", 1_500, 2),
+            ),
+            ("SIGKILL", "0s", "localhost", ("SIGKILL", 0, 0)),
+            ("Winch", "1h", "a-b.c", ("SIGWINCH", 3_600_000, 3_600)),
+            ("RTMIN+3", "1ms", "x", ("SIGRTMIN+3", 1, 1)),
+        ] {
+            let text = MINIMAL.replace(
+                "spec: {image: books:1.4.2}",
+                &format!(
+                    "spec: {{image: books:1, stopSignal: {signal}, stopGracePeriod: {grace}, \
+                     health: {{host: \"{host}\"}}}}"
+                ),
+            );
+            let service = parse_service("books.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+            let spec = &service.spec;
+            assert_eq!(
+                (
+                    spec.stop_signal(),
+                    spec.stop_grace_period().as_millis() as u64,
+                    spec.stop_grace_period_secs()
+                ),
+                expected,
+                "{signal} {grace}"
+            );
+            assert_eq!(service.health_host(), host);
+            let again = parse_service("books.yaml", &service.to_yaml()).unwrap();
+            assert_eq!(again, service);
+        }
+    }
+
+    #[test]
     fn a_parsed_manifest_survives_to_yaml_and_back() {
         let books = include_str!("../../manifests/books.yaml");
         let ledger = include_str!("../../manifests/ledger.yaml");
@@ -1215,6 +1360,115 @@ mod tests {
         let text = format!("{MINIMAL}#{}\n", "x".repeat(padding));
         assert_eq!(text.len(), MAX_VALUE_BYTES);
         assert!(parse_service("big.yaml", &text).is_ok());
+    }
+
+    /// Every character HAProxy's CLI, its map files or its configuration treats specially is
+    /// refused in every spec value that reaches HAProxy, with its place and the fix.
+    #[test]
+    fn values_that_reach_haproxy_refuse_its_metacharacters() {
+        let metacharacters = [
+            ";", "\\", " ", "\t", "\n", "\r", "\r\n", "\0", "#", "\"", "'", "<<", ">", "`",
+            "\u{7f}", "\u{85}", "\u{2028}", "é",
+        ];
+        for m in metacharacters {
+            for (field, path, value) in [
+                (
+                    "routes: [{pathPrefix: VALUE}]",
+                    "spec.routes[0].pathPrefix",
+                    format!("/x{m}reload"),
+                ),
+                (
+                    "routes: [{host: VALUE}]",
+                    "spec.routes[0].host",
+                    format!("x{m}reload.example.com"),
+                ),
+                (
+                    "health: {path: VALUE}",
+                    "spec.health.path",
+                    format!("/x{m}y"),
+                ),
+                (
+                    "health: {host: VALUE}",
+                    "spec.health.host",
+                    format!("x{m}y.example.com"),
+                ),
+            ] {
+                // A JSON string is a YAML double-quoted scalar, escapes included.
+                let quoted = serde_json::to_string(&value).unwrap();
+                let text = format!(
+                    "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: x}}\nspec:\n  \
+                     image: x:1\n  {}\n",
+                    field.replace("VALUE", &quoted)
+                );
+                let error = match parse_service("x.yaml", &text) {
+                    Ok(_) => panic!("{value:?} in {path} was accepted"),
+                    Err(error) => error,
+                };
+                let first = &error.0[0];
+                assert_eq!(
+                    (error.len(), first.line, first.path.as_str()),
+                    (1, 6, path),
+                    "{value:?}: {error}"
+                );
+                let fix = [
+                    "URL-encoded",
+                    "percent-encoded",
+                    "host name",
+                    "remove it",
+                    "remove the query",
+                ];
+                assert!(
+                    fix.iter().any(|fix| first.message.contains(fix)),
+                    "{value:?}: {error}"
+                );
+            }
+        }
+    }
+
+    /// The repro of a stack overflow that killed every daemon: 20,000 levels of "- ".
+    #[test]
+    fn deep_nesting_is_a_located_diagnostic() {
+        let text = format!(
+            "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: x}}\nspec:\n  image: \
+             x:1\n  command:\n    {}x\n",
+            "- ".repeat(20_000)
+        );
+        let error = parse_service("cutover/services/x", &text).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cutover/services/x:7:129: spec.command[0][0]...: lists and mappings are nested more \
+             than 64 levels deep here; a manifest needs a few levels, remove the extra \
+             brackets, dashes or indentation"
+        );
+    }
+
+    /// A status key holds every diagnostic, so a hostile text must not make them huge.
+    #[test]
+    fn diagnostics_stay_small_whatever_the_text() {
+        let image = "X".repeat(400_000);
+        let text = MINIMAL.replace("books:1.4.2", &image);
+        let error = parse_service("big.yaml", &text).unwrap_err();
+        assert_eq!(error.len(), 1);
+        let message = &error.0[0].message;
+        assert!(
+            message.chars().count() < MAX_MESSAGE_CHARS + 50,
+            "{message}"
+        );
+        assert!(message.starts_with("\"XXXX"), "{message}");
+        assert!(message.contains("characters left out"), "{message}");
+        // The fix at the end is kept: it quotes the image in lowercase.
+        assert!(message.ends_with("xxxx\""), "{message}");
+
+        let keys: String = (0..20_000).map(|i| format!("  k{i}: 1\n")).collect();
+        let text = format!("{MINIMAL}{keys}")
+            .replace("spec: {image: books:1.4.2}\n", "spec:\n  image: books:1\n");
+        let error = parse_service("many.yaml", &text).unwrap_err();
+        assert_eq!(error.len(), MAX_DIAGNOSTICS + 1, "{error}");
+        assert_eq!(
+            error.0[MAX_DIAGNOSTICS].message,
+            "19950 more problems are not shown; fix these and validate again"
+        );
+        assert!(error.to_string().len() < 20_000);
     }
 
     #[test]

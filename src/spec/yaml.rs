@@ -13,9 +13,17 @@
 //! - a second document (`---`) is refused: one manifest holds one service;
 //! - keys must be scalars (no `? [a, b]: c`).
 //!
+//! No text can make it crash: it pulls yaml-rust2's events in a loop and keeps the open
+//! collections on its own stack (yaml-rust2's `Parser::load` would recurse once per level),
+//! and it refuses collections nested deeper than [`MAX_DEPTH`]. Since no tree is deeper than
+//! that, everything that walks a tree recursively afterwards (the validator, `Drop`, `Clone`,
+//! serde) is bounded too. Aliases are never expanded.
+//!
 //! This module does no I/O and knows nothing about manifests.
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// A 1-based line and column in the source text.
@@ -163,35 +171,87 @@ fn looks_like_float(text: &str) -> bool {
     mantissa_ok && exponent_ok
 }
 
+/// How deep collections may nest. A manifest needs 5 levels (`spec.sideTargets[0].env.X`);
+/// the limit keeps every walk of the tree shallow, whatever the text holds.
+pub const MAX_DEPTH: usize = 64;
+
+/// How many refusals the YAML stage reports before it stops reading: a text made of nothing
+/// but aliases or duplicate keys must not turn into hundreds of thousands of messages.
+pub const MAX_ERRORS: usize = 20;
+
 /// Parses one YAML document into a tree. `Ok(None)` means the text holds no document at all
 /// (empty, or only comments).
 ///
+/// The parse is iterative: yaml-rust2's events are pulled one at a time and collections are
+/// built on an explicit stack, so no input makes it recurse. Aliases are never expanded.
+///
 /// # Errors
-/// A syntax error stops the parse and is the only error returned. Otherwise every refused
-/// construct (anchor, alias, tag, duplicate key, second document, non-scalar key) is reported,
-/// in source order.
+/// A syntax error, or collections nested deeper than [`MAX_DEPTH`], stops the parse and is
+/// the only error returned. Otherwise every refused construct (anchor, alias, tag, duplicate
+/// key, second document, non-scalar key) is reported, in source order, up to [`MAX_ERRORS`].
 pub fn parse(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(error) = parser.load(&mut builder, true) {
-        let position = Position::from_marker(*error.marker());
-        return Err(vec![YamlError {
-            position,
-            path: String::new(),
-            message: syntax_message(error.info()),
-        }]);
+    loop {
+        let (event, marker) = match parser.next_token() {
+            Ok(next) => next,
+            Err(error) => {
+                let position = Position::from_marker(*error.marker());
+                return Err(vec![YamlError {
+                    position,
+                    path: String::new(),
+                    message: syntax_message(error.info()),
+                }]);
+            }
+        };
+        if event == Event::StreamEnd {
+            break;
+        }
+        let opens = matches!(event, Event::SequenceStart(..) | Event::MappingStart(..));
+        if opens && builder.stack.len() >= MAX_DEPTH {
+            let position = Position::from_marker(marker);
+            return Err(vec![YamlError {
+                position,
+                path: builder.path_within(4),
+                message: nesting_message(),
+            }]);
+        }
+        builder.on_event(event, marker);
+        if builder.errors.len() >= MAX_ERRORS {
+            break;
+        }
     }
     if !builder.errors.is_empty() {
         builder.errors.sort_by_key(|error| error.position);
+        if builder.errors.len() >= MAX_ERRORS {
+            builder.errors.truncate(MAX_ERRORS);
+            let last = builder.errors[MAX_ERRORS - 1].position;
+            builder.errors.push(YamlError {
+                position: last,
+                path: String::new(),
+                message: format!(
+                    "stopped reading after {MAX_ERRORS} problems; fix these and validate again"
+                ),
+            });
+        }
         return Err(builder.errors);
     }
     Ok(builder.root)
+}
+
+fn nesting_message() -> String {
+    format!(
+        "lists and mappings are nested more than {MAX_DEPTH} levels deep here; a manifest \
+         needs a few levels, remove the extra brackets, dashes or indentation"
+    )
 }
 
 /// The scanner's own words, with advice for the mistakes people make most.
 fn syntax_message(info: &str) -> String {
     if info.contains("tab") {
         "invalid YAML: a tab is used for indentation, indent with spaces instead".to_owned()
+    } else if info.contains("recursion limit") {
+        nesting_message()
     } else if info.contains("unknown anchor") {
         "aliases (*name) are not supported, write the value out in full".to_owned()
     } else {
@@ -204,6 +264,9 @@ enum Frame {
     Mapping {
         position: Position,
         entries: Vec<Entry>,
+        /// Each key's index in `entries`, so that a mapping of many keys is checked for
+        /// duplicates in linear time.
+        indexes: HashMap<String, usize>,
         /// The key read last, waiting for its value.
         pending_key: Option<(String, Position)>,
     },
@@ -224,8 +287,14 @@ struct TreeBuilder {
 impl TreeBuilder {
     /// The field path of the node about to be added, such as `spec.routes[1]`.
     fn path_here(&self) -> String {
+        self.path_within(self.stack.len())
+    }
+
+    /// The field path through the first `frames` open collections, with `...` after it when
+    /// there are more.
+    fn path_within(&self, frames: usize) -> String {
         let mut path = String::new();
-        for frame in &self.stack {
+        for frame in self.stack.iter().take(frames) {
             match frame {
                 Frame::Mapping {
                     pending_key: Some((key, _)),
@@ -239,6 +308,9 @@ impl TreeBuilder {
                 Frame::Mapping { .. } => {}
                 Frame::Sequence { items, .. } => path.push_str(&format!("[{}]", items.len())),
             }
+        }
+        if self.stack.len() > frames {
+            path.push_str("...");
         }
         path
     }
@@ -294,19 +366,24 @@ impl TreeBuilder {
             }
             Frame::Mapping {
                 entries,
-                pending_key: pending_key @ Some(_),
+                indexes,
+                pending_key,
                 ..
             } => {
-                let (key, key_position) = pending_key.take().expect("matched Some");
-                match entries.iter().find(|entry| entry.key == key) {
-                    Some(first) => {
+                // The arm above took every mapping without a pending key.
+                let Some((key, key_position)) = pending_key.take() else {
+                    return;
+                };
+                match indexes.get(&key) {
+                    Some(&first) => {
                         let message = format!(
                             "duplicate key {key:?} (first written at line {}), keep only one",
-                            first.key_position.line
+                            entries[first].key_position.line
                         );
                         Some((key_position, message))
                     }
                     None => {
+                        indexes.insert(key.clone(), entries.len());
                         entries.push(Entry {
                             key,
                             key_position,
@@ -351,7 +428,8 @@ impl TreeBuilder {
     }
 }
 
-impl MarkedEventReceiver for TreeBuilder {
+impl TreeBuilder {
+    /// Takes one event of the parser.
     fn on_event(&mut self, event: Event, marker: Marker) {
         let position = Position::from_marker(marker);
         match event {
@@ -404,6 +482,7 @@ impl MarkedEventReceiver for TreeBuilder {
                 self.stack.push(Frame::Mapping {
                     position,
                     entries: Vec::new(),
+                    indexes: HashMap::new(),
                     pending_key: None,
                 });
             }
@@ -569,6 +648,68 @@ mod tests {
                 first.message
             );
         }
+    }
+
+    /// Every way of nesting, far past the limit: a located error, never a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused_where_it_goes_too_deep() {
+        let levels = 100_000;
+        let mapping_levels: String = (0..1000)
+            .map(|level| format!("{}k:\n", " ".repeat(level)))
+            .collect();
+        for (name, text, line, column) in [
+            // The scanner looks ahead through flow collections and stops at its own limit.
+            (
+                "flow sequences",
+                format!("a: {}", "[".repeat(levels)),
+                1,
+                259,
+            ),
+            (
+                "flow mappings",
+                format!("a: {}", "{a: ".repeat(levels)),
+                1,
+                4 + 4 * 63,
+            ),
+            (
+                "block sequences",
+                format!("a:\n  {}x", "- ".repeat(levels)),
+                2,
+                3 + 2 * 63,
+            ),
+            ("block mappings", mapping_levels, 65, 66),
+        ] {
+            let errors = parse(&text).unwrap_err();
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            let error = &errors[0];
+            assert_eq!(error.position, at(line, column), "{name}: {error:?}");
+            assert!(
+                error
+                    .message
+                    .starts_with("lists and mappings are nested more than 64 levels deep here"),
+                "{name}: {}",
+                error.message
+            );
+        }
+        // At the limit, the tree is built.
+        let text = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&text).unwrap().is_some());
+    }
+
+    /// A text of nothing but aliases (or any other refusal) is reported in a few lines.
+    #[test]
+    fn refusals_stop_after_a_limit() {
+        let text = format!("a: &x 1\nb: [{}]\n", "*x, ".repeat(100_000));
+        let errors = parse(&text).unwrap_err();
+        assert_eq!(errors.len(), MAX_ERRORS + 1, "{errors:?}");
+        assert!(
+            errors[MAX_ERRORS]
+                .message
+                .starts_with("stopped reading after 20 problems")
+        );
+        let text: String = (0..50_000).map(|_| "a: 1\n").collect();
+        let errors = parse(&text).unwrap_err();
+        assert_eq!(errors.len(), MAX_ERRORS + 1, "{errors:?}");
     }
 
     #[test]
