@@ -19,6 +19,9 @@
 //! maps with their current colors), so a reload or a restart comes back to the same state
 //! without replaying anything.
 //!
+//! The adapter owns its state directory: an exclusive lock file, `cutover.lock`, held for
+//! the life of the `Proxy`, keeps one daemon per directory.
+//!
 //! What it must not do: know anything about Docker or Consul, or stop HAProxy when the
 //! daemon stops: the master runs in its own session and survives us, and a new daemon
 //! adopts it. See `docs/traffic.md`.
@@ -143,6 +146,10 @@ pub struct External {
     pub master_socket: Option<PathBuf>,
 }
 
+/// The lock file in the state directory: held by the daemon that owns the directory, with
+/// that daemon's pid inside.
+pub const LOCK_FILE: &str = "cutover.lock";
+
 /// How to run or reach HAProxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -256,6 +263,13 @@ pub enum ProxyError {
     Reload { master: PathBuf, reason: String },
     #[error("cannot read the route table {path}: {reason}")]
     Table { path: PathBuf, reason: String },
+    #[error(
+        "the HAProxy state directory {} is in use by another cutover daemon ({}); \
+         give each daemon on this host its own directory with --haproxy-dir",
+        dir.display(),
+        holder.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
+    )]
+    DirInUse { dir: PathBuf, holder: Option<u32> },
 }
 
 /// What [`Proxy::apply`] did.
@@ -295,6 +309,8 @@ pub struct Proxy {
     /// apply sets everything.
     runtime: BTreeMap<String, ServiceRoutes>,
     metrics: ProxyMetrics,
+    /// `<dir>/cutover.lock`, locked exclusively: the directory is ours while it is open.
+    _dir_lock: std::fs::File,
 }
 
 impl Proxy {
@@ -305,6 +321,10 @@ impl Proxy {
     /// applies again.
     ///
     /// # Guarantees
+    /// - Before anything is read or written, `<dir>/cutover.lock` is locked exclusively (and
+    ///   this daemon's pid written into it) for the life of the `Proxy`: a second daemon on
+    ///   the same directory gets [`ProxyError::DirInUse`] and changes nothing. The OS
+    ///   releases the lock when the process dies, also on `kill -9`.
     /// - Supervised: if `<dir>/master.sock` answers, the running master is adopted (never a
     ///   second HAProxy) and reloaded once, seamlessly, from the files, so that its state
     ///   is exactly the table. Otherwise a master is started in its own session; it is
@@ -313,10 +333,11 @@ impl Proxy {
     ///   reloaded through its master socket if one is given.
     ///
     /// # Errors
-    /// A table file that does not parse, a configuration HAProxy rejects, a master that
-    /// does not come up.
+    /// The directory locked by another daemon, a table file that does not parse, a
+    /// configuration HAProxy rejects, a master that does not come up.
     pub async fn start(settings: Settings) -> Result<Proxy, ProxyError> {
         create_dir(&settings.dir)?;
+        let dir_lock = lock_dir(&settings.dir).await?;
         let table_path = settings.table_path();
         let table = match std::fs::read(&table_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ProxyError::Table {
@@ -337,6 +358,7 @@ impl Proxy {
             loaded: None,
             runtime: BTreeMap::new(),
             metrics: ProxyMetrics::default(),
+            _dir_lock: dir_lock,
         };
         let table = proxy.table.clone();
         // What the running HAProxy (if any) was last given.
@@ -670,6 +692,56 @@ impl Proxy {
         let json = serde_json::to_string_pretty(table).expect("the table serializes");
         write_atomically(&self.settings.table_path(), &json)?;
         Ok(())
+    }
+}
+
+/// Locks `<dir>/cutover.lock` exclusively and writes our pid into it; the lock lasts as long
+/// as the returned file is open (the OS drops it when the process dies). When another
+/// process holds it, its pid is read from the file (waiting a moment for a daemon that
+/// locked it but has not written its pid yet).
+async fn lock_dir(dir: &Path) -> Result<std::fs::File, ProxyError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(LOCK_FILE);
+    let io_error = |source| ProxyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_error)?;
+    // flock(2): tied to this open file, so HAProxy (started without our descriptors: std
+    // opens files close-on-exec) never holds it, and the OS drops it when we die.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            file.set_len(0).map_err(io_error)?;
+            file.rewind().map_err(io_error)?;
+            writeln!(file, "{}", std::process::id()).map_err(io_error)?;
+            Ok(file)
+        }
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => {
+            let mut holder = None;
+            for _ in 0..20 {
+                let mut text = String::new();
+                file.rewind().map_err(io_error)?;
+                file.read_to_string(&mut text).map_err(io_error)?;
+                holder = text.trim().parse().ok();
+                if holder.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(ProxyError::DirInUse {
+                dir: dir.to_owned(),
+                holder,
+            })
+        }
+        Err(errno) => Err(io_error(errno.into())),
     }
 }
 

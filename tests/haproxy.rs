@@ -881,3 +881,34 @@ async fn haproxy_outlives_the_daemon_and_is_adopted() {
     assert!(tally.version_a > 0 && tally.version_b > 0);
     assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_on_one_directory_is_refused_and_names_the_holder() {
+    let lab = Lab::new();
+    let proxy = Proxy::start(lab.settings()).await.unwrap();
+    let master = proxy.processes().await.unwrap().master_pid;
+    let me = std::process::id();
+
+    let error = Proxy::start(lab.settings()).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, ProxyError::DirInUse { holder: Some(pid), .. } if pid == me),
+        "{message}"
+    );
+    for part in [
+        lab.dir.display().to_string(),
+        format!("pid {me}"),
+        "--haproxy-dir".to_owned(),
+    ] {
+        assert!(message.contains(&part), "{part} missing from: {message}");
+    }
+    assert_eq!(haproxy_masters_on(&lab.dir), 1, "no second HAProxy");
+    assert_eq!(proxy.processes().await.unwrap().master_pid, master);
+
+    // The lock goes with its holder (as on a kill -9: the OS closes the file): the next
+    // daemon adopts the same master.
+    drop(proxy);
+    let proxy = Proxy::start(lab.settings()).await.unwrap();
+    assert_eq!(proxy.metrics().adoptions, 1);
+    assert_eq!(proxy.processes().await.unwrap().master_pid, master);
+}

@@ -100,7 +100,8 @@ pub struct ProxyArgs {
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
     pub haproxy_bin: PathBuf,
-    /// State directory: configuration, maps, sockets (mode 0600), pid file.
+    /// State directory: configuration, maps, sockets (mode 0600), pid file. One daemon per
+    /// directory: a second one on the same directory exits at once.
     #[arg(
         long,
         env = "CUTOVER_HAPROXY_DIR",
