@@ -763,6 +763,9 @@ impl Controller {
     /// Drops the routes of services that have neither a spec nor containers any more.
     async fn forget_routes(&self) {
         let Some(traffic) = &self.traffic else { return };
+        if !self.leadership.is_leader() {
+            return;
+        }
         let routed = traffic.services().await;
         let stale: Vec<String> = {
             let shared = self.shared.lock().expect("shared lock");

@@ -4,6 +4,7 @@
 //! - Two daemons started at the same moment on one `--haproxy-dir`: one HAProxy master, the
 //!   second daemon exits naming the directory, the holder's pid and `--haproxy-dir`; the first
 //!   keeps serving, and after a `kill -9` of it a new daemon can take the directory over.
+//! - A follower's resync changes no HAProxy file (only the leader writes routes).
 //!
 //! Each test has its own prefix, instance label, network, service name, ports and
 //! directories; dropping the world kills its daemons, stops every HAProxy they ran and
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -146,6 +147,19 @@ impl World {
             .and_then(|c| c.try_wait().expect("wait for the daemon"))
     }
 
+    /// The daemon that holds the leader lock, by the pid in the key.
+    fn leader(&self) -> Option<usize> {
+        let entry = block_on(
+            self.agent
+                .client()
+                .get(&cutover::leader::leader_key(&self.prefix)),
+        )
+        .expect("read the lock key")?;
+        entry.session.as_ref()?;
+        let holder: cutover::leader::Holder = serde_json::from_slice(&entry.value).ok()?;
+        (0..self.daemons.len()).find(|n| self.pid(*n) == Some(holder.pid))
+    }
+
     /// What the daemon's live listener answers for `host`: body and status code.
     fn through_proxy(&self, number: usize, host: &str) -> String {
         let out = Command::new("curl")
@@ -214,6 +228,14 @@ fn ports() -> (u16, u16) {
     (support::unused_port(), support::unused_port())
 }
 
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
 fn kill(signal: &str, pid: u32) {
     let _ = Command::new("kill")
         .args([signal, &pid.to_string()])
@@ -265,6 +287,25 @@ fn haproxy_masters_on(dir: &Path) -> usize {
     ours.values()
         .filter(|ppid| !ours.contains_key(ppid))
         .count()
+}
+
+/// Name, modification time and content of every file HAProxy's routes live in.
+fn route_files(dir: &Path) -> Vec<(String, SystemTime, String)> {
+    let mut files: Vec<(String, SystemTime, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let wanted = name.ends_with(".map") || name == "haproxy.cfg" || name == "routes.json";
+            wanted.then(|| {
+                let metadata = e.metadata().unwrap();
+                let content = std::fs::read_to_string(e.path()).unwrap();
+                (name, metadata.modified().unwrap(), content)
+            })
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// The demo service: a host route, health on the CGI script.
@@ -337,4 +378,60 @@ fn two_daemons_started_together_on_one_haproxy_dir_run_one_haproxy_and_the_secon
     assert_eq!(show_proc(&dir).map(|p| p.master_pid), Some(master));
     assert_eq!(haproxy_masters_on(&dir), 1);
     assert_eq!(w.through_proxy(successor, &host), "version A [200]");
+}
+
+#[test]
+fn a_followers_resync_changes_no_haproxy_file() {
+    let mut w = World::new("follower-resync");
+    let dir = w.haproxy_dir("follower");
+    let (port, preview) = ports();
+    // The follower's directory routes a service nobody has any more: a leader would
+    // forget it at its next resync; a follower must leave it alone.
+    block_on(async {
+        let mut settings = cutover::haproxy::Settings::new(&dir, format!("127.0.0.1:{port}"));
+        settings.preview_bind = Some(format!("127.0.0.1:{preview}"));
+        let mut proxy = cutover::haproxy::Proxy::start(settings).await.unwrap();
+        let ghost = cutover::haproxy::ServiceRoutes {
+            routes: vec![cutover::spec::Route {
+                path_prefix: Some("/ghost".into()),
+                host: None,
+            }],
+            live: None,
+            preview: None,
+            port: 80,
+            health_path: "/".into(),
+            slots: 4,
+            servers: BTreeMap::new(),
+        };
+        proxy.apply("ghost", &ghost).await.unwrap();
+        // What a daemon's exit leaves: HAProxy runs on, the directory is free.
+    });
+    let leader = w.start_daemon(&w.haproxy_dir("leader"), ports(), "5s");
+    w.eventually("the first daemon to lead", || w.leader() == Some(leader));
+    let follower = w.start_daemon(&dir, (port, preview), "1s");
+    w.eventually("the second daemon to follow", || {
+        w.log(follower).contains("following ")
+    });
+    let files = route_files(&dir);
+    let processes = show_proc(&dir).expect("the follower's master answers");
+    assert!(
+        files
+            .iter()
+            .any(|(name, _, text)| name == "routes.json" && text.contains("ghost")),
+        "{files:?}"
+    );
+
+    // Several resyncs of the follower (it says it is ready at every resync interval).
+    let ready = |w: &World| w.log(follower).matches("ready to take over").count();
+    let seen = ready(&w);
+    w.eventually("three more follower resyncs", || ready(&w) >= seen + 3);
+    assert_eq!(route_files(&dir), files, "the follower wrote route files");
+    let now = show_proc(&dir).expect("the follower's master answers");
+    assert_eq!(
+        (now.master_pid, now.reloads),
+        (processes.master_pid, processes.reloads),
+        "the follower reloaded HAProxy\n{}",
+        w.logs()
+    );
+    assert_eq!(w.leader(), Some(leader));
 }
