@@ -19,8 +19,10 @@
 //! maps with their current colors), so a reload or a restart comes back to the same state
 //! without replaying anything.
 //!
-//! The adapter owns its state directory: an exclusive lock file, `cutover.lock`, held for
-//! the life of the `Proxy`, keeps one daemon per directory.
+//! In supervised mode the adapter also owns its state directory (an exclusive lock file,
+//! `cutover.lock`, held for the life of the `Proxy`: one daemon per directory) and brings a
+//! master that died back from those files ([`Proxy::supervise`], called every
+//! [`SUPERVISE_EVERY`] by the daemon, leader or not).
 //!
 //! What it must not do: know anything about Docker or Consul, or stop HAProxy when the
 //! daemon stops: the master runs in its own session and survives us, and a new daemon
@@ -145,6 +147,15 @@ pub struct External {
     /// it ourselves; otherwise a changed configuration waits for the operator's reload.
     pub master_socket: Option<PathBuf>,
 }
+
+/// How often the daemon asks [`Proxy::supervise`] to look at its HAProxy master, so a
+/// master that died (or whose worker died, which takes the master with it) is noticed
+/// within this, plus the restart.
+pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long [`Proxy::supervise`] waits for an answer on the master socket once the known
+/// master is gone, so the adapter's lock is not held for the full command timeout.
+const SUPERVISE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The lock file in the state directory: held by the daemon that owns the directory, with
 /// that daemon's pid inside.
@@ -282,6 +293,19 @@ pub struct ApplyOutcome {
     pub reload_required: bool,
     /// Runtime API commands sent.
     pub runtime_calls: u32,
+    /// The supervised master was found dead and started again from the files first.
+    pub restarted: bool,
+}
+
+/// What one look at the supervised HAProxy ([`Proxy::supervise`]) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervision {
+    /// External mode: someone else runs HAProxy, there is nothing to supervise.
+    NotOurs,
+    /// The master's process runs.
+    Running,
+    /// The master was gone (dead, or a zombie); a new one was started from the files.
+    Restarted,
 }
 
 /// Counters for `/metrics`.
@@ -295,6 +319,8 @@ pub struct ProxyMetrics {
     pub starts: u64,
     /// HAProxy masters found running and adopted.
     pub adoptions: u64,
+    /// Masters started again after the running one died (supervised mode).
+    pub restarts: u64,
 }
 
 /// The adapter: the table, and what we know the running HAProxy has.
@@ -309,6 +335,8 @@ pub struct Proxy {
     /// apply sets everything.
     runtime: BTreeMap<String, ServiceRoutes>,
     metrics: ProxyMetrics,
+    /// The master we started or adopted (its pid as `show proc` reported it).
+    master: Option<process::Identity>,
     /// `<dir>/cutover.lock`, locked exclusively: the directory is ours while it is open.
     _dir_lock: std::fs::File,
 }
@@ -358,6 +386,7 @@ impl Proxy {
             loaded: None,
             runtime: BTreeMap::new(),
             metrics: ProxyMetrics::default(),
+            master: None,
             _dir_lock: dir_lock,
         };
         let table = proxy.table.clone();
@@ -366,9 +395,10 @@ impl Proxy {
         proxy.write_files(&table).await?;
         match proxy.settings.master_socket() {
             Some(master) => {
-                if process::show_proc(&master).await.is_some() {
+                if let Some(processes) = process::show_proc(&master).await {
                     tracing::info!(master = %master.display(), "adopting the running HAProxy");
                     proxy.metrics.adoptions += 1;
+                    proxy.master = process::Identity::of(processes.master_pid);
                     if previous_config.as_deref() == Some(&render(&proxy.settings, &table)) {
                         // It runs these very files, and every runtime change was written
                         // to them before it was sent: no reload, and nothing to re-send
@@ -402,6 +432,7 @@ impl Proxy {
         let processes = process::start(&self.settings, &self.settings.config_path()).await?;
         tracing::info!(master_pid = processes.master_pid, "HAProxy started");
         self.metrics.starts += 1;
+        self.master = process::Identity::of(processes.master_pid);
         self.loaded = Some(render::shapes(&self.table));
         self.runtime = self.table.clone();
         Ok(())
@@ -415,6 +446,7 @@ impl Proxy {
                 .map_err(|source| ProxyError::Io { path, source })?;
         }
         let processes = process::reload(master).await?;
+        self.master = process::Identity::of(processes.master_pid);
         tracing::info!(
             reloads = processes.reloads,
             "HAProxy reloaded with a new configuration"
@@ -466,16 +498,18 @@ impl Proxy {
         service: Option<&str>,
     ) -> Result<ApplyOutcome, ProxyError> {
         render::check_table(&table)?;
-        self.ensure_running().await?;
+        let mut outcome = ApplyOutcome {
+            restarted: self.supervise().await? == Supervision::Restarted,
+            ..ApplyOutcome::default()
+        };
         if table == self.table
             && service.is_none_or(|s| self.runtime.get(s) == table.get(s))
             && self.loaded.as_ref() == Some(&render::shapes(&table))
         {
-            return Ok(ApplyOutcome::default());
+            return Ok(outcome);
         }
         self.write_files(&table).await?;
         self.table = table;
-        let mut outcome = ApplyOutcome::default();
         if self.loaded.as_ref() != Some(&render::shapes(&self.table)) {
             match self.settings.master_socket() {
                 Some(master) => {
@@ -532,19 +566,68 @@ impl Proxy {
         Ok(outcome)
     }
 
-    /// Supervised mode: restarts HAProxy from the files if its master is gone.
-    async fn ensure_running(&mut self) -> Result<(), ProxyError> {
+    /// Supervised mode: looks at the master once and, if it is gone, starts a new one from
+    /// the files (which always describe the whole table, so it comes back with the current
+    /// routes, servers and colors). The daemon calls it every [`SUPERVISE_EVERY`], leader or
+    /// follower; every apply calls it first.
+    ///
+    /// A look costs one small read in `/proc` (the master's pid and start time do not
+    /// change when it reloads: it re-executes itself in place); HAProxy is asked nothing
+    /// unless that process is gone.
+    ///
+    /// # Guarantees
+    /// - A master is started only when the master we started or adopted is gone (or a
+    ///   zombie) **and** nothing answers on the master socket (a master someone else
+    ///   started there is adopted instead): one directory never gets a second master.
+    /// - A worker that dies takes its master down with it in HAProxy 2.6 (`master-worker`
+    ///   without `no-exit-on-failure`: the master stops every other worker and exits; it
+    ///   never forks a new worker by itself), so a `kill -9` of the worker is recovered by
+    ///   the same restart.
+    /// - The servers' saved state (`server-state`) is removed before a restart: it was
+    ///   saved at the last reload, and runtime changes since then (addresses in particular)
+    ///   are only in the configuration.
+    ///
+    /// # Errors
+    /// The files cannot be written or HAProxy does not start (a port taken by another
+    /// process, for example); the next call tries again.
+    pub async fn supervise(&mut self) -> Result<Supervision, ProxyError> {
         if self.settings.external.is_some() {
-            return Ok(());
+            return Ok(Supervision::NotOurs);
         }
-        let master = self.settings.dir.join("master.sock");
-        if process::show_proc(&master).await.is_none() {
-            tracing::warn!("HAProxy's master does not answer; starting it again");
-            let table = self.table.clone();
-            self.write_files(&table).await?;
-            self.launch().await?;
+        if self.master.is_some_and(|m| m.is_running()) {
+            return Ok(Supervision::Running);
         }
-        Ok(())
+        let gone = self.master.map(|m| m.pid);
+        let socket = self.settings.dir.join("master.sock");
+        if let Ok(Some(processes)) =
+            tokio::time::timeout(SUPERVISE_PATIENCE, process::show_proc(&socket)).await
+            && let Some(master) = process::Identity::of(processes.master_pid)
+        {
+            tracing::info!(
+                master_pid = master.pid,
+                "an HAProxy master answers on our socket; adopting it"
+            );
+            self.master = Some(master);
+            return Ok(Supervision::Running);
+        }
+        tracing::warn!(
+            master_pid = gone,
+            "HAProxy's master is gone; starting it again from the files"
+        );
+        let state = self.settings.dir.join(render::SERVER_STATE_FILE);
+        if let Err(source) = std::fs::remove_file(&state)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ProxyError::Io {
+                path: state,
+                source,
+            });
+        }
+        let table = self.table.clone();
+        self.write_files(&table).await?;
+        self.launch().await?;
+        self.metrics.restarts += 1;
+        Ok(Supervision::Restarted)
     }
 
     /// Current sessions and queued requests on a service's color backend, summed over every

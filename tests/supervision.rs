@@ -1,6 +1,8 @@
-//! One daemon per HAProxy directory, with real `cutover run` daemons against a real Consul
-//! agent, the real Docker engine and a real HAProxy.
+//! HAProxy supervision and one daemon per HAProxy directory, with real `cutover run`
+//! daemons against a real Consul agent, the real Docker engine and a real HAProxy.
 //!
+//! - A follower supervises its own HAProxy: a `kill -9` of its master, or of its worker, is
+//!   undone by the daemon alone, and counted in `cutover_haproxy_restarts_total`.
 //! - Two daemons started at the same moment on one `--haproxy-dir`: one HAProxy master, the
 //!   second daemon exits naming the directory, the holder's pid and `--haproxy-dir`; the first
 //!   keeps serving, and after a `kill -9` of it a new daemon can take the directory over.
@@ -158,6 +160,26 @@ impl World {
         entry.session.as_ref()?;
         let holder: cutover::leader::Holder = serde_json::from_slice(&entry.value).ok()?;
         (0..self.daemons.len()).find(|n| self.pid(*n) == Some(holder.pid))
+    }
+
+    /// One line of the daemon's `/metrics` (its port is in its log).
+    fn metric(&self, number: usize, name: &str) -> Option<String> {
+        let log = self.log(number);
+        let (_, rest) = log.split_once("status page at http://")?;
+        let address = rest.split('/').next()?;
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "--max-time",
+                "5",
+                &format!("http://{address}/metrics"),
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(str::to_owned)
     }
 
     /// What the daemon's live listener answers for `host`: body and status code.
@@ -322,6 +344,64 @@ spec:
   routes: [{{host: {name}.test}}]
 "
     )
+}
+
+/// What HAProxy answers for a host nothing routes.
+const NO_BACKEND: &str = "no healthy backend for this route [503]";
+
+#[test]
+fn a_follower_supervises_its_haproxy_and_undoes_a_kill_9_of_its_master_or_worker() {
+    let mut w = World::new("supervise-follower");
+    let leader = w.start_daemon(&w.haproxy_dir("leader"), ports(), "5s");
+    w.eventually("the first daemon to lead", || w.leader() == Some(leader));
+    let dir = w.haproxy_dir("follower");
+    let follower = w.start_daemon(&dir, ports(), "5s");
+    w.eventually("the second daemon to follow", || {
+        w.log(follower).contains("following ")
+    });
+    w.eventually("the follower's HAProxy to serve", || {
+        w.through_proxy(follower, "nothing.test") == NO_BACKEND
+    });
+    assert_eq!(
+        w.metric(follower, "cutover_leader").as_deref(),
+        Some("cutover_leader 0")
+    );
+
+    for (round, victim) in ["master", "worker"].into_iter().enumerate() {
+        let before = show_proc(&dir).expect("the follower's master answers");
+        let target = match victim {
+            "master" => before.master_pid,
+            _ => before.current_workers().next().expect("a worker"),
+        };
+        kill("-KILL", target);
+        let took = w.eventually(
+            &format!("HAProxy back after a kill -9 of its {victim}"),
+            || {
+                show_proc(&dir).is_some_and(|now| {
+                    now.master_pid != before.master_pid && now.current_workers().next().is_some()
+                }) && w.through_proxy(follower, "nothing.test") == NO_BACKEND
+            },
+        );
+        eprintln!("follower: kill -9 of the HAProxy {victim}, serving again after {took:.2?}");
+        assert_eq!(haproxy_masters_on(&dir), 1, "one master\n{}", w.logs());
+        let restarts = format!("cutover_haproxy_restarts_total {}", round + 1);
+        w.eventually("the restart counter", || {
+            w.metric(follower, "cutover_haproxy_restarts_total")
+                .as_deref()
+                == Some(&restarts)
+        });
+    }
+    assert!(
+        w.exited(follower).is_none() && w.exited(leader).is_none(),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.leader(), Some(leader), "the follower stayed a follower");
+    assert_eq!(
+        w.metric(leader, "cutover_haproxy_restarts_total")
+            .as_deref(),
+        Some("cutover_haproxy_restarts_total 0")
+    );
 }
 
 #[test]

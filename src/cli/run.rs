@@ -211,6 +211,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         None => None,
     };
+    // Every daemon, leader or follower, keeps its own HAProxy alive.
+    let supervisor = traffic.as_ref().map(Traffic::supervise);
     let leader = crate::leader::Config {
         key: crate::leader::leader_key(store.prefix()),
         ttl: args.leader_ttl,
@@ -233,6 +235,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     );
     daemon.set_controller(Arc::clone(&controller));
     controller.run(shutdown_signal()).await;
+    drop(supervisor);
     server.abort();
     info!("stopped");
     Ok(())
