@@ -241,6 +241,11 @@ impl Drop for World {
                 }
             }
         }
+        // And any HAProxy of this test the sockets did not lead to (a second master on one
+        // directory, which a failing test may have started).
+        for pid in processes_whose_cmdline_contains(&format!("{}/", self.dir.path().display())) {
+            kill("-KILL", pid);
+        }
         remove_instance(&self.instance, &self.network);
     }
 }
@@ -281,21 +286,31 @@ fn show_proc(dir: &Path) -> Option<cutover::haproxy::runtime::Processes> {
     cutover::haproxy::runtime::parse_show_proc(&master_command(dir, "show proc")?)
 }
 
+/// The pids of the processes whose command line contains `needle`.
+fn processes_whose_cmdline_contains(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+        .collect()
+}
+
 /// HAProxy masters running on this state directory: processes started with its
 /// configuration whose parent is not one of them (workers are the master's children;
 /// zombies have no command line).
 fn haproxy_masters_on(dir: &Path) -> usize {
     let needle = format!("{}/haproxy.cfg", dir.display());
-    let ours: BTreeMap<u32, u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    let ours: BTreeMap<u32, u32> = processes_whose_cmdline_contains(&needle)
+        .into_iter()
         .filter_map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !cmdline.contains(&needle) {
-                return None;
-            }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let ppid = status
                 .lines()
