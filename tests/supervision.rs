@@ -451,6 +451,8 @@ fn two_daemons_started_together_on_one_haproxy_dir_run_one_haproxy_and_the_secon
             errors[0]
         );
     }
+    // The loser exits before the winner's HAProxy is up: wait for it, then count.
+    w.eventually("the winner's HAProxy", || show_proc(&dir).is_some());
     assert_eq!(haproxy_masters_on(&dir), 1, "one HAProxy\n{}", w.logs());
     assert!(w.exited(winner).is_none(), "{}", w.logs());
 
@@ -460,6 +462,15 @@ fn two_daemons_started_together_on_one_haproxy_dir_run_one_haproxy_and_the_secon
     w.eventually("the service through the winner's HAProxy", || {
         w.through_proxy(winner, &host) == "version A [200]"
     });
+    // The second daemon left Docker alone too: one network of that name, not two.
+    let networks = support::docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=^{}$", w.network),
+    ]);
+    assert_eq!(networks.lines().count(), 1, "{networks}");
 
     // The lock dies with its holder: after a kill -9, a new daemon takes the directory
     // and adopts the HAProxy that kept running.

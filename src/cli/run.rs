@@ -191,6 +191,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         &scope.network,
     ));
     let server = tokio::spawn(http::serve(listener, Arc::clone(&daemon)));
+    // The HAProxy directory before Docker: a second daemon on it exits at once, having
+    // changed nothing (not even created the network), and HAProxy serves while we wait.
+    let traffic = match args.proxy.settings() {
+        Some(settings) => {
+            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
+            Some(Traffic::new(proxy, Arc::clone(&metrics)))
+        }
+        None => None,
+    };
+    // Every daemon, leader or follower, keeps its own HAProxy alive.
+    let supervisor = traffic.as_ref().map(Traffic::supervise);
     // Docker may come up after us (a reboot): wait for it rather than exit.
     let mut failures = 0;
     let docker = loop {
@@ -204,15 +215,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             }
         }
     };
-    let traffic = match args.proxy.settings() {
-        Some(settings) => {
-            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
-            Some(Traffic::new(proxy, Arc::clone(&metrics)))
-        }
-        None => None,
-    };
-    // Every daemon, leader or follower, keeps its own HAProxy alive.
-    let supervisor = traffic.as_ref().map(Traffic::supervise);
     let leader = crate::leader::Config {
         key: crate::leader::leader_key(store.prefix()),
         ttl: args.leader_ttl,
