@@ -19,6 +19,11 @@
 //! maps with their current colors), so a reload or a restart comes back to the same state
 //! without replaying anything.
 //!
+//! In supervised mode the adapter also owns its state directory (an exclusive lock file,
+//! `cutover.lock`, held for the life of the `Proxy`: one daemon per directory) and brings a
+//! master that died back from those files ([`Proxy::supervise`], called every
+//! [`SUPERVISE_EVERY`] by the daemon, leader or not).
+//!
 //! What it must not do: know anything about Docker or Consul, or stop HAProxy when the
 //! daemon stops: the master runs in its own session and survives us, and a new daemon
 //! adopts it. See `docs/traffic.md`.
@@ -171,6 +176,19 @@ pub struct External {
     pub master_socket: Option<PathBuf>,
 }
 
+/// How often the daemon asks [`Proxy::supervise`] to look at its HAProxy master, so a
+/// master that died (or whose worker died, which takes the master with it) is noticed
+/// within this, plus the restart.
+pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long [`Proxy::supervise`] waits for an answer on the master socket once the known
+/// master is gone, so the adapter's lock is not held for the full command timeout.
+const SUPERVISE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The lock file in the state directory: held by the daemon that owns the directory, with
+/// that daemon's pid inside.
+pub const LOCK_FILE: &str = "cutover.lock";
+
 /// How to run or reach HAProxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -288,6 +306,13 @@ pub enum ProxyError {
     NotUp { service: String, color: Color },
     #[error("cannot read the route table {path}: {reason}")]
     Table { path: PathBuf, reason: String },
+    #[error(
+        "the HAProxy state directory {} is in use by another cutover daemon ({}); \
+         give each daemon on this host its own directory with --haproxy-dir",
+        dir.display(),
+        holder.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
+    )]
+    DirInUse { dir: PathBuf, holder: Option<u32> },
 }
 
 /// What [`Proxy::apply`] did.
@@ -300,6 +325,19 @@ pub struct ApplyOutcome {
     pub reload_required: bool,
     /// Runtime API commands sent.
     pub runtime_calls: u32,
+    /// The supervised master was found dead and started again from the files first.
+    pub restarted: bool,
+}
+
+/// What one look at the supervised HAProxy ([`Proxy::supervise`]) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervision {
+    /// External mode: someone else runs HAProxy, there is nothing to supervise.
+    NotOurs,
+    /// The master's process runs.
+    Running,
+    /// The master was gone (dead, or a zombie); a new one was started from the files.
+    Restarted,
 }
 
 /// Counters for `/metrics`.
@@ -313,6 +351,8 @@ pub struct ProxyMetrics {
     pub starts: u64,
     /// HAProxy masters found running and adopted.
     pub adoptions: u64,
+    /// Masters started again after the running one died (supervised mode).
+    pub restarts: u64,
 }
 
 /// The adapter: the table, and what we know the running HAProxy has.
@@ -327,6 +367,10 @@ pub struct Proxy {
     /// apply sets everything.
     runtime: BTreeMap<String, ServiceRoutes>,
     metrics: ProxyMetrics,
+    /// The master we started or adopted (its pid as `show proc` reported it).
+    master: Option<process::Identity>,
+    /// `<dir>/cutover.lock`, locked exclusively: the directory is ours while it is open.
+    _dir_lock: std::fs::File,
 }
 
 impl Proxy {
@@ -337,6 +381,10 @@ impl Proxy {
     /// applies again.
     ///
     /// # Guarantees
+    /// - Before anything is read or written, `<dir>/cutover.lock` is locked exclusively (and
+    ///   this daemon's pid written into it) for the life of the `Proxy`: a second daemon on
+    ///   the same directory gets [`ProxyError::DirInUse`] and changes nothing. The OS
+    ///   releases the lock when the process dies, also on `kill -9`.
     /// - Supervised: if `<dir>/master.sock` answers, the running master is adopted (never a
     ///   second HAProxy) and reloaded once, seamlessly, from the files, so that its state
     ///   is exactly the table. Otherwise a master is started in its own session; it is
@@ -345,10 +393,11 @@ impl Proxy {
     ///   reloaded through its master socket if one is given.
     ///
     /// # Errors
-    /// A table file that does not parse, a configuration HAProxy rejects, a master that
-    /// does not come up.
+    /// The directory locked by another daemon, a table file that does not parse, a
+    /// configuration HAProxy rejects, a master that does not come up.
     pub async fn start(settings: Settings) -> Result<Proxy, ProxyError> {
         create_dir(&settings.dir)?;
+        let dir_lock = lock_dir(&settings.dir).await?;
         let table_path = settings.table_path();
         let table = match std::fs::read(&table_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ProxyError::Table {
@@ -369,6 +418,8 @@ impl Proxy {
             loaded: None,
             runtime: BTreeMap::new(),
             metrics: ProxyMetrics::default(),
+            master: None,
+            _dir_lock: dir_lock,
         };
         let table = proxy.table.clone();
         // What the running HAProxy (if any) was last given.
@@ -376,9 +427,10 @@ impl Proxy {
         proxy.write_files(&table).await?;
         match proxy.settings.master_socket() {
             Some(master) => {
-                if process::show_proc(&master).await.is_some() {
+                if let Some(processes) = process::show_proc(&master).await {
                     tracing::info!(master = %master.display(), "adopting the running HAProxy");
                     proxy.metrics.adoptions += 1;
+                    proxy.master = process::Identity::of(processes.master_pid);
                     if previous_config.as_deref() == Some(&render(&proxy.settings, &table)) {
                         // It runs these very files, and every runtime change was written
                         // to them before it was sent: no reload, and nothing to re-send
@@ -412,6 +464,7 @@ impl Proxy {
         let processes = process::start(&self.settings, &self.settings.config_path()).await?;
         tracing::info!(master_pid = processes.master_pid, "HAProxy started");
         self.metrics.starts += 1;
+        self.master = process::Identity::of(processes.master_pid);
         self.loaded = Some(render::shapes(&self.table));
         self.runtime = self.table.clone();
         Ok(())
@@ -425,6 +478,7 @@ impl Proxy {
                 .map_err(|source| ProxyError::Io { path, source })?;
         }
         let processes = process::reload(master).await?;
+        self.master = process::Identity::of(processes.master_pid);
         tracing::info!(
             reloads = processes.reloads,
             "HAProxy reloaded with a new configuration"
@@ -476,16 +530,18 @@ impl Proxy {
         service: Option<&str>,
     ) -> Result<ApplyOutcome, ProxyError> {
         render::check_table(&table)?;
-        self.ensure_running().await?;
+        let mut outcome = ApplyOutcome {
+            restarted: self.supervise().await? == Supervision::Restarted,
+            ..ApplyOutcome::default()
+        };
         if table == self.table
             && service.is_none_or(|s| self.runtime.get(s) == table.get(s))
             && self.loaded.as_ref() == Some(&render::shapes(&table))
         {
-            return Ok(ApplyOutcome::default());
+            return Ok(outcome);
         }
         self.write_files(&table).await?;
         self.table = table;
-        let mut outcome = ApplyOutcome::default();
         if self.loaded.as_ref() != Some(&render::shapes(&self.table)) {
             match self.settings.master_socket() {
                 Some(master) => {
@@ -542,19 +598,68 @@ impl Proxy {
         Ok(outcome)
     }
 
-    /// Supervised mode: restarts HAProxy from the files if its master is gone.
-    async fn ensure_running(&mut self) -> Result<(), ProxyError> {
+    /// Supervised mode: looks at the master once and, if it is gone, starts a new one from
+    /// the files (which always describe the whole table, so it comes back with the current
+    /// routes, servers and colors). The daemon calls it every [`SUPERVISE_EVERY`], leader or
+    /// follower; every apply calls it first.
+    ///
+    /// A look costs one small read in `/proc` (the master's pid and start time do not
+    /// change when it reloads: it re-executes itself in place); HAProxy is asked nothing
+    /// unless that process is gone.
+    ///
+    /// # Guarantees
+    /// - A master is started only when the master we started or adopted is gone (or a
+    ///   zombie) **and** nothing answers on the master socket (a master someone else
+    ///   started there is adopted instead): one directory never gets a second master.
+    /// - A worker that dies takes its master down with it in HAProxy 2.6 (`master-worker`
+    ///   without `no-exit-on-failure`: the master stops every other worker and exits; it
+    ///   never forks a new worker by itself), so a `kill -9` of the worker is recovered by
+    ///   the same restart.
+    /// - The servers' saved state (`server-state`) is removed before a restart: it was
+    ///   saved at the last reload, and runtime changes since then (addresses in particular)
+    ///   are only in the configuration.
+    ///
+    /// # Errors
+    /// The files cannot be written or HAProxy does not start (a port taken by another
+    /// process, for example); the next call tries again.
+    pub async fn supervise(&mut self) -> Result<Supervision, ProxyError> {
         if self.settings.external.is_some() {
-            return Ok(());
+            return Ok(Supervision::NotOurs);
         }
-        let master = self.settings.dir.join("master.sock");
-        if process::show_proc(&master).await.is_none() {
-            tracing::warn!("HAProxy's master does not answer; starting it again");
-            let table = self.table.clone();
-            self.write_files(&table).await?;
-            self.launch().await?;
+        if self.master.is_some_and(|m| m.is_running()) {
+            return Ok(Supervision::Running);
         }
-        Ok(())
+        let gone = self.master.map(|m| m.pid);
+        let socket = self.settings.dir.join("master.sock");
+        if let Ok(Some(processes)) =
+            tokio::time::timeout(SUPERVISE_PATIENCE, process::show_proc(&socket)).await
+            && let Some(master) = process::Identity::of(processes.master_pid)
+        {
+            tracing::info!(
+                master_pid = master.pid,
+                "an HAProxy master answers on our socket; adopting it"
+            );
+            self.master = Some(master);
+            return Ok(Supervision::Running);
+        }
+        tracing::warn!(
+            master_pid = gone,
+            "HAProxy's master is gone; starting it again from the files"
+        );
+        let state = self.settings.dir.join(render::SERVER_STATE_FILE);
+        if let Err(source) = std::fs::remove_file(&state)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ProxyError::Io {
+                path: state,
+                source,
+            });
+        }
+        let table = self.table.clone();
+        self.write_files(&table).await?;
+        self.launch().await?;
+        self.metrics.restarts += 1;
+        Ok(Supervision::Restarted)
     }
 
     /// Current sessions and queued requests on a service's color backend, summed over every
@@ -724,6 +829,56 @@ impl Proxy {
         let json = serde_json::to_string_pretty(table).expect("the table serializes");
         write_atomically(&self.settings.table_path(), &json)?;
         Ok(())
+    }
+}
+
+/// Locks `<dir>/cutover.lock` exclusively and writes our pid into it; the lock lasts as long
+/// as the returned file is open (the OS drops it when the process dies). When another
+/// process holds it, its pid is read from the file (waiting a moment for a daemon that
+/// locked it but has not written its pid yet).
+async fn lock_dir(dir: &Path) -> Result<std::fs::File, ProxyError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(LOCK_FILE);
+    let io_error = |source| ProxyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_error)?;
+    // flock(2): tied to this open file, so HAProxy (started without our descriptors: std
+    // opens files close-on-exec) never holds it, and the OS drops it when we die.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            file.set_len(0).map_err(io_error)?;
+            file.rewind().map_err(io_error)?;
+            writeln!(file, "{}", std::process::id()).map_err(io_error)?;
+            Ok(file)
+        }
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => {
+            let mut holder = None;
+            for _ in 0..20 {
+                let mut text = String::new();
+                file.rewind().map_err(io_error)?;
+                file.read_to_string(&mut text).map_err(io_error)?;
+                holder = text.trim().parse().ok();
+                if holder.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(ProxyError::DirInUse {
+                dir: dir.to_owned(),
+                holder,
+            })
+        }
+        Err(errno) => Err(io_error(errno.into())),
     }
 }
 

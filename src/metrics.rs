@@ -178,6 +178,7 @@ pub struct Metrics {
     haproxy_reloads: Counter,
     haproxy_runtime_calls: Counter,
     reconcile_panics: Counter,
+    haproxy_restarts: Counter,
     leader: Gauge,
     /// The phase of each service, from the statuses the controller writes; the
     /// `cutover_services` gauge is counted from it.
@@ -255,6 +256,12 @@ impl Metrics {
             "Commands sent to HAProxy's Runtime API",
             haproxy_runtime_calls.clone(),
         );
+        let haproxy_restarts = Counter::default();
+        registry.register(
+            "haproxy_restarts",
+            "HAProxy masters started again after the running one died (supervised mode)",
+            haproxy_restarts.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -308,6 +315,7 @@ impl Metrics {
             reconcile_panics,
             haproxy_reloads,
             haproxy_runtime_calls,
+            haproxy_restarts,
             leader,
             phases: Mutex::new(BTreeMap::new()),
         }
@@ -391,6 +399,14 @@ impl Metrics {
         }
         self.haproxy_runtime_calls
             .inc_by(u64::from(outcome.runtime_calls));
+        if outcome.restarted {
+            self.haproxy_restarted();
+        }
+    }
+
+    /// The supervisor found HAProxy's master dead and started it again.
+    pub fn haproxy_restarted(&self) {
+        self.haproxy_restarts.inc();
     }
 
     /// Whether this daemon holds the leader lock.
@@ -522,6 +538,7 @@ mod tests {
             "cutover_deletions_refused_total 0",
             "cutover_haproxy_reloads_total 0",
             "cutover_haproxy_runtime_calls_total 0",
+            "cutover_haproxy_restarts_total 0",
             "cutover_leader 1",
             "cutover_build_info{version=",
             "# EOF",
@@ -573,7 +590,9 @@ mod tests {
             reloaded: true,
             reload_required: false,
             runtime_calls: 2,
+            restarted: true,
         });
+        metrics.haproxy_restarted();
         metrics.set_leader(false);
         metrics.set_queue_depth(3);
         let text = metrics.encode();
@@ -585,6 +604,7 @@ mod tests {
             "cutover_rollouts_total{outcome=\"completed\"} 1",
             "cutover_haproxy_reloads_total 1",
             "cutover_haproxy_runtime_calls_total 2",
+            "cutover_haproxy_restarts_total 2",
             "cutover_leader 0",
             "cutover_queue_depth 3",
         ] {

@@ -7,6 +7,9 @@
 //! an input of the planner. Each builds a [`ServiceRoutes`] from plain data and hands it to
 //! the HAProxy adapter, which turns it into Runtime API calls or, when the shape changed, a
 //! validated seamless reload.
+//!
+//! [`Traffic::supervise`] keeps a supervised HAProxy alive between those calls, under the
+//! same lock, so a restart never races an apply.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,11 +17,11 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::haproxy::{
-    ApplyOutcome, Check, Proxy, ProxyError, ProxyMetrics, Server, ServerState, ServiceRoutes,
-    slots_for,
+    ApplyOutcome, Check, Proxy, ProxyError, ProxyMetrics, SUPERVISE_EVERY, Server, ServerState,
+    ServiceRoutes, Supervision, slots_for,
 };
 use crate::metrics::Metrics;
 use crate::observed::Container;
@@ -33,10 +36,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// switches only once they do, so this only covers a check that flapped since.
 const UP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The proxy, shared by the workers.
+/// The proxy, shared by the workers (and the supervisor).
 pub struct Traffic {
-    proxy: Mutex<Proxy>,
+    proxy: Arc<Mutex<Proxy>>,
     metrics: Arc<Metrics>,
+}
+
+/// The running supervisor task (see [`Traffic::supervise`]). Dropping it stops supervising;
+/// HAProxy keeps running.
+pub struct Supervisor(tokio::task::JoinHandle<()>);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The routes of `service`: live and preview colors, and a server for every running replica
@@ -128,9 +141,44 @@ pub fn leaving(steps: &[Step], containers: &[Container]) -> BTreeSet<String> {
 impl Traffic {
     pub fn new(proxy: Proxy, metrics: Arc<Metrics>) -> Traffic {
         Traffic {
-            proxy: Mutex::new(proxy),
+            proxy: Arc::new(Mutex::new(proxy)),
             metrics,
         }
+    }
+
+    /// Starts supervising our HAProxy: every [`SUPERVISE_EVERY`], under the proxy's lock,
+    /// [`Proxy::supervise`] looks at the master and starts it again from the files if it
+    /// died; each restart counts in `cutover_haproxy_restarts_total`. Every daemon runs it,
+    /// leader or follower. In external mode the task ends at its first look. A restart that
+    /// fails is retried with backoff (0.5 s doubling to 10 s).
+    pub fn supervise(&self) -> Supervisor {
+        let proxy = Arc::clone(&self.proxy);
+        let metrics = Arc::clone(&self.metrics);
+        Supervisor(tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                let delay = if failures == 0 {
+                    SUPERVISE_EVERY
+                } else {
+                    crate::queue::retry_delay(failures)
+                };
+                tokio::time::sleep(delay).await;
+                let result = proxy.lock().await.supervise().await;
+                match result {
+                    Ok(Supervision::NotOurs) => return,
+                    Ok(Supervision::Restarted) => {
+                        metrics.haproxy_restarted();
+                        info!("HAProxy restarted with the current routes");
+                        failures = 0;
+                    }
+                    Ok(Supervision::Running) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        warn!(error = %e, "HAProxy's master is gone and cannot be started again; retrying");
+                    }
+                }
+            }
+        }))
     }
 
     /// Routes `routes` for `name`.

@@ -5,6 +5,10 @@
 //! stops its HAProxy (by the pids its master reports) and removes its containers and
 //! network, also when an assertion failed. Load goes only to 127.0.0.1.
 //!
+//! The supervisor's tests `kill -9` HAProxy's master or worker under load and let
+//! `Traffic::supervise` alone bring it back; they print the failed requests and the time to
+//! recovery (no timing is asserted).
+//!
 //! The load generator opens a new connection per request (`Connection: close`) and counts
 //! every response: a request succeeds only with status 200 and a body of `version A\n` or
 //! `version B\n`; connect errors, resets, timeouts and any other status are failures.
@@ -24,8 +28,10 @@ use tokio::task::JoinHandle;
 use cutover::haproxy::{
     ApplyOutcome, Proxy, ProxyError, Server, ServerState, ServiceRoutes, Settings, slots_for,
 };
+use cutover::metrics::Metrics;
 use cutover::spec::Route;
 use cutover::status::Color;
+use cutover::traffic::Traffic;
 
 const IMAGE_A: &str = "cutover-demo:a";
 const IMAGE_B: &str = "cutover-demo:b";
@@ -961,4 +967,200 @@ async fn escaped_arguments_reach_the_runtime_api_as_exactly_one_word_each() {
         }
     }
     proxy.stop().await.unwrap();
+}
+
+/// One command on the master CLI, blocking (`@1 <command>` reaches the current worker).
+fn master_command(dir: &Path, command: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(dir.join("master.sock"))
+        .expect("the master socket answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// What the running HAProxy routes: the live path map (key and backend; the entry ids
+/// differ from process to process) and `be_web_blue`'s servers (name, address, and
+/// whether the administrative state keeps requests off it: maintenance `0x23` or drain
+/// `0x18`; the `0x04` bit only records that the configuration started it disabled, and a
+/// runtime `state ready` leaves it set).
+fn routing(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let map = master_command(
+        dir,
+        &format!("@1 show map {}", dir.join("live_paths.map").display()),
+    );
+    let map: Vec<String> = map
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, entry)| entry.to_owned()))
+        .collect();
+    let state = master_command(dir, "@1 show servers state be_web_blue");
+    let mut lines = state.lines().filter(|l| !l.trim().is_empty());
+    // `1` (the format version), then the header, then one line per server.
+    let header: Vec<&str> = lines
+        .by_ref()
+        .find_map(|l| l.strip_prefix("# "))
+        .expect("a header")
+        .split(' ')
+        .collect();
+    let column = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (name, addr, admin) = (
+        column("srv_name"),
+        column("srv_addr"),
+        column("srv_admin_state"),
+    );
+    let servers = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let flags: u32 = f[admin].parse().unwrap();
+            let state = if flags & 0x23 != 0 {
+                "maint"
+            } else if flags & 0x18 != 0 {
+                "drain"
+            } else {
+                "ready"
+            };
+            format!("{} {} {state}", f[name], f[addr])
+        })
+        .collect();
+    (map, servers)
+}
+
+/// What a test kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    Master,
+    Worker,
+}
+
+/// Kills HAProxy's master or its worker with SIGKILL under load, and lets the supervisor
+/// (and nothing else) bring it back. Prints the failed requests and the time to recovery.
+async fn killed_under_load_the_supervisor_brings_haproxy_back(victim: Victim) {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Lab::new();
+    // The reference for the time to recovery: a cold start of HAProxy in this run.
+    let started = tokio::time::Instant::now();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let cold_start = started.elapsed();
+    let replicas = lab
+        .replicas(&["web-blue-1".into(), "web-blue-2".into()], IMAGE_A)
+        .await;
+    proxy
+        .apply("web", &web(Color::Blue, vec![ready(1, &replicas[0].1)]))
+        .await
+        .unwrap();
+    // A second replica by the Runtime API alone: after the last reload, so the restarted
+    // HAProxy can only have it from the files.
+    let routes = web(
+        Color::Blue,
+        vec![ready(1, &replicas[0].1), ready(2, &replicas[1].1)],
+    );
+    let outcome = proxy.apply("web", &routes).await.unwrap();
+    assert!(
+        !outcome.reloaded && outcome.runtime_calls > 0,
+        "{outcome:?}"
+    );
+    let before = routing(&lab.dir);
+    assert!(
+        before
+            .1
+            .iter()
+            .any(|s| s.starts_with(&format!("s2 {} ", replicas[1].1))),
+        "{before:?}"
+    );
+    let metrics = Arc::new(Metrics::new());
+    let traffic = Traffic::new(proxy, Arc::clone(&metrics));
+    let supervisor = traffic.supervise();
+    let processes = show_proc_blocking(&lab.dir.join("master.sock")).expect("a master");
+    let target = match victim {
+        Victim::Master => processes.master_pid,
+        Victim::Worker => processes.current_workers().next().expect("a worker"),
+    };
+
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill("-KILL", target);
+    let killed = tokio::time::Instant::now();
+    // The first request answered after the kill is the new HAProxy's: the old master and
+    // its worker are gone (a worker's death takes the master with it).
+    loop {
+        if let Ok((200, body)) = get(lab.live(), "x", "/").await
+            && body == "version A\n"
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < PATIENCE,
+            "HAProxy did not come back within {PATIENCE:?} after a kill -9 of its {victim:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recovery = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = load.finish().await;
+    println!(
+        "kill -9 of the {victim:?} under load: back after {recovery:.2?} ({:.1} x a cold \
+         start of HAProxy in this run, {cold_start:.2?}); {} requests, {} failures ({:?})",
+        recovery.as_secs_f64() / cold_start.as_secs_f64(),
+        tally.requests,
+        tally.failures,
+        tally.kinds
+    );
+    let now = show_proc_blocking(&lab.dir.join("master.sock")).expect("a master again");
+    assert_ne!(now.master_pid, processes.master_pid, "a new master");
+    assert_eq!(haproxy_masters_on(&lab.dir), 1, "exactly one master");
+    assert_eq!(routing(&lab.dir), before, "the same routes and servers");
+    assert_eq!(traffic.metrics().await.restarts, 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains("cutover_haproxy_restarts_total 1\n"),
+        "the counter moved: {text}"
+    );
+    assert!(tally.version_a > 0, "{tally:?}");
+    drop(supervisor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_master_under_load_the_supervisor_restarts_it_with_the_same_routes() {
+    killed_under_load_the_supervisor_brings_haproxy_back(Victim::Master).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_worker_under_load_the_supervisor_restarts_it_with_the_same_routes() {
+    killed_under_load_the_supervisor_brings_haproxy_back(Victim::Worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_on_one_directory_is_refused_and_names_the_holder() {
+    let lab = Lab::new();
+    let proxy = Proxy::start(lab.settings()).await.unwrap();
+    let master = proxy.processes().await.unwrap().master_pid;
+    let me = std::process::id();
+
+    let error = Proxy::start(lab.settings()).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, ProxyError::DirInUse { holder: Some(pid), .. } if pid == me),
+        "{message}"
+    );
+    for part in [
+        lab.dir.display().to_string(),
+        format!("pid {me}"),
+        "--haproxy-dir".to_owned(),
+    ] {
+        assert!(message.contains(&part), "{part} missing from: {message}");
+    }
+    assert_eq!(haproxy_masters_on(&lab.dir), 1, "no second HAProxy");
+    assert_eq!(proxy.processes().await.unwrap().master_pid, master);
+
+    // The lock goes with its holder (as on a kill -9: the OS closes the file): the next
+    // daemon adopts the same master.
+    drop(proxy);
+    let proxy = Proxy::start(lab.settings()).await.unwrap();
+    assert_eq!(proxy.metrics().adoptions, 1);
+    assert_eq!(proxy.processes().await.unwrap().master_pid, master);
 }

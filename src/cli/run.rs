@@ -106,7 +106,8 @@ pub struct ProxyArgs {
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
     pub haproxy_bin: PathBuf,
-    /// State directory: configuration, maps, sockets (mode 0600), pid file.
+    /// State directory: configuration, maps, sockets (mode 0600), pid file. One daemon per
+    /// directory: a second one on the same directory exits at once.
     #[arg(
         long,
         env = "CUTOVER_HAPROXY_DIR",
@@ -197,6 +198,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         &scope.network,
     ));
     let server = tokio::spawn(http::serve(listener, Arc::clone(&daemon)));
+    // The HAProxy directory before Docker: a second daemon on it exits at once, having
+    // changed nothing (not even created the network), and HAProxy serves while we wait.
+    let traffic = match args.proxy.settings() {
+        Some(settings) => {
+            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
+            Some(Traffic::new(proxy, Arc::clone(&metrics)))
+        }
+        None => None,
+    };
+    // Every daemon, leader or follower, keeps its own HAProxy alive.
+    let supervisor = traffic.as_ref().map(Traffic::supervise);
     // Docker may come up after us (a reboot): wait for it rather than exit.
     let mut failures = 0;
     let docker = loop {
@@ -209,13 +221,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
                 tokio::time::sleep(delay).await;
             }
         }
-    };
-    let traffic = match args.proxy.settings() {
-        Some(settings) => {
-            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
-            Some(Traffic::new(proxy, Arc::clone(&metrics)))
-        }
-        None => None,
     };
     let leader = crate::leader::Config {
         key: crate::leader::leader_key(store.prefix()),
@@ -239,6 +244,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     );
     daemon.set_controller(Arc::clone(&controller));
     controller.run(shutdown_signal()).await;
+    drop(supervisor);
     server.abort();
     info!("stopped");
     Ok(())

@@ -1,5 +1,6 @@
 //! The HAProxy process: check a configuration, start a master that outlives us, ask the
-//! master about its workers, and reload it.
+//! master about its workers, reload it, and tell whether a master's process still runs
+//! ([`Identity`], from `/proc`).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -51,6 +52,44 @@ pub async fn check_config(settings: &Settings, config: &Path) -> Result<(), Prox
 pub async fn show_proc(master: &Path) -> Option<Processes> {
     let reply = runtime::send(master, "show proc").await.ok()?;
     runtime::parse_show_proc(&reply)
+}
+
+/// A process as the kernel knows it: its pid and its start time (clock ticks after boot),
+/// which together never name two processes, so a recycled pid does not pass for the
+/// process that had it. A master that reloads keeps both (it re-executes itself in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u32,
+    start_time: u64,
+}
+
+impl Identity {
+    /// Process `pid`, if it runs now (neither gone nor a zombie). Reads `/proc/<pid>/stat`.
+    pub fn of(pid: u32) -> Option<Identity> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let start_time = live_start_time(&stat)?;
+        Some(Identity { pid, start_time })
+    }
+
+    /// Whether this very process still runs. A master that exited stays a zombie until its
+    /// parent reaps it; after `-D` that parent is PID 1, which in some containers never
+    /// does: a zombie counts as gone.
+    pub fn is_running(&self) -> bool {
+        Identity::of(self.pid) == Some(*self)
+    }
+}
+
+/// The start time in a `/proc/<pid>/stat` line, if the process is live: its state (the
+/// field after the parenthesised command name, which may itself hold spaces and
+/// parentheses) is neither `Z` (zombie) nor `X` (dead). The start time is field 22.
+fn live_start_time(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Field 3 (the state) is the first after the name, field 22 the twentieth.
+    match *fields.first()? {
+        "Z" | "X" => None,
+        _ => fields.get(19)?.parse().ok(),
+    }
 }
 
 /// Starts `haproxy -W -D -S <master>,mode,600 -f <config> -p <pid>` in its own session
@@ -187,4 +226,39 @@ pub async fn stop(master: &Path) -> Result<(), ProxyError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zombies_and_dead_processes_have_no_identity() {
+        let tail = "1 1234 1234 0 -1 4194624 116 0 0 0 0 0 0 0 20 0 1 0 987654 1000";
+        for (state, name, live) in [
+            ("S", "(haproxy)", Some(987654)),
+            ("R", "(haproxy)", Some(987654)),
+            ("Z", "(haproxy)", None),
+            ("X", "(haproxy)", None),
+            ("S", "(odd) name)", Some(987654)),
+            ("Z", "(odd) name)", None),
+        ] {
+            let stat = format!("1234 {name} {state} {tail}");
+            assert_eq!(live_start_time(&stat), live, "{stat}");
+        }
+        assert_eq!(live_start_time("garbage"), None);
+        assert_eq!(live_start_time("1234 (haproxy) S 1 1234"), None);
+    }
+
+    #[test]
+    fn this_process_runs_and_a_pid_with_another_start_time_is_not_it() {
+        let me = Identity::of(std::process::id()).expect("this process runs");
+        assert!(me.is_running());
+        let recycled = Identity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!recycled.is_running());
+        assert_eq!(Identity::of(u32::MAX), None);
+    }
 }
