@@ -159,6 +159,9 @@ pub struct Controller {
     /// Containers with a stop or removal under way in the background: id to service.
     stopping: Mutex<HashMap<String, String>>,
     stop_slots: Arc<tokio::sync::Semaphore>,
+    /// Debug builds only: the service whose reconciles panic on purpose
+    /// (`CUTOVER_DEBUG_PANIC_SERVICE`), so that tests can prove a panic wedges nothing.
+    panic_on: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -209,6 +212,9 @@ impl Controller {
             metrics,
             stopping: Mutex::new(HashMap::new()),
             stop_slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STOPS)),
+            panic_on: std::env::var("CUTOVER_DEBUG_PANIC_SERVICE")
+                .ok()
+                .filter(|_| cfg!(debug_assertions)),
         })
     }
 
@@ -396,6 +402,9 @@ impl Controller {
             let stored = shared.desired.as_ref().and_then(|d| d.get(name)).cloned();
             (stored, plan::mass_deletion(&known, &present))
         };
+        if self.panic_on.as_deref() == Some(name) {
+            panic!("injected by CUTOVER_DEBUG_PANIC_SERVICE={name}");
+        }
         // Read everything before acting: a failed read acts on nothing.
         let scope = &self.settings.scope;
         let observation = self.docker.observe(scope, Some(name)).await?;

@@ -79,6 +79,32 @@ pub struct Check {
     pub path: String,
     /// The `Host` header of the health check.
     pub host: String,
+    /// The revision's `health` timing: interval, timeout and thresholds; `None` for the
+    /// daemon's defaults (`Settings::check_interval`, rise and fall 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<CheckTiming>,
+}
+
+/// HAProxy's check timing of one color, from its revision's `health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckTiming {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Successes in a row that make a server UP (`healthyThreshold`).
+    pub rise: u32,
+    /// Failures in a row that make it DOWN (`unhealthyThreshold`).
+    pub fall: u32,
+}
+
+impl CheckTiming {
+    pub fn from_health(health: &crate::spec::Health) -> CheckTiming {
+        CheckTiming {
+            interval_ms: health.interval.as_millis().max(1),
+            timeout_ms: health.timeout.as_millis().max(1),
+            rise: health.healthy_threshold.max(1),
+            fall: health.unhealthy_threshold.max(1),
+        }
+    }
 }
 
 impl ServiceRoutes {
@@ -89,6 +115,7 @@ impl ServiceRoutes {
             port: self.port,
             path: self.health_path.clone(),
             host: service.to_owned(),
+            timing: None,
         })
     }
 }

@@ -41,7 +41,7 @@ use crate::status::{
 
 /// How often to look again while waiting for something no event announces (the proxy's
 /// checks to see a new replica UP, a container name to be freed).
-const POLL_MS: u64 = 250;
+const POLL_MS: u64 = 100;
 
 /// A container a step acts on, with what a log line needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::haproxy::{
-    ApplyOutcome, Check, Proxy, ProxyError, ProxyMetrics, SUPERVISE_EVERY, Server, ServerState,
-    ServiceRoutes, Supervision, slots_for,
+    ApplyOutcome, Check, CheckTiming, Proxy, ProxyError, ProxyMetrics, SUPERVISE_EVERY, Server,
+    ServerState, ServiceRoutes, Supervision, slots_for,
 };
 use crate::metrics::Metrics;
 use crate::observed::Container;
@@ -74,18 +74,16 @@ pub fn routes(
         .filter_map(|c| c.slot())
         .max()
         .unwrap_or(0);
-    let spec_check = |c: Option<&Container>| Check {
-        port: c.and_then(|c| c.port).unwrap_or(service.spec.port),
-        path: c
+    let check_of = |c: Option<&Container>| {
+        let health = c
             .and_then(|c| c.health.as_ref())
-            .map_or_else(|| service.spec.health.path.clone(), |h| h.path.clone()),
-        host: c
-            .and_then(|c| c.health.as_ref())
-            .map_or_else(
-                || service.health_host(),
-                |h| h.host.as_deref().unwrap_or(service.name()),
-            )
-            .to_owned(),
+            .unwrap_or(&service.spec.health);
+        Check {
+            port: c.and_then(|c| c.port).unwrap_or(service.spec.port),
+            path: health.path.clone(),
+            host: health.host.as_deref().unwrap_or(service.name()).to_owned(),
+            timing: Some(CheckTiming::from_health(health)),
+        }
     };
     let checks = [Color::Blue, Color::Green]
         .into_iter()
@@ -93,7 +91,7 @@ pub fn routes(
             let first = kept
                 .iter()
                 .find(|c| c.color() == Some(color) && !c.is_archived());
-            (color, spec_check(first))
+            (color, check_of(first))
         })
         .collect();
     ServiceRoutes {

@@ -386,12 +386,27 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
                 check.path, check.host
             );
             let _ = writeln!(c, "    http-check expect status 200-399");
-            let _ = writeln!(
-                c,
-                "    default-server check inter {} fastinter 250ms downinter {} rise 2 fall 2",
-                secs(settings.check_interval),
-                secs(settings.check_interval)
-            );
+            match check.timing {
+                // A server coming up (or going down) is checked at most every 200 ms, so a
+                // new replica is seen UP about as soon as it answers.
+                Some(t) => {
+                    let fast = t.interval_ms.min(200);
+                    let _ = writeln!(c, "    timeout check {}ms", t.timeout_ms);
+                    let _ = writeln!(
+                        c,
+                        "    default-server check inter {}ms fastinter {fast}ms downinter {fast}ms rise {} fall {}",
+                        t.interval_ms, t.rise, t.fall
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        c,
+                        "    default-server check inter {} fastinter 250ms downinter {} rise 2 fall 2",
+                        secs(settings.check_interval),
+                        secs(settings.check_interval)
+                    );
+                }
+            }
             let known: BTreeMap<u32, &super::Server> = routes
                 .servers
                 .get(&color)
