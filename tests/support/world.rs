@@ -46,7 +46,7 @@ pub struct World {
     pub instance: String,
     /// The daemons' `--network`.
     pub network: String,
-    /// Appended to every service name.
+    /// Appended to every service name; empty when [`World::untagged`].
     pub tag: String,
     /// Daemon logs, manifests, HAProxy directories; removed on drop.
     pub dir: TempDir,
@@ -113,10 +113,22 @@ impl World {
         }
     }
 
+    /// Services named as the test writes them, without the tag: for a test that shows the
+    /// names to people (the status page's screenshot). Container names are global on the
+    /// engine, so no other test may use these names.
+    pub fn untagged(mut self) -> World {
+        self.tag.clear();
+        self
+    }
+
     // Names.
 
-    /// The real name of the test's service `short` (`web` -> `web-1a2b3c`).
+    /// The real name of the test's service `short` (`web` -> `web-1a2b3c`; `web` when
+    /// [`World::untagged`]).
     pub fn svc(&self, short: &str) -> String {
+        if self.tag.is_empty() {
+            return short.to_owned();
+        }
         format!("{short}-{}", self.tag)
     }
 
@@ -387,7 +399,16 @@ spec:
             "{{.Names}} {{.Image}} {{.State}}",
         ]);
         let tag = format!("-{}", self.tag);
-        let mut lines: Vec<String> = out.lines().map(|l| l.replace(&tag, "")).collect();
+        let mut lines: Vec<String> = out
+            .lines()
+            .map(|l| {
+                if self.tag.is_empty() {
+                    l.to_owned()
+                } else {
+                    l.replace(&tag, "")
+                }
+            })
+            .collect();
         lines.sort();
         lines
     }
