@@ -27,7 +27,7 @@ mod world;
 // Each test binary uses some of these.
 #[allow(unused_imports)]
 pub use world::{
-    Daemon, DaemonBuilder, PATIENCE, Ports, World, block_on, haproxy_masters,
+    Daemon, DaemonBuilder, Ports, World, block_on, haproxy_masters,
     processes_whose_cmdline_contains, show_proc, signal,
 };
 
