@@ -7,12 +7,7 @@
 
 mod support;
 
-use std::process::Child;
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-use support::{TempDir, agent, cutover_command, remove_instance, require_images, unique_prefix};
+use support::{Daemon, TempDir, World, cutover_command};
 
 /// The repro of the stack overflow: a command list nested 20,000 levels deep with "- ".
 fn deep_spec(name: &str) -> String {
@@ -51,118 +46,49 @@ fn validate_reports_deep_nesting_with_its_place_and_exits_1() {
     );
 }
 
-/// A daemon without HAProxy, and what it made.
-struct Daemon {
-    prefix: String,
-    instance: String,
-    network: String,
-    dir: TempDir,
-    child: Child,
-}
-
-impl Daemon {
-    fn start(test: &str) -> Daemon {
-        require_images();
-        let prefix = unique_prefix(test);
-        let instance = prefix.replace('/', "-");
-        let network = format!("cutover-{instance}");
-        let dir = TempDir::new();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = cutover_command()
-            .env("CONSUL_HTTP_ADDR", agent().address())
-            .env("CUTOVER_PREFIX", &prefix)
-            .env("RUST_LOG", "cutover=debug")
-            .args(["run", "--no-proxy", "--network", &network])
-            .args(["--instance", &instance, "--resync", "5s"])
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover run");
-        Daemon {
-            prefix,
-            instance,
-            network,
-            dir,
-            child,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Fails the test when the daemon has exited (a stack overflow aborts it).
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "the daemon exited: {status}\n--- daemon log\n{}",
-                self.log()
-            );
-        }
-    }
-
-    fn status(&self, name: &str) -> Option<serde_json::Value> {
-        let run = agent()
-            .cutover(&self.prefix)
-            .args(["status", name, "-o", "json"])
-            .run();
-        if !run.status.success() {
-            return None;
-        }
-        serde_json::from_str(&run.stdout).ok()
-    }
-
-    /// Waits (90 s at most) until `check` accepts the status of `name`.
-    fn wait_for(&mut self, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut last = None;
-        while Instant::now() < deadline {
-            self.assert_alive();
-            last = self.status(name);
-            if last.as_ref().is_some_and(&check) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!(
-            "timed out waiting for {name} to be {what}; last status: {last:#?}\n--- daemon log\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        remove_instance(&self.instance, &self.network);
-    }
+/// Waits until `check` accepts the status of `short`; fails at once when the daemon has
+/// exited (a stack overflow aborts it).
+fn wait_for(
+    w: &World,
+    d: Daemon,
+    short: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    w.eventually(&format!("{short} to be {what}"), || {
+        w.assert_running(d);
+        w.try_status(short).is_some_and(|status| check(&status))
+    });
 }
 
 #[test]
 fn a_deeply_nested_spec_in_kv_is_invalid_and_the_daemon_runs_the_others() {
-    let mut daemon = Daemon::start("hostile-deep");
-    let suffix = daemon.instance.rsplit('-').next().unwrap_or("x").to_owned();
-    let deep = format!("deep-{suffix}");
-    let good = format!("good-{suffix}");
-    let deep_key = format!("{}/services/{deep}", daemon.prefix);
-    let deep_file = daemon.dir.write("deep.yaml", &deep_spec(&deep));
-    agent().kv_put_file(&deep_key, &deep_file);
-    let good_file = daemon.dir.write(
-        "good.yaml",
+    let w = World::new("hostile-deep");
+    let d = w.daemon().no_proxy().start();
+    let (deep, good) = (w.svc("deep"), w.svc("good"));
+    let deep_key = w.key(&format!("services/{deep}"));
+    w.kv_put(&format!("services/{deep}"), &deep_spec(&deep));
+    w.kv_put(
+        &format!("services/{good}"),
         &format!(
             "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {{name: {good}}}\nspec:\n  \
              image: cutover-demo:a\n  health: {{path: /cgi-bin/health, interval: 200ms, \
              timeout: 150ms}}\n"
         ),
     );
-    agent().kv_put_file(&format!("{}/services/{good}", daemon.prefix), &good_file);
 
     let expected = format!("{deep_key}:{DEEP_DIAGNOSTIC}");
-    daemon.wait_for(&deep, "Invalid with the located message", |status| {
-        status["phase"] == "Invalid" && status["lastError"].as_str() == Some(expected.as_str())
+    wait_for(
+        &w,
+        d,
+        "deep",
+        "Invalid with the located message",
+        |status| {
+            status["phase"] == "Invalid" && status["lastError"].as_str() == Some(expected.as_str())
+        },
+    );
+    wait_for(&w, d, "good", "Available", |status| {
+        status["phase"] == "Available"
     });
-    daemon.wait_for(&good, "Available", |status| status["phase"] == "Available");
-    daemon.assert_alive();
+    w.assert_running(d);
 }

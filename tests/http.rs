@@ -14,144 +14,12 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, remove_instance, require_images, unique_prefix};
-
-/// A daemon under test, its HTTP port, and everything it made.
-struct World {
-    agent: &'static Agent,
-    prefix: String,
-    instance: String,
-    network: String,
-    port: u16,
-    dir: TempDir,
-    daemon: Option<Child>,
-}
-
-impl World {
-    fn new(test: &str) -> World {
-        require_images();
-        let prefix = unique_prefix(test);
-        let instance = prefix.replace('/', "-");
-        World {
-            agent: agent(),
-            network: format!("cutover-{instance}"),
-            prefix,
-            instance,
-            port: free_port(),
-            dir: TempDir::new(),
-            daemon: None,
-        }
-    }
-
-    /// Starts `cutover run` on this world's port with `extra` arguments, pointed at `consul`.
-    fn start_daemon_with(&mut self, consul: &str, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = support::cutover_command()
-            .env("CONSUL_HTTP_ADDR", consul)
-            .env("CUTOVER_PREFIX", &self.prefix)
-            .env("RUST_LOG", "cutover=debug")
-            .args([
-                "run",
-                "--network",
-                &self.network,
-                "--instance",
-                &self.instance,
-            ])
-            .args([
-                "--resync",
-                "5s",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                // These tests are about the endpoints; traffic is tested elsewhere.
-                "--no-proxy",
-            ])
-            .args(extra)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover run");
-        self.daemon = Some(child);
-        self.eventually("/healthz to answer", || {
-            get(self.port, "/healthz").is_some_and(|r| r.status == 200)
-        });
-    }
-
-    fn start_daemon(&mut self) {
-        let consul = self.agent.address();
-        self.start_daemon_with(&consul, &[]);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn cutover(&self, args: &[&str]) -> support::Run {
-        self.agent.cutover(&self.prefix).args(args).run()
-    }
-
-    fn apply(&self, name: &str, manifest: &str) {
-        let file = self.dir.write(&format!("{name}.yaml"), manifest);
-        let run = self.cutover(&["apply", "-f", file.to_str().unwrap()]);
-        assert!(run.status.success(), "apply failed: {run}");
-    }
-
-    /// Writes a manifest straight to KV, as `consul kv put` would (no validation).
-    fn kv_put(&self, name: &str, manifest: &str) {
-        let file = self.dir.write(&format!("{name}.yaml"), manifest);
-        self.agent
-            .kv_put_file(&format!("{}/services/{name}", self.prefix), &file);
-    }
-
-    fn wait_available(&self, name: &str) {
-        let run = self.cutover(&["status", name, "--wait", "--timeout", "90s"]);
-        assert!(
-            run.status.success(),
-            "{name} did not become Available: {run}\n--- daemon log\n{}",
-            self.log()
-        );
-    }
-
-    fn phase(&self, name: &str) -> Option<String> {
-        let run = self.cutover(&["status", name, "-o", "json"]);
-        let status: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
-        status["phase"].as_str().map(str::to_owned)
-    }
-
-    fn wait_phase(&self, name: &str, phase: &str) {
-        self.eventually(&format!("{name} to be {phase}"), || {
-            self.phase(name).as_deref() == Some(phase)
-        });
-    }
-
-    fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            if check() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "timed out waiting for {what}\n--- daemon log\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        remove_instance(&self.instance, &self.network);
-    }
-}
+use support::{Daemon, TempDir, World, agent, unique_prefix};
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -167,9 +35,9 @@ impl Response {
     }
 }
 
-/// A minimal HTTP/1.0 request on loopback; `None` when nothing answers.
-fn request(port: u16, method: &str, path: &str, body: &str) -> Option<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+/// A minimal HTTP/1.0 request to `address`; `None` when nothing answers.
+fn request(address: &str, method: &str, path: &str, body: &str) -> Option<Response> {
+    let mut stream = TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -198,12 +66,12 @@ fn request(port: u16, method: &str, path: &str, body: &str) -> Option<Response> 
     })
 }
 
-fn get(port: u16, path: &str) -> Option<Response> {
-    request(port, "GET", path, "")
+fn get(address: &str, path: &str) -> Option<Response> {
+    request(address, "GET", path, "")
 }
 
-fn get_ok(port: u16, path: &str) -> Response {
-    let response = get(port, path).unwrap_or_else(|| panic!("GET {path}: no answer"));
+fn get_ok(address: &str, path: &str) -> Response {
+    let response = get(address, path).unwrap_or_else(|| panic!("GET {path}: no answer"));
     assert_eq!(response.status, 200, "GET {path}: {response:?}");
     response
 }
@@ -215,52 +83,50 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+/// The world of a test here: services named as written (the status page shows them), so
+/// they are named unlike those of the other test files.
+fn world(test: &str) -> World {
+    World::new(test).untagged()
 }
 
-/// The demo service: health on the CGI script, short drain and deadline for quick tests.
-fn demo(name: &str, image: &str, replicas: u32, strategy: &str) -> String {
-    format!(
-        "apiVersion: cutover.dev/v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  image: {image}
-  replicas: {replicas}
-  port: 80
-  health: {{path: /cgi-bin/health, interval: 200ms, timeout: 150ms}}
-  routes: [{{pathPrefix: /{name}}}]
-  strategy: {{blueGreen: {{{strategy}}}}}
-"
-    )
+/// Starts a daemon without a proxy (these tests are about the endpoints; traffic is tested
+/// elsewhere); returns it and the address of its endpoints once `/healthz` answers.
+fn start(w: &World) -> (Daemon, String) {
+    let d = w.daemon().no_proxy().start();
+    (d, w.endpoint(d))
+}
+
+/// The demo service routed by a path, with this blue/green `strategy`.
+fn demo(w: &World, name: &str, image: &str, replicas: u32, strategy: &str) -> String {
+    let extra = format!(
+        "  routes: [{{pathPrefix: /{}}}]\n  strategy: {{blueGreen: {{{strategy}}}}}\n",
+        w.svc(name)
+    );
+    w.demo(name, image, replicas, &extra)
 }
 
 const FAST: &str = "scaleDownDelay: 1s, progressDeadline: 30s";
 
 #[test]
 fn every_endpoint_reports_a_service_after_a_rollout() {
-    let mut w = World::new("http-endpoints");
-    w.start_daemon();
-    w.apply("shop", &demo("shop", "cutover-demo:a", 2, FAST));
+    let w = world("http-endpoints");
+    let (_, addr) = start(&w);
+    w.apply("shop", &demo(&w, "shop", "cutover-demo:a", 2, FAST));
     w.wait_available("shop");
-    w.apply("shop", &demo("shop", "cutover-demo:b", 2, FAST));
+    w.apply("shop", &demo(&w, "shop", "cutover-demo:b", 2, FAST));
     w.wait_available("shop");
     w.kv_put(
-        "ledger",
+        "services/ledger",
         "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: ledger}\nspec:\n  image: x\n  replicas: two\n",
     );
     w.wait_phase("ledger", "Invalid");
 
-    let healthz = get_ok(w.port, "/healthz");
+    let healthz = get_ok(&addr, "/healthz");
     assert_eq!(healthz.body, "ok\n");
-    let readyz = get_ok(w.port, "/readyz");
+    let readyz = get_ok(&addr, "/readyz");
     assert_eq!(readyz.body, "ready\n");
 
-    let metrics = get_ok(w.port, "/metrics");
+    let metrics = get_ok(&addr, "/metrics");
     assert!(
         metrics
             .content_type
@@ -312,7 +178,7 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
     );
     assert_eq!(sample(text, "cutover_leader"), Some(1.0));
 
-    let api = get_ok(w.port, "/api/v1/services");
+    let api = get_ok(&addr, "/api/v1/services");
     assert!(api.content_type.starts_with("application/json"), "{api:?}");
     let json = api.json();
     let services = json["services"].as_array().expect("a services array");
@@ -341,14 +207,14 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
     );
     assert_eq!(ledger["status"]["phase"], "Invalid");
 
-    let daemon = get_ok(w.port, "/api/v1/daemon").json();
+    let daemon = get_ok(&addr, "/api/v1/daemon").json();
     assert_eq!(daemon["role"], "leader");
     assert_eq!(daemon["ready"], true);
     assert_eq!(daemon["prefix"], w.prefix.as_str());
     assert_eq!(daemon["instance"], w.instance.as_str());
     assert!(daemon["queueDepth"].is_u64(), "{daemon}");
 
-    let page = get_ok(w.port, "/");
+    let page = get_ok(&addr, "/");
     assert!(page.content_type.starts_with("text/html"), "{page:?}");
     assert!(page.body.contains("<title>cutover"), "{}", page.body);
     assert!(page.body.contains("/api/v1/services"));
@@ -357,31 +223,31 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
         "no external assets"
     );
 
-    let missing = get(w.port, "/nope").unwrap();
+    let missing = get(&addr, "/nope").unwrap();
     assert_eq!(missing.status, 404);
     assert!(missing.body.contains("/healthz"), "{missing:?}");
 
     // The log filter changes at run time, and a bad one is refused with the reason.
-    let put = request(w.port, "PUT", "/loglevel", "info,cutover=trace").unwrap();
+    let put = request(&addr, "PUT", "/loglevel", "info,cutover=trace").unwrap();
     assert_eq!(put.status, 200, "{put:?}");
-    assert_eq!(get_ok(w.port, "/loglevel").body, "info,cutover=trace\n");
-    let bad = request(w.port, "PUT", "/loglevel", "cutover=loud").unwrap();
+    assert_eq!(get_ok(&addr, "/loglevel").body, "info,cutover=trace\n");
+    let bad = request(&addr, "PUT", "/loglevel", "cutover=loud").unwrap();
     assert_eq!(bad.status, 400, "{bad:?}");
     assert!(bad.body.contains("invalid filter"), "{bad:?}");
-    assert_eq!(get_ok(w.port, "/loglevel").body, "info,cutover=trace\n");
+    assert_eq!(get_ok(&addr, "/loglevel").body, "info,cutover=trace\n");
 }
 
 #[test]
 fn an_unreadable_status_is_listed_with_its_error() {
-    let mut w = World::new("http-junk");
-    w.start_daemon();
-    w.apply("parcel", &demo("parcel", "cutover-demo:a", 1, FAST));
+    let w = world("http-junk");
+    let (_, addr) = start(&w);
+    w.apply("parcel", &demo(&w, "parcel", "cutover-demo:a", 1, FAST));
     w.wait_available("parcel");
     // A status left behind without a spec or containers: nothing makes the daemon rewrite it.
-    let key = format!("{}/status/relic", w.prefix);
-    w.agent.kv_put_file(&key, &w.dir.write("junk", "junk"));
+    let key = w.key("status/relic");
+    w.kv_put("status/relic", "junk");
 
-    let json = get_ok(w.port, "/api/v1/services").json();
+    let json = get_ok(&addr, "/api/v1/services").json();
     let services = json["services"].as_array().expect("a services array");
     let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["parcel", "relic"], "{json:#}");
@@ -397,27 +263,34 @@ fn an_unreadable_status_is_listed_with_its_error() {
 
 #[test]
 fn readiness_waits_for_consul_and_logs_can_be_json() {
-    let mut w = World::new("http-unready");
+    let w = world("http-unready");
     // Nothing listens there: the daemon is alive but cannot read the specs.
     let nowhere = format!("127.0.0.1:{}", support::unused_port());
-    w.start_daemon_with(&nowhere, &["--log-format", "json"]);
+    let d = w
+        .daemon()
+        .no_proxy()
+        .consul(&nowhere)
+        .arg("--log-format")
+        .arg("json")
+        .start();
+    let addr = w.endpoint(d);
 
-    assert_eq!(get_ok(w.port, "/healthz").body, "ok\n");
+    assert_eq!(get_ok(&addr, "/healthz").body, "ok\n");
     // First it connects to Docker, then it waits for Consul, and says so.
     let expected = "not ready: waiting for a full read of the specs in Consul\n";
     w.eventually("/readyz to name Consul", || {
-        get(w.port, "/readyz").is_some_and(|r| r.status == 503 && r.body == expected)
+        get(&addr, "/readyz").is_some_and(|r| r.status == 503 && r.body == expected)
     });
     std::thread::sleep(Duration::from_secs(1));
-    let readyz = get(w.port, "/readyz").unwrap();
+    let readyz = get(&addr, "/readyz").unwrap();
     assert_eq!((readyz.status, readyz.body.as_str()), (503, expected));
-    let daemon = get_ok(w.port, "/api/v1/daemon").json();
+    let daemon = get_ok(&addr, "/api/v1/daemon").json();
     assert_eq!(daemon["ready"], false);
     assert_eq!(
         daemon["notReadyReason"],
         "waiting for a full read of the specs in Consul"
     );
-    let services = get(w.port, "/api/v1/services").unwrap();
+    let services = get(&addr, "/api/v1/services").unwrap();
     assert_eq!(services.status, 503, "{services:?}");
     assert!(
         services.json()["error"]
@@ -427,7 +300,7 @@ fn readiness_waits_for_consul_and_logs_can_be_json() {
     );
 
     w.eventually("a JSON warning about Consul", || {
-        w.log().lines().any(|line| {
+        w.log(d).lines().any(|line| {
             serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
                 v["level"] == "WARN"
                     && v["message"]
@@ -436,7 +309,7 @@ fn readiness_waits_for_consul_and_logs_can_be_json() {
             })
         })
     });
-    for line in w.log().lines() {
+    for line in w.log(d).lines() {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "not a JSON log line: {line}"
@@ -555,13 +428,14 @@ fn tag_with<'a>(dom: &'a str, attribute: &str) -> &'a str {
 fn the_status_page_renders_every_phase_in_a_real_browser() {
     let chromium_profile = TempDir::new();
     chromium(); // fail before the slow part when there is no browser
-    let mut w = World::new("http-page");
-    w.start_daemon();
+    let w = world("http-page");
+    let (_, addr) = start(&w);
     // One service per phase a person should tell apart at a glance.
-    w.apply("catalog", &demo("catalog", "cutover-demo:a", 2, FAST));
+    w.apply("catalog", &demo(&w, "catalog", "cutover-demo:a", 2, FAST));
     w.apply(
         "checkout",
         &demo(
+            &w,
             "checkout",
             "cutover-demo:a",
             1,
@@ -570,10 +444,11 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     );
     w.wait_available("catalog");
     w.wait_available("checkout");
-    w.apply("catalog", &demo("catalog", "cutover-demo:b", 2, FAST));
+    w.apply("catalog", &demo(&w, "catalog", "cutover-demo:b", 2, FAST));
     w.apply(
         "checkout",
         &demo(
+            &w,
             "checkout",
             "cutover-demo:b",
             1,
@@ -582,10 +457,16 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     );
     w.apply(
         "inventory",
-        &demo("inventory", "localhost:1/cutover/inventory:2.0", 2, FAST),
+        &demo(
+            &w,
+            "inventory",
+            "localhost:1/cutover/inventory:2.0",
+            2,
+            FAST,
+        ),
     );
     w.kv_put(
-        "payments",
+        "services/payments",
         "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: payments}\nspec:\n  image: cutover-demo:a\n  replicas: two\n",
     );
     w.wait_available("catalog");
@@ -593,12 +474,9 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     w.wait_phase("inventory", "Degraded");
     w.wait_phase("payments", "Invalid");
     // A status left behind without a spec, unreadable: shown as Unknown with its error.
-    w.agent.kv_put_file(
-        &format!("{}/status/relic", w.prefix),
-        &w.dir.write("junk", "junk"),
-    );
+    w.kv_put("status/relic", "junk");
 
-    let url = format!("http://127.0.0.1:{}/", w.port);
+    let url = format!("http://{addr}/");
     let dom = run_chromium(chromium_profile.path(), &url, &["--dump-dom"]);
     // The script ran: the cards were built from /api/v1/services and /api/v1/daemon.
     let catalog = tag_with(&dom, r#"data-service="catalog""#);

@@ -8,14 +8,13 @@
 
 mod support;
 
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use cutover::consul::{Client, KvEntry};
 use cutover::leader::{self, Config, Election, Holder, Leadership, Role};
 use tokio::time::Instant;
 
-use support::{Agent, TempDir, agent, docker, remove_instance, require_images, unique_prefix};
+use support::{Agent, Daemon, World, agent, signal, unique_prefix};
 
 /// The TTL and lock delay of the daemons under test: the shortest Consul accepts.
 const TTL: Duration = Duration::from_secs(10);
@@ -189,261 +188,67 @@ fn a_follower_handle_refuses_every_step() {
 // ---------------------------------------------------------------------------------------
 // Daemons end to end.
 
-/// Daemons under test on one prefix, and everything they made.
-struct World {
-    agent: &'static Agent,
-    prefix: String,
-    instance: String,
-    network: String,
-    /// The service, named apart from every other test's: container names are global on the
-    /// engine.
-    svc: String,
-    dir: TempDir,
-    daemons: Vec<Option<Child>>,
+/// Starts one more daemon with the test TTL and this lock delay. Several daemons on one
+/// machine: no HAProxy (this is about the controller).
+fn start(w: &World, lock_delay: Duration) -> Daemon {
+    w.daemon().lease(TTL, lock_delay).no_proxy().start()
 }
 
-impl World {
-    fn new(test: &str) -> World {
-        require_images();
-        let prefix = unique_prefix(test);
-        let instance = prefix.replace('/', "-");
-        World {
-            agent: agent(),
-            network: format!("cutover-{instance}"),
-            svc: format!("ha{:08x}", rand::random::<u32>()),
-            prefix,
-            instance,
-            dir: TempDir::new(),
-            daemons: Vec::new(),
-        }
-    }
-
-    /// Starts one more daemon with the test TTL and this lock delay; returns its number.
-    fn start_daemon(&mut self, lock_delay: Duration) -> usize {
-        let number = self.daemons.len();
-        let log = std::fs::File::create(self.log_path(number)).unwrap();
-        let child = support::cutover_command()
-            .env("CONSUL_HTTP_ADDR", self.agent.address())
-            .env("CUTOVER_PREFIX", &self.prefix)
-            .env("RUST_LOG", "cutover=debug")
-            .args([
-                "run",
-                "--network",
-                &self.network,
-                "--instance",
-                &self.instance,
-            ])
-            .args(["--resync", "5s"])
-            .args(["--leader-ttl", &format!("{}s", TTL.as_secs())])
-            .args(["--lock-delay", &format!("{}s", lock_delay.as_secs())])
-            // Several daemons on one machine: no HAProxy (this is about the controller), and
-            // HTTP endpoints on free ports.
-            .args(["--no-proxy", "--listen", "127.0.0.1:0"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover run");
-        self.daemons.push(Some(child));
-        number
-    }
-
-    fn log_path(&self, number: usize) -> std::path::PathBuf {
-        self.dir.path().join(format!("daemon-{number}.log"))
-    }
-
-    fn log(&self, number: usize) -> String {
-        std::fs::read_to_string(self.log_path(number)).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        (0..self.daemons.len())
-            .map(|n| format!("--- daemon {n} log\n{}", self.log(n)))
-            .collect()
-    }
-
-    /// `cutover_leader` from the daemon's `/metrics` (its port is in its log).
-    fn leader_gauge(&self, number: usize) -> Option<String> {
-        let log = self.log(number);
-        let (_, rest) = log.split_once("status page at http://")?;
-        let address = rest.split('/').next()?;
-        let out = Command::new("curl")
-            .args([
-                "-fsS",
-                "--max-time",
-                "5",
-                &format!("http://{address}/metrics"),
-            ])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.starts_with("cutover_leader "))
-            .map(str::to_owned)
-    }
-
-    fn pid(&self, number: usize) -> u32 {
-        self.daemons[number].as_ref().expect("running").id()
-    }
-
-    /// kill -9, as a crash would.
-    fn kill_daemon(&mut self, number: usize) {
-        if let Some(mut child) = self.daemons[number].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The daemon that holds the lock, by the pid in the key, if any.
-    fn leader(&self) -> Option<usize> {
-        let entry = block_on(self.agent.client().get(&leader::leader_key(&self.prefix)))
-            .expect("read the lock key")?;
-        entry.session.as_ref()?;
-        let holder: Holder = serde_json::from_slice(&entry.value).ok()?;
-        (0..self.daemons.len()).find(|n| {
-            self.daemons[*n]
-                .as_ref()
-                .is_some_and(|c| c.id() == holder.pid)
-        })
-    }
-
-    fn cutover(&self, args: &[&str]) -> support::Run {
-        self.agent.cutover(&self.prefix).args(args).run()
-    }
-
-    fn apply(&self, name: &str, manifest: &str) {
-        let file = self.dir.write(&format!("{name}.yaml"), manifest);
-        let run = self.cutover(&["apply", "-f", file.to_str().unwrap()]);
-        assert!(run.status.success(), "apply failed: {run}");
-    }
-
-    fn wait_available(&self, name: &str) {
-        let run = self.cutover(&["status", name, "--wait", "--timeout", "90s"]);
-        assert!(
-            run.status.success(),
-            "{name} did not become Available: {run}\n{}",
-            self.logs()
-        );
-    }
-
-    fn status(&self, name: &str) -> serde_json::Value {
-        let run = self.cutover(&["status", name, "-o", "json"]);
-        assert!(run.status.success(), "{run}");
-        serde_json::from_str(&run.stdout).expect("status JSON")
-    }
-
-    /// `name image state` of this test's containers, sorted.
-    fn containers(&self) -> Vec<String> {
-        let out = docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=dev.cutover.instance={}", self.instance),
-            "--format",
-            "{{.Names}} {{.Image}} {{.State}}",
-        ]);
-        let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
-        lines.sort();
-        lines
-    }
-
-    /// The running replicas of this test's service in `color`, as `name image state`.
-    fn expected(&self, color: &str, image: &str, replicas: u32) -> Vec<String> {
-        (1..=replicas)
-            .map(|n| format!("{}-{color}-{n} {image} running", self.svc))
-            .collect()
-    }
-
-    fn running(&self) -> Vec<String> {
-        self.containers()
-            .into_iter()
-            .filter(|c| c.ends_with(" running"))
-            .collect()
-    }
-
-    fn eventually(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if check() {
-                return start.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "timed out waiting for {what}; containers: {:?}\n{}",
-            self.containers(),
-            self.logs()
-        );
-    }
+/// The other one of two daemons.
+fn other(pair: [Daemon; 2], one: Daemon) -> Daemon {
+    if one == pair[0] { pair[1] } else { pair[0] }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        for number in 0..self.daemons.len() {
-            self.kill_daemon(number);
-        }
-        remove_instance(&self.instance, &self.network);
-    }
+/// The test's service `ha`: health on the CGI script, short drain and deadline for quick
+/// tests.
+fn demo(w: &World, image: &str, replicas: u32) -> String {
+    let strategy = "  strategy: {blueGreen: {scaleDownDelay: 3s, progressDeadline: 60s}}\n";
+    w.demo("ha", image, replicas, strategy)
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(future)
+/// The running replicas of the service in `color`, as `name image state`.
+fn expected(color: &str, image: &str, replicas: u32) -> Vec<String> {
+    (1..=replicas)
+        .map(|n| format!("ha-{color}-{n} {image} running"))
+        .collect()
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-/// The demo service: health on the CGI script, short drain and deadline for quick tests.
-fn demo(name: &str, image: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: cutover.dev/v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  image: {image}
-  replicas: {replicas}
-  port: 80
-  health: {{path: /cgi-bin/health, interval: 200ms, timeout: 150ms}}
-  strategy: {{blueGreen: {{scaleDownDelay: 3s, progressDeadline: 60s}}}}
-"
-    )
+fn running(w: &World) -> Vec<String> {
+    w.containers()
+        .into_iter()
+        .filter(|c| c.ends_with(" running"))
+        .collect()
 }
 
 #[test]
 fn two_daemons_elect_one_leader_and_a_rollout_makes_no_duplicates() {
-    let mut w = World::new("two-daemons");
-    w.start_daemon(LOCK_DELAY);
-    w.start_daemon(LOCK_DELAY);
-    w.eventually("a leader", Duration::from_secs(30), || w.leader().is_some());
+    let w = World::new("two-daemons");
+    let pair = [start(&w, LOCK_DELAY), start(&w, LOCK_DELAY)];
+    w.eventually_within("a leader", Duration::from_secs(30), || w.leader().is_some());
     let leader = w.leader().unwrap();
-    let follower = 1 - leader;
-    w.eventually("the follower to follow", Duration::from_secs(10), || {
+    let follower = other(pair, leader);
+    w.eventually_within("the follower to follow", Duration::from_secs(10), || {
         w.log(follower).contains("following ")
     });
-    assert_eq!(w.leader_gauge(leader).as_deref(), Some("cutover_leader 1"));
     assert_eq!(
-        w.leader_gauge(follower).as_deref(),
+        w.metric(leader, "cutover_leader").as_deref(),
+        Some("cutover_leader 1")
+    );
+    assert_eq!(
+        w.metric(follower, "cutover_leader").as_deref(),
         Some("cutover_leader 0")
     );
 
-    w.apply(&w.svc, &demo(&w.svc, "cutover-demo:a", 2));
-    w.wait_available(&w.svc);
-    w.apply(&w.svc, &demo(&w.svc, "cutover-demo:b", 2));
-    w.wait_available(&w.svc);
-    assert_eq!(w.status(&w.svc)["activeColor"], "green");
+    w.apply("ha", &demo(&w, "cutover-demo:a", 2));
+    w.wait_available("ha");
+    w.apply("ha", &demo(&w, "cutover-demo:b", 2));
+    w.wait_available("ha");
+    assert_eq!(w.status("ha")["activeColor"], "green");
     // Retired replicas leave their slot at once and stop in the background.
-    w.eventually("blue retired and stopped", Duration::from_secs(60), || {
-        w.running() == w.expected("green", "cutover-demo:b", 2)
+    w.eventually_within("blue retired and stopped", Duration::from_secs(60), || {
+        running(&w) == expected("green", "cutover-demo:b", 2)
     });
-    assert_eq!(w.running(), w.expected("green", "cutover-demo:b", 2));
+    assert_eq!(running(&w), expected("green", "cutover-demo:b", 2));
     assert_eq!(w.leader(), Some(leader), "the leadership never moved");
     let (leader_log, follower_log) = (w.log(leader), w.log(follower));
     assert_eq!(
@@ -466,47 +271,44 @@ fn two_daemons_elect_one_leader_and_a_rollout_makes_no_duplicates() {
 
 #[test]
 fn kill_9_of_the_leader_mid_rollout_hands_over_and_the_rollout_finishes_once() {
-    let mut w = World::new("kill-leader");
-    w.start_daemon(LOCK_DELAY);
-    w.start_daemon(LOCK_DELAY);
-    w.eventually("a leader", Duration::from_secs(30), || w.leader().is_some());
-    w.apply(&w.svc, &demo(&w.svc, "cutover-demo:a", 2));
-    w.wait_available(&w.svc);
+    let w = World::new("kill-leader");
+    let pair = [start(&w, LOCK_DELAY), start(&w, LOCK_DELAY)];
+    w.eventually_within("a leader", Duration::from_secs(30), || w.leader().is_some());
+    w.apply("ha", &demo(&w, "cutover-demo:a", 2));
+    w.wait_available("ha");
     let leader = w.leader().expect("a leader");
-    let survivor = 1 - leader;
+    let survivor = other(pair, leader);
 
-    w.apply(&w.svc, &demo(&w.svc, "cutover-demo:b", 2));
-    w.eventually("green created", Duration::from_secs(30), || {
-        w.containers()
-            .iter()
-            .any(|c| c.starts_with(&format!("{}-green-", w.svc)))
+    w.apply("ha", &demo(&w, "cutover-demo:b", 2));
+    w.eventually_within("green created", Duration::from_secs(30), || {
+        w.containers().iter().any(|c| c.starts_with("ha-green-"))
     });
-    w.kill_daemon(leader);
+    w.kill(leader);
     // Consul invalidates the session between TTL and 2 x TTL after its last renewal, then
     // keeps the lock for the lock delay.
     let bound = LOCK_DELAY + 2 * TTL + Duration::from_secs(10);
-    let took = w.eventually("the survivor to lead", bound, || {
+    let took = w.eventually_within("the survivor to lead", bound, || {
         w.leader() == Some(survivor)
     });
     eprintln!("the survivor took over {took:?} after the kill");
     assert!(w.log(survivor).contains("became leader"), "{}", w.logs());
 
-    w.wait_available(&w.svc);
-    assert_eq!(w.status(&w.svc)["activeColor"], "green");
+    w.wait_available("ha");
+    assert_eq!(w.status("ha")["activeColor"], "green");
     // Retired replicas leave their slot at once and stop in the background.
-    w.eventually("blue retired and stopped", Duration::from_secs(60), || {
-        w.running() == w.expected("green", "cutover-demo:b", 2)
+    w.eventually_within("blue retired and stopped", Duration::from_secs(60), || {
+        running(&w) == expected("green", "cutover-demo:b", 2)
     });
     assert_eq!(
-        w.running(),
-        w.expected("green", "cutover-demo:b", 2),
+        running(&w),
+        expected("green", "cutover-demo:b", 2),
         "exactly the desired replicas: {:?}",
         w.containers()
     );
     let kept = w
         .containers()
         .into_iter()
-        .filter(|c| c.starts_with(&format!("{}-r", w.svc)) && c.ends_with(" exited"))
+        .filter(|c| c.starts_with("ha-r") && c.ends_with(" exited"))
         .count();
     assert_eq!(
         kept,
@@ -518,18 +320,20 @@ fn kill_9_of_the_leader_mid_rollout_hands_over_and_the_rollout_finishes_once() {
 
 #[test]
 fn sigterm_of_the_leader_hands_over_without_waiting_for_the_lock_delay() {
-    let mut w = World::new("sigterm-leader");
+    let w = World::new("sigterm-leader");
     // A lock delay far longer than the hand-over may take.
-    w.start_daemon(Duration::from_secs(30));
-    w.start_daemon(Duration::from_secs(30));
-    w.eventually("a leader", Duration::from_secs(30), || w.leader().is_some());
-    w.apply(&w.svc, &demo(&w.svc, "cutover-demo:a", 1));
-    w.wait_available(&w.svc);
+    let pair = [
+        start(&w, Duration::from_secs(30)),
+        start(&w, Duration::from_secs(30)),
+    ];
+    w.eventually_within("a leader", Duration::from_secs(30), || w.leader().is_some());
+    w.apply("ha", &demo(&w, "cutover-demo:a", 1));
+    w.wait_available("ha");
     let leader = w.leader().expect("a leader");
-    let survivor = 1 - leader;
+    let survivor = other(pair, leader);
 
-    signal(w.pid(leader), "TERM");
-    let took = w.eventually("the survivor to lead", Duration::from_secs(20), || {
+    w.sigterm(leader);
+    let took = w.eventually_within("the survivor to lead", Duration::from_secs(20), || {
         w.leader() == Some(survivor)
     });
     assert!(
@@ -537,8 +341,7 @@ fn sigterm_of_the_leader_hands_over_without_waiting_for_the_lock_delay() {
         "the hand-over took {took:?}\n{}",
         w.logs()
     );
-    let mut child = w.daemons[leader].take().unwrap();
-    assert!(child.wait().unwrap().success(), "{}", w.logs());
+    assert!(w.wait_exit(leader).success(), "{}", w.logs());
     assert!(
         w.log(leader).contains("released leadership"),
         "{}",
@@ -546,10 +349,10 @@ fn sigterm_of_the_leader_hands_over_without_waiting_for_the_lock_delay() {
     );
 
     // The new leader acts.
-    let run = w.cutover(&["scale", &w.svc, "2"]);
+    let run = w.cutover(&["scale", &w.svc("ha"), "2"]);
     assert!(run.status.success(), "{run}");
-    w.eventually("two replicas", Duration::from_secs(60), || {
-        w.running().len() == 2
+    w.eventually_within("two replicas", Duration::from_secs(60), || {
+        running(&w).len() == 2
     });
-    w.wait_available(&w.svc);
+    w.wait_available("ha");
 }

@@ -1,5 +1,6 @@
 //! Shared test support: a real Consul agent on free ports, the `cutover` binary, temporary
-//! directories and manifest fixtures.
+//! directories and manifest fixtures, and [`World`]: `cutover run` daemons under test with
+//! their own prefix, names, ports and directory (see `world.rs`).
 //!
 //! Each test binary shares one agent ([`agent`]); each test works under its own random KV
 //! prefix ([`unique_prefix`]), so tests run in parallel without seeing each other. A test
@@ -20,6 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+
+mod world;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use world::{
+    Daemon, DaemonBuilder, Ports, World, block_on, haproxy_masters,
+    processes_whose_cmdline_contains, show_proc, signal,
+};
 
 /// How long an agent may take to elect itself leader; generous for a loaded 2-core machine.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
