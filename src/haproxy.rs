@@ -763,7 +763,7 @@ impl Proxy {
         Ok(slots.iter().all(|slot| {
             let server = server_name(*slot);
             rows.iter()
-                .any(|r| r.proxy == backend && r.name == server && r.status.starts_with("UP"))
+                .any(|r| r.proxy == backend && r.name == server && r.checked_up())
         }))
     }
 
@@ -777,10 +777,7 @@ impl Proxy {
         let mut up = std::collections::BTreeSet::new();
         for color in [Color::Blue, Color::Green] {
             let backend = backend_name(service, color);
-            for row in rows
-                .iter()
-                .filter(|r| r.proxy == backend && r.status.starts_with("UP"))
-            {
+            for row in rows.iter().filter(|r| r.proxy == backend && r.checked_up()) {
                 if let Some(slot) = row.name.strip_prefix('s').and_then(|n| n.parse().ok()) {
                     up.insert((color, slot));
                 }

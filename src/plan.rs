@@ -1102,14 +1102,25 @@ impl<'a> Planner<'a> {
 
         let settled = self.steps.iter().all(|s| s.is_background()) && !blocked;
         if !settled || ready < wanted || count(&mine) < wanted {
-            self.check_deadline(service, &mine, revision, index, live_color);
+            let waiting = format!(
+                "{ready}/{} replicas of {color} (revision {revision}) ready",
+                count(&mine).max(wanted)
+            );
+            self.check_deadline(
+                service,
+                &mine,
+                revision,
+                index,
+                "WaitingForHealthy",
+                waiting,
+            );
             return;
         }
         if !self.proxy_sees_up(color, &mine) {
-            self.progressing(
-                "WaitingForProxy",
-                format!("{ready}/{wanted} replicas of {color} ready; waiting for the proxy's checks to see them UP"),
+            let waiting = format!(
+                "{ready}/{wanted} replicas of {color} (revision {revision}) ready; waiting for the proxy's checks to see them UP"
             );
+            self.check_deadline(service, &mine, revision, index, "WaitingForProxy", waiting);
             self.requeue_after(POLL_MS);
             return;
         }
@@ -1241,16 +1252,18 @@ impl<'a> Planner<'a> {
     }
 
     /// A rollout not ready by its progress deadline is aborted: its replicas are removed,
-    /// its revision rejected. Otherwise the service is `Progressing`, looked at again by the
-    /// deadline.
+    /// its revision rejected. Otherwise the service is `Progressing` for `reason` (what the
+    /// rollout waits for, said by `waiting`), looked at again by the deadline.
     fn check_deadline(
         &mut self,
         service: &Service,
         mine: &[&Container],
         revision: &str,
         index: u64,
-        live: Option<Color>,
+        reason: &str,
+        waiting: String,
     ) {
+        let live = self.status.active_color;
         let deadline = progress_deadline(service);
         // From the rollout's start or its replicas' creation, whichever is later: a slow
         // pull does not count, a revived revision's old containers do not either.
@@ -1263,12 +1276,6 @@ impl<'a> Planner<'a> {
         .max()
         .unwrap_or_else(|| self.now());
         let due = started.saturating_add(deadline);
-        let ready = ready_count(mine);
-        let color = self
-            .status
-            .rollout
-            .as_ref()
-            .map_or(Color::Blue, |r| r.color);
         if self.now() >= due && !mine.is_empty() {
             // Nothing more of this attempt is created.
             self.steps
@@ -1298,13 +1305,7 @@ impl<'a> Planner<'a> {
             return;
         }
         self.requeue_at(due);
-        self.progressing(
-            "WaitingForHealthy",
-            format!(
-                "{ready}/{} replicas of {color} (revision {revision}) ready",
-                count(mine).max(ready)
-            ),
-        );
+        self.progressing(reason, waiting);
     }
 
     /// Whether the proxy's own checks see every one of `replicas` UP (always true without

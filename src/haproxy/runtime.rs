@@ -256,6 +256,18 @@ pub struct StatRow {
     pub qcur: u32,
     /// `UP`, `DOWN`, `MAINT`, `DRAIN`, `no check`, ...
     pub status: String,
+    /// The last health check's result: `L7OK`, `L7STS` (a bad status), `L4CON`, `INI`
+    /// (none yet), ...; empty without checks.
+    pub check_status: String,
+}
+
+impl StatRow {
+    /// Whether HAProxy's own check has seen the server healthy: UP, not going down, and
+    /// its last check passed. (HAProxy counts a server it has not checked yet as UP; a
+    /// switch must not.)
+    pub fn checked_up(&self) -> bool {
+        self.status == "UP" && self.check_status.contains("OK")
+    }
 }
 
 /// Parses `show stat` (CSV with a `# pxname,svname,...` header).
@@ -275,6 +287,7 @@ pub fn parse_show_stat(reply: &str) -> Vec<StatRow> {
     ) else {
         return Vec::new();
     };
+    let check_status = index("check_status");
     lines
         .filter(|l| !l.trim().is_empty())
         .filter_map(|line| {
@@ -286,6 +299,11 @@ pub fn parse_show_stat(reply: &str) -> Vec<StatRow> {
                 scur: number(scur),
                 qcur: number(qcur),
                 status: fields.get(status).map_or("", |s| s).to_owned(),
+                check_status: check_status
+                    .and_then(|i| fields.get(i))
+                    .map_or("", |s| s)
+                    .trim_start_matches(['*', ' '])
+                    .to_owned(),
             })
         })
         .collect()
@@ -319,6 +337,22 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_counts_as_checked_up_only_after_a_check_passed() {
+        let reply = "# pxname,svname,scur,qcur,status,check_status\n\
+            b,s1,0,0,UP,INI\n\
+            b,s2,0,0,UP,* L7OK\n\
+            b,s3,0,0,UP 1/3,L7STS\n\
+            b,s4,0,0,DOWN,L7STS\n\
+            b,s5,0,0,UP,L4OK\n";
+        let up: Vec<String> = parse_show_stat(reply)
+            .into_iter()
+            .filter(StatRow::checked_up)
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(up, ["s2", "s5"]);
+    }
 
     #[test]
     fn arguments_are_escaped_for_the_cli() {
@@ -377,9 +411,11 @@ mod tests {
                 name: "s1".into(),
                 scur: 3,
                 qcur: 0,
-                status: "UP".into()
+                status: "UP".into(),
+                check_status: String::new(),
             }
         );
+        assert!(!rows[0].checked_up(), "UP without a check that passed");
         assert_eq!(rows[1].status, "MAINT");
         assert_eq!(rows[2].qcur, 1);
     }

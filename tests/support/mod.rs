@@ -486,17 +486,33 @@ pub fn require_images() {
 
 /// Removes every container of a test's cutover instance (any state) and its network.
 pub fn remove_instance(instance: &str, network: &str) {
-    let ids = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=dev.cutover.instance={instance}"),
-    ]);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(ids);
-        docker(&args);
+    // A removal the daemon started may still be under way ("removal ... is already in
+    // progress"): try again until the engine has none of the instance's containers left.
+    for attempt in 0.. {
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.cutover.instance={instance}"),
+        ]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            break;
+        }
+        let out = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output()
+            .expect("run docker");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            attempt < 50,
+            "docker rm -f {ids:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let _ = Command::new("docker")
         .args(["network", "rm", network])
