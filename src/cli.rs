@@ -15,6 +15,7 @@ pub mod cas;
 pub mod delete;
 pub mod get;
 pub mod manifests;
+pub mod proxy;
 pub mod prune;
 pub mod request;
 pub mod run;
@@ -92,6 +93,7 @@ pub enum Command {
     Sync(sync::Args),
     Status(status::Args),
     Run(Box<run::Args>),
+    Proxy(Box<proxy::Args>),
     /// Promote the revision waiting in preview: scale it to full and switch traffic to it.
     Promote(request::Args),
     /// Switch back to the newest kept revision and reject the live one.
@@ -144,6 +146,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sync(args) => sync::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Run(args) => run::run(&ctx, *args).await,
+        Command::Proxy(args) => proxy::run(&ctx, *args).await,
         Command::Promote(args) => request::run(&ctx, Action::Promote, args).await,
         Command::Rollback(args) => request::run(&ctx, Action::Rollback, args).await,
         Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
@@ -166,6 +169,9 @@ pub fn report(error: &CliError) {
 pub enum CliError {
     #[error(transparent)]
     Consul(#[from] ConsulError),
+
+    #[error("{0}")]
+    Usage(String),
 
     #[error(transparent)]
     Store(#[from] StoreError),

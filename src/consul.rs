@@ -484,13 +484,36 @@ impl Client {
         ttl: Duration,
         lock_delay: Duration,
     ) -> Result<String, ConsulError> {
+        self.create_session_with(name, ttl, lock_delay, "release")
+            .await
+    }
+
+    /// Like [`Client::create_session`], but the keys the session holds are *deleted* when it
+    /// is invalidated (behavior `delete`): for presence keys such as a proxy's report, which
+    /// must vanish with their writer.
+    pub async fn create_ephemeral_session(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String, ConsulError> {
+        self.create_session_with(name, ttl, Duration::ZERO, "delete")
+            .await
+    }
+
+    async fn create_session_with(
+        &self,
+        name: &str,
+        ttl: Duration,
+        lock_delay: Duration,
+        behavior: &str,
+    ) -> Result<String, ConsulError> {
         let what = "session/create";
         let mut call = self.session_call(Method::PUT, what, &["create"]);
         let body = serde_json::json!({
             "Name": name,
             "TTL": format!("{}ms", ttl.as_millis()),
             "LockDelay": format!("{}ms", lock_delay.as_millis()),
-            "Behavior": "release",
+            "Behavior": behavior,
         });
         call.body = Some(body.to_string().into_bytes());
         let answer = self.send(call).await?;

@@ -31,11 +31,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::catalog;
 use crate::docker::{Docker, DockerError, ExecContext, PullFailure, Scope};
+use crate::fleet::{self, Fleet, PublishedRoutes};
 use crate::haproxy::ProxyError;
+use crate::haproxy::ServiceRoutes;
 use crate::health::{HealthMonitor, ReadinessChange};
 use crate::metrics::Metrics;
 use crate::observed::{Container, Observed};
-use crate::plan::{self, Deletion, Desired, Input, Policy, ProxyView, Step, Unreadable};
+use crate::plan::{self, Deletion, Desired, Input, Policy, Step, Unreadable};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::status::{PruneConfirmation, RefusedDeletion, Status};
 use crate::store::{Folder, Store, StoreError, Stored, StoredService};
@@ -126,6 +128,8 @@ struct Shared {
     managed: Option<BTreeSet<String>>,
     /// Consecutive failures by service, for backoff.
     failures: HashMap<String, u32>,
+    /// The route table and the proxies' reports.
+    fleet: Fleet,
     /// The refused deletion last published to KV, so it is written only when it changes.
     published_refusal: Option<Option<RefusedDeletion>>,
 }
@@ -144,8 +148,9 @@ impl Shared {
 pub struct Controller {
     store: Store,
     docker: Docker,
-    /// The proxy, unless the daemon runs without one.
-    traffic: Option<Traffic>,
+    /// The local proxy, unless the daemon runs without one: only read, to let a leaving
+    /// replica's connections drain (its proxy agent is what changes it).
+    traffic: Option<Arc<Traffic>>,
     health: HealthMonitor,
     /// Readiness flips from the health monitor, taken by the task that watches them.
     health_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReadinessChange>>>,
@@ -191,7 +196,8 @@ impl Controller {
     pub fn new(
         store: Store,
         docker: Docker,
-        traffic: Option<Traffic>,
+        traffic: Option<Arc<Traffic>>,
+        own_proxy: Option<String>,
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Arc<Controller> {
@@ -208,7 +214,13 @@ impl Controller {
             leadership,
             election: Mutex::new(Some(election)),
             settings,
-            shared: Mutex::new(Shared::default()),
+            shared: Mutex::new(Shared {
+                fleet: Fleet {
+                    required: own_proxy,
+                    ..Fleet::default()
+                },
+                ..Shared::default()
+            }),
             metrics,
             stopping: Mutex::new(HashMap::new()),
             stop_slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STOPS)),
@@ -261,6 +273,8 @@ impl Controller {
         background.spawn(Arc::clone(&self).watch_specs());
         background.spawn(Arc::clone(&self).watch_folder(Folder::Requests));
         background.spawn(Arc::clone(&self).watch_folder(Folder::Control));
+        background.spawn(Arc::clone(&self).watch_fleet(Folder::Routes));
+        background.spawn(Arc::clone(&self).watch_fleet(Folder::Proxies));
         background.spawn(Arc::clone(&self).watch_docker());
         background.spawn(Arc::clone(&self).watch_health());
         background.spawn(Arc::clone(&self).resync_loop());
@@ -450,10 +464,7 @@ impl Controller {
             );
             self.health.mark_ready(&mut observed.containers);
         }
-        let proxy = match &self.traffic {
-            Some(traffic) => Some(traffic.view(name).await),
-            None => None,
-        };
+        let proxy = lock(&self.shared).fleet.view(name);
         let confirmed = match (&stored, &refused) {
             (None, Some(_)) => self.deletion_confirmed(name).await?,
             _ => false,
@@ -517,7 +528,7 @@ impl Controller {
             spec_index: stored.as_ref().map_or(0, |s| s.modify_index),
         };
         let failed = match self
-            .execute(&exec, &plan, proxy.as_ref(), &observed.containers)
+            .execute(&exec, &plan, stored.is_none(), &observed.containers)
             .await
         {
             // Not a failure of the service: another daemon carries on.
@@ -563,10 +574,7 @@ impl Controller {
         catalog::sync(self.store.client(), name, instance, &[])
             .await
             .map_err(StoreError::from)?;
-        if let Some(traffic) = &self.traffic {
-            self.leadership.check()?;
-            traffic.remove(name).await?;
-        }
+        self.publish(name, None).await?;
         if had_status {
             self.leadership.check()?;
             self.store.delete_status(name).await?;
@@ -586,14 +594,15 @@ impl Controller {
         }
     }
 
-    /// Carries out a plan: routes away from replicas about to go, the steps in order (the
-    /// switch through the proxy, stops and removals handed to the background), then routes
-    /// for what runs now. Stops at the first failure.
+    /// Carries out a plan: the Docker steps in order, then the service's routes published
+    /// for every proxy (the switch, when the plan has one, is that publication), then the
+    /// stops and removals handed to the background, each waiting until every proxy serves
+    /// that table. Stops at the first failure.
     async fn execute(
         self: &Arc<Self>,
         exec: &ExecContext<'_>,
         plan: &plan::Plan,
-        proxy: Option<&ProxyView>,
+        absent: bool,
         containers: &[Container],
     ) -> Result<(), ReconcileError> {
         let name = exec.service_name;
@@ -610,51 +619,45 @@ impl Controller {
                 .await
                 .map_err(StoreError::from)?;
         }
-        let traffic = self.traffic.as_ref();
         let leaving = traffic::leaving(&plan.steps, containers);
-        self.leadership.check()?;
-        match (traffic, exec.service) {
-            (Some(traffic), Some(service)) if !leaving.is_empty() => {
-                // What serves now (the proxy's live color), minus what is about to go.
-                let serving = proxy.and_then(|p| p.live).or(live);
-                let routes = traffic::routes(service, serving, preview, containers, &leaving);
-                traffic.apply(name, &routes).await?;
-            }
-            // A deleted service leaves the routes before its containers go.
-            (Some(traffic), None) if !plan.steps.is_empty() => traffic.remove(name).await?,
-            _ => {}
-        }
+        let mut background = Vec::new();
         for step in &plan.steps {
             self.leadership.check()?;
             log_step(name, step);
-            match (step, traffic, exec.service) {
-                (Step::Switch { to }, Some(traffic), Some(service)) => {
-                    let routes = traffic::routes(service, Some(*to), None, containers, &leaving);
-                    let result = traffic.switch(name, &routes).await;
-                    self.metrics.step(step, result.is_ok());
-                    result?;
-                }
-                // Without a proxy, the switch is the status write that follows.
-                (Step::Switch { .. }, _, _) => self.metrics.step(step, true),
-                (step, _, _) if step.is_background() => {
-                    self.spawn_background(name, step, containers);
-                }
-                _ => {
+            match step {
+                // The switch is the publication below.
+                Step::Switch { .. } => {}
+                step if step.is_background() => background.push(step),
+                step => {
                     let result = self.docker.execute(exec, step).await;
                     self.metrics.step(step, result.is_ok());
                     result?;
                 }
             }
         }
+        // What runs and is ready, minus what is about to go; a deleted service leaves the
+        // table before its containers go.
+        let version = match (exec.service, absent) {
+            (Some(service), _) => {
+                let routes = traffic::routes(service, live, preview, containers, &leaving);
+                Some(self.publish(name, Some(routes)).await)
+            }
+            (None, true) if !plan.steps.is_empty() => Some(self.publish(name, None).await),
+            (None, _) => None,
+        };
+        if let Some(switch) = plan.steps.iter().find(|s| matches!(s, Step::Switch { .. })) {
+            self.metrics
+                .step(switch, version.as_ref().is_some_and(Result::is_ok));
+        }
+        let version = version
+            .transpose()?
+            .unwrap_or_else(|| self.fleet_version(name));
+        for step in background {
+            self.spawn_background(name, step, containers, version);
+        }
         let Some(service) = exec.service else {
             return Ok(());
         };
-        if let Some(traffic) = traffic {
-            // Make the routes match what runs and is ready.
-            self.leadership.check()?;
-            let routes = traffic::routes(service, live, preview, containers, &leaving);
-            traffic.apply(name, &routes).await?;
-        }
         if plan.steps.iter().all(Step::is_background) {
             let desired = catalog::desired_registrations(
                 name,
@@ -680,11 +683,58 @@ impl Controller {
         Ok(())
     }
 
-    /// Runs a stop or a removal in the background: first the replica's connections drain
-    /// (its server already left the routes), then Docker stops it with its own signal and
+    /// Publishes the routes of `name` for every proxy, or takes the service out of the table
+    /// with `None`, unless the table already says so. Returns the table version (0: not in
+    /// the table).
+    async fn publish(
+        &self,
+        name: &str,
+        routes: Option<ServiceRoutes>,
+    ) -> Result<u64, ReconcileError> {
+        let current = lock(&self.shared).fleet.published.get(name).cloned();
+        match (routes, current) {
+            (Some(routes), Some((version, published))) if published == routes => Ok(version),
+            (Some(routes), _) => {
+                self.leadership.check()?;
+                let entry = PublishedRoutes {
+                    routes: routes.clone(),
+                    written_ms: now_ms(),
+                };
+                let version = self.store.put_routes(name, &entry).await?;
+                debug!(service = %name, version, live = ?routes.live, "routes published");
+                lock(&self.shared)
+                    .fleet
+                    .published
+                    .insert(name.to_owned(), (version, routes));
+                Ok(version)
+            }
+            (None, None) => Ok(0),
+            (None, Some(_)) => {
+                self.leadership.check()?;
+                self.store.delete_routes(name).await?;
+                lock(&self.shared).fleet.published.remove(name);
+                Ok(0)
+            }
+        }
+    }
+
+    /// The table version of `name` the leader last published.
+    fn fleet_version(&self, name: &str) -> u64 {
+        lock(&self.shared).fleet.version(name)
+    }
+
+    /// Runs a stop or a removal in the background: it waits until every proxy serves table
+    /// `version` (which no longer sends the replica requests), lets the replica's
+    /// connections on the local proxy drain, then Docker stops it with its own signal and
     /// grace period, or removes it. The container counts as `stopping` meanwhile; the
     /// service is queued again when it is done (and by Docker's events).
-    fn spawn_background(self: &Arc<Self>, name: &str, step: &Step, containers: &[Container]) {
+    fn spawn_background(
+        self: &Arc<Self>,
+        name: &str,
+        step: &Step,
+        containers: &[Container],
+        version: u64,
+    ) {
         let (Step::Stop { target } | Step::Remove { target }) = step else {
             return;
         };
@@ -704,6 +754,11 @@ impl Controller {
         let id = target.id.clone();
         tokio::spawn(async move {
             let _slot = this.stop_slots.acquire().await;
+            // A proxy that lags may still send the replica requests; a dead one stops
+            // counting when its session expires.
+            while !lock(&this.shared).fleet.lagging(&name, version).is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             if let (Some(traffic), Some((color, slot, address))) = (&this.traffic, &drain) {
                 traffic.drain(&name, *color, *slot, address).await;
             }
@@ -991,24 +1046,64 @@ impl Controller {
 
     /// Drops the routes of services that have neither a spec nor containers any more.
     async fn forget_routes(&self) {
-        let Some(traffic) = &self.traffic else { return };
         if !self.leadership.is_leader() {
             return;
         }
-        let routed = traffic.services().await;
         let stale: Vec<String> = {
             let shared = lock(&self.shared);
             let (Some(desired), Some(managed)) = (&shared.desired, &shared.managed) else {
                 return;
             };
-            routed
-                .into_iter()
-                .filter(|s| !desired.contains_key(s) && !managed.contains(s))
+            shared
+                .fleet
+                .published
+                .keys()
+                .filter(|s| !desired.contains_key(*s) && !managed.contains(*s))
+                .cloned()
                 .collect()
         };
         for name in stale {
-            if let Err(e) = traffic.remove(&name).await {
-                warn!(service = %name, error = %e, "cannot remove stale routes");
+            if let Err(e) = self.publish(&name, None).await {
+                warn!(service = %name, error = %e, "cannot take stale routes out of the table");
+            }
+        }
+    }
+
+    /// Follows the published route table (the leader's own writes included) and the
+    /// proxies' reports; queues a service when what a proxy reports about it changes.
+    async fn watch_fleet(self: Arc<Self>, folder: Folder) {
+        let mut watch = self.store.watch_folder(folder, Duration::from_secs(300));
+        let mut failures = 0;
+        loop {
+            match watch.next().await {
+                Ok(update) => {
+                    failures = 0;
+                    let entries = update.listing.entries;
+                    let changed: Vec<String> = {
+                        let mut shared = lock(&self.shared);
+                        if folder == Folder::Routes {
+                            let (table, _) = self.store.routes_from_entries(&entries);
+                            shared.fleet.published = table
+                                .into_iter()
+                                .map(|(name, (version, p))| (name, (version, p.routes)))
+                                .collect();
+                            Vec::new()
+                        } else {
+                            let reports = self.store.reports_from_entries(&entries);
+                            let changed = fleet::changed_services(&shared.fleet.proxies, &reports);
+                            shared.fleet.proxies = reports;
+                            changed
+                        }
+                    };
+                    for name in changed {
+                        self.queue.add(&name);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    debug!(error = %e, folder = folder.as_str(), "cannot watch the proxy fleet in Consul");
+                    tokio::time::sleep(retry_delay(failures)).await;
+                }
             }
         }
     }

@@ -750,37 +750,35 @@ impl Proxy {
             .sum())
     }
 
-    /// Whether HAProxy's own health checks see every one of `slots` of `color` as UP on the
-    /// current worker: the moment a switch to that color can happen without a 503.
-    pub async fn servers_up(
+    /// Per service and color, the server slots HAProxy's own checks see UP on the current
+    /// worker (see [`runtime::StatRow::checked_up`]).
+    pub async fn servers_up_all(
         &self,
-        service: &str,
-        color: Color,
-        slots: &[u32],
-    ) -> Result<bool, ProxyError> {
-        let backend = backend_name(service, color);
+    ) -> Result<BTreeMap<String, BTreeMap<Color, std::collections::BTreeSet<u32>>>, ProxyError>
+    {
         let rows = runtime::parse_show_stat(&self.command("show stat").await?);
-        Ok(slots.iter().all(|slot| {
-            let server = server_name(*slot);
-            rows.iter()
-                .any(|r| r.proxy == backend && r.name == server && r.checked_up())
-        }))
-    }
-
-    /// The servers (color, slot) of `service` that HAProxy's own checks see UP on the
-    /// current worker.
-    pub async fn servers_up_set(
-        &self,
-        service: &str,
-    ) -> Result<std::collections::BTreeSet<(Color, u32)>, ProxyError> {
-        let rows = runtime::parse_show_stat(&self.command("show stat").await?);
-        let mut up = std::collections::BTreeSet::new();
-        for color in [Color::Blue, Color::Green] {
-            let backend = backend_name(service, color);
-            for row in rows.iter().filter(|r| r.proxy == backend && r.checked_up()) {
-                if let Some(slot) = row.name.strip_prefix('s').and_then(|n| n.parse().ok()) {
-                    up.insert((color, slot));
-                }
+        let mut up: BTreeMap<String, BTreeMap<Color, std::collections::BTreeSet<u32>>> =
+            BTreeMap::new();
+        for row in rows.iter().filter(|r| r.checked_up()) {
+            let Some((service, color)) = row
+                .proxy
+                .strip_prefix("be_")
+                .and_then(|b| b.rsplit_once('_'))
+            else {
+                continue;
+            };
+            let (Some(color), Some(slot)) = (
+                Color::parse(color),
+                row.name.strip_prefix('s').and_then(|n| n.parse().ok()),
+            ) else {
+                continue;
+            };
+            if self.table.contains_key(service) {
+                up.entry(service.to_owned())
+                    .or_default()
+                    .entry(color)
+                    .or_default()
+                    .insert(slot);
             }
         }
         Ok(up)

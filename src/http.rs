@@ -8,6 +8,7 @@
 //! | `GET /metrics` | Every metric, OpenMetrics text. |
 //! | `GET /api/v1/services` | Each service's spec summary and stored status, from Consul; a status that does not decode is listed with its error. |
 //! | `GET /api/v1/daemon` | The daemon's own state: role, readiness, queue depth. |
+//! | `GET /api/v1/proxies` | Every live proxy: the route table versions it serves, its lag, servers UP/DOWN. |
 //! | `GET /` | The status page (`http/status.html`, self-contained). |
 //! | `GET`, `PUT /loglevel` | The log filter; `PUT` only from a loopback address. |
 //!
@@ -28,6 +29,7 @@ use serde::Serialize;
 
 use crate::controller::Controller;
 use crate::metrics::{self, Metrics};
+use crate::proxy_agent::ProxyAgent;
 use crate::spec::Strategy;
 use crate::status::Status;
 use crate::store::{Store, StoreError, Stored, StoredService};
@@ -45,6 +47,10 @@ pub struct Daemon {
     instance: String,
     network: String,
     controller: OnceLock<Arc<Controller>>,
+    /// The local proxy agent, once it runs.
+    agent: OnceLock<Arc<ProxyAgent>>,
+    /// `cutover proxy`: no controller will come.
+    proxy_only: bool,
 }
 
 impl Daemon {
@@ -55,7 +61,22 @@ impl Daemon {
             instance: instance.to_owned(),
             network: network.to_owned(),
             controller: OnceLock::new(),
+            agent: OnceLock::new(),
+            proxy_only: false,
         }
+    }
+
+    /// The endpoints of `cutover proxy`: no controller, a proxy agent.
+    pub fn proxy_only(store: Store, metrics: Arc<Metrics>) -> Daemon {
+        Daemon {
+            proxy_only: true,
+            ..Daemon::new(store, metrics, "", "")
+        }
+    }
+
+    /// Called once, when the local proxy agent runs.
+    pub fn set_agent(&self, agent: Arc<ProxyAgent>) {
+        let _ = self.agent.set(agent);
     }
 
     /// Called once, when the controller is built.
@@ -64,7 +85,11 @@ impl Daemon {
     }
 
     async fn readiness(&self) -> Result<(), String> {
+        if let Some(agent) = self.agent.get() {
+            agent.readiness()?;
+        }
         match self.controller.get() {
+            None if self.proxy_only => Ok(()),
             None => Err("waiting for the Docker engine".to_owned()),
             Some(controller) => controller.readiness().await,
         }
@@ -92,6 +117,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/v1/services", get(services))
         .route("/api/v1/daemon", get(daemon_state))
+        .route("/api/v1/proxies", get(proxies))
         .route("/loglevel", get(get_loglevel).put(put_loglevel))
         .fallback(not_found)
         .with_state(daemon)
@@ -252,6 +278,47 @@ async fn services(State(daemon): State<Arc<Daemon>>) -> Response {
             return (
                 [(header::CACHE_CONTROL, "no-store")],
                 Json(ServicesBody { services }),
+            )
+                .into_response();
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "Consul at {} did not answer within {} s",
+            daemon.store.client().address(),
+            CONSUL_TIMEOUT.as_secs()
+        ),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response()
+}
+
+#[derive(Serialize)]
+struct ProxiesBody {
+    proxies: Vec<crate::fleet::ProxyRow>,
+}
+
+/// Every live proxy, from the route table and the proxies' reports.
+pub async fn read_proxies(store: &Store) -> Result<Vec<crate::fleet::ProxyRow>, StoreError> {
+    let table = store
+        .client()
+        .list(&crate::store::folder_prefix(
+            store.prefix(),
+            crate::store::Folder::Routes,
+        ))
+        .await?;
+    let (table, _) = store.routes_from_entries(&table.entries);
+    let reports = store.list_reports().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Ok(crate::fleet::proxy_rows(&table, &reports, now))
+}
+
+async fn proxies(State(daemon): State<Arc<Daemon>>) -> Response {
+    let error = match tokio::time::timeout(CONSUL_TIMEOUT, read_proxies(&daemon.store)).await {
+        Ok(Ok(proxies)) => {
+            return (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(ProxiesBody { proxies }),
             )
                 .into_response();
         }

@@ -10,6 +10,7 @@ pub mod controller;
 pub mod leader;
 
 pub mod docker;
+pub mod fleet;
 pub mod haproxy;
 pub mod health;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observed;
 pub mod plan;
+pub mod proxy_agent;
 pub mod queue;
 pub mod revision;
 pub mod security;

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     };
     // The daemon tells what it does; the other commands only warn.
     let default_level = match cli.command {
-        cli::Command::Run(_) => "info",
+        cli::Command::Run(_) | cli::Command::Proxy(_) => "info",
         _ => "warn",
     };
     cutover::logging::init(cli.global.log_format, default_level);

@@ -178,6 +178,8 @@ pub struct Metrics {
     haproxy_reloads: Counter,
     haproxy_runtime_calls: Counter,
     reconcile_panics: Counter,
+    proxy_table_version: Gauge,
+    proxy_apply: Histogram,
     haproxy_restarts: Counter,
     leader: Gauge,
     /// The phase of each service, from the statuses the controller writes; the
@@ -237,6 +239,19 @@ impl Metrics {
             "deletions_refused",
             "Reconciles that refused to remove a service whose spec vanished in a mass deletion",
             deletions_refused.clone(),
+        );
+        let proxy_table_version = Gauge::default();
+        registry.register(
+            "proxy_table_version",
+            "The newest route table version (a Consul ModifyIndex) this daemon's proxy applied",
+            proxy_table_version.clone(),
+        );
+        let proxy_apply = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register_with_unit(
+            "proxy_apply",
+            "Time from the leader's write of a service's routes to this proxy having applied them",
+            Unit::Seconds,
+            proxy_apply.clone(),
         );
         let reconcile_panics = Counter::default();
         registry.register(
@@ -313,6 +328,8 @@ impl Metrics {
             steps,
             deletions_refused,
             reconcile_panics,
+            proxy_table_version,
+            proxy_apply,
             haproxy_reloads,
             haproxy_runtime_calls,
             haproxy_restarts,
@@ -380,6 +397,16 @@ impl Metrics {
                 })
                 .set(count as i64);
         }
+    }
+
+    /// This daemon's proxy applied `version` of a service's routes, `took` after the leader
+    /// wrote them.
+    pub fn proxy_applied(&self, version: u64, took: Duration) {
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        if version > self.proxy_table_version.get() {
+            self.proxy_table_version.set(version);
+        }
+        self.proxy_apply.observe(took.as_secs_f64());
     }
 
     /// A reconcile panicked.

@@ -161,8 +161,12 @@ pub struct ProxyView {
     pub known: bool,
     /// The color its live routes send this service's traffic to.
     pub live: Option<Color>,
-    /// The servers (color, slot) its own health checks see UP.
+    /// The servers (color, slot) its own health checks see UP (every proxy's, for a fleet).
     pub up: BTreeSet<(Color, u32)>,
+    /// Proxies that do not serve the latest route table of this service yet, described for
+    /// a status message. While any lags, no replica in play is retired: a lagging proxy may
+    /// still send it requests.
+    pub lagging: Vec<String>,
 }
 
 /// Keys that exist in KV but could not be read; the message says which and why.
@@ -372,6 +376,8 @@ struct Planner<'a> {
     events: Vec<(String, String)>,
     warnings: Vec<String>,
     deletion_refused: bool,
+    /// A retirement waits for proxies that lag behind the route table.
+    waiting_for_proxies: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -389,6 +395,7 @@ impl<'a> Planner<'a> {
             events: Vec::new(),
             warnings: Vec::new(),
             deletion_refused: false,
+            waiting_for_proxies: false,
         };
         if let Some(error) = input.unreadable.status {
             planner.status = Status::rebuilt(error, input.now_ms);
@@ -853,6 +860,7 @@ impl<'a> Planner<'a> {
     fn scale(&mut self, service: &Service, color: Color, revision: &str, count: u32) -> bool {
         let present: Vec<&Container> = self.world.color(color).to_vec();
         let mut occupied: BTreeSet<u32> = BTreeSet::new();
+        let mut held: BTreeSet<u32> = BTreeSet::new();
         for c in &present {
             let stays = c.revision == revision
                 && c.slot().is_some_and(|s| (1..=count).contains(&s))
@@ -860,7 +868,12 @@ impl<'a> Planner<'a> {
             if !stays {
                 // Another revision (kept for a rollback if it served) or a slot too many.
                 let keep = c.revision != revision && self.keeps(Some(service), &c.revision);
-                self.retire(c, keep);
+                if !self.retire(c, keep)
+                    && let Some(slot) = c.slot()
+                {
+                    // Still in its slot: the slot's name is not free yet.
+                    held.insert(slot);
+                }
             } else if !c.running {
                 self.steps.push(Step::Start {
                     target: (*c).into(),
@@ -870,6 +883,10 @@ impl<'a> Planner<'a> {
         let mut blocked = false;
         let mut created = false;
         for slot in (1..=count).filter(|s| !occupied.contains(s)) {
+            if held.contains(&slot) {
+                blocked = true;
+                continue;
+            }
             let name = replica_name(&service.metadata.name, color, slot);
             // A container still being stopped or removed keeps its name until it is gone.
             if self
@@ -952,7 +969,16 @@ impl<'a> Planner<'a> {
     /// Takes an in-play replica out of its slot at once (a rename, so the slot's name is free
     /// for its successor in this very plan) and stops it, to keep it, or removes it, in the
     /// background.
-    fn retire(&mut self, c: &Container, keep: bool) {
+    /// Returns false when it must wait for lagging proxies (then it plans nothing and looks
+    /// again shortly).
+    fn retire(&mut self, c: &Container, keep: bool) -> bool {
+        if let Some(proxy) = self.input.proxy
+            && !proxy.lagging.is_empty()
+        {
+            self.waiting_for_proxies = true;
+            self.requeue_after(POLL_MS);
+            return false;
+        }
         let to = free_archived_name(c, &self.input.observed.containers);
         self.steps.push(Step::Rename {
             target: c.into(),
@@ -967,6 +993,7 @@ impl<'a> Planner<'a> {
         } else if c.running {
             self.steps.push(Step::Stop { target });
         }
+        true
     }
 
     /// Retires the in-play replicas of the color other than `live` (except those running
@@ -1225,7 +1252,11 @@ impl<'a> Planner<'a> {
         }
         for c in blockers {
             let keep = self.keeps(Some(service), &c.revision);
-            self.retire(c, keep);
+            if !self.retire(c, keep)
+                && let Some(slot) = c.slot()
+            {
+                occupied.insert(slot);
+            }
         }
         self.restart_stopped(color, revision);
         let mut archived: Vec<&Container> = self
@@ -1584,6 +1615,18 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self) -> Plan {
         let now = self.now();
+        if let Some(proxy) = self.input.proxy.filter(|_| self.waiting_for_proxies) {
+            self.condition(
+                "Progressing",
+                true,
+                "WaitingForProxies",
+                format!(
+                    "replicas leave only once every proxy serves the latest route table; \
+                     waiting for {}",
+                    proxy.lagging.join(", ")
+                ),
+            );
+        }
         // Two rules may ask for the same step (an expired rollout retired by scaling and by
         // its deadline); it runs once.
         let mut unique: Vec<Step> = Vec::with_capacity(self.steps.len());

@@ -15,9 +15,11 @@
 //! diagnostics ([`StoredService::parsed`]), a status or request comes back as
 //! [`Stored::Unreadable`], so that one bad key never hides the others.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::consul::{Client, ConsulError, PrefixWatch};
+use crate::fleet::{ProxyReport, PublishedRoutes};
 use crate::spec::{self, Diagnostics, Service};
 use crate::status::{PruneConfirmation, RefusedDeletion, Request, Status};
 
@@ -32,6 +34,10 @@ pub enum Folder {
     Requests,
     /// Keys that steer the daemon itself rather than one service.
     Control,
+    /// The route table the leader publishes for every proxy, one key per service.
+    Routes,
+    /// Each live proxy's report, one key per proxy, held by its session.
+    Proxies,
 }
 
 impl Folder {
@@ -41,6 +47,8 @@ impl Folder {
             Folder::Status => "status",
             Folder::Requests => "requests",
             Folder::Control => "control",
+            Folder::Routes => "routes",
+            Folder::Proxies => "proxies",
         }
     }
 }
@@ -463,6 +471,87 @@ impl Store {
                 .map(drop)
                 .map_err(Into::into),
         }
+    }
+
+    /// Publishes a service's routes; returns the table version (the key's new ModifyIndex).
+    pub async fn put_routes(
+        &self,
+        name: &str,
+        routes: &PublishedRoutes,
+    ) -> Result<u64, StoreError> {
+        let key = key_for(&self.prefix, Folder::Routes, name);
+        self.put_json(&key, routes, None).await?;
+        let entry = self.client.get(&key).await?;
+        Ok(entry.map_or(0, |e| e.modify_index))
+    }
+
+    /// Takes a service out of the route table.
+    pub async fn delete_routes(&self, name: &str) -> Result<(), StoreError> {
+        let key = key_for(&self.prefix, Folder::Routes, name);
+        self.client.delete(&key, None).await?;
+        Ok(())
+    }
+
+    /// The route table from a listing of `<prefix>/routes/`: per service, its version and
+    /// routes; an entry that does not decode is skipped (and named in the second value).
+    pub fn routes_from_entries(
+        &self,
+        entries: &[crate::consul::KvEntry],
+    ) -> (BTreeMap<String, (u64, PublishedRoutes)>, Vec<String>) {
+        let mut table = BTreeMap::new();
+        let mut bad = Vec::new();
+        for entry in entries {
+            let Some(name) = name_from_key(&self.prefix, Folder::Routes, &entry.key) else {
+                continue;
+            };
+            match serde_json::from_slice::<PublishedRoutes>(&entry.value) {
+                Ok(routes) => {
+                    table.insert(name.to_owned(), (entry.modify_index, routes));
+                }
+                Err(e) => bad.push(format!("{}: {e}", entry.key)),
+            }
+        }
+        (table, bad)
+    }
+
+    /// The proxies' reports from a listing of `<prefix>/proxies/`, by proxy id; only keys
+    /// held by a session count (a report whose proxy died is deleted with its session).
+    pub fn reports_from_entries(
+        &self,
+        entries: &[crate::consul::KvEntry],
+    ) -> BTreeMap<String, ProxyReport> {
+        entries
+            .iter()
+            .filter(|e| e.session.is_some())
+            .filter_map(|e| {
+                let id = name_from_key(&self.prefix, Folder::Proxies, &e.key)?;
+                let report = serde_json::from_slice(&e.value).ok()?;
+                Some((id.to_owned(), report))
+            })
+            .collect()
+    }
+
+    /// Every live proxy's report.
+    pub async fn list_reports(&self) -> Result<BTreeMap<String, ProxyReport>, StoreError> {
+        let listing = self
+            .client
+            .list(&folder_prefix(&self.prefix, Folder::Proxies))
+            .await?;
+        Ok(self.reports_from_entries(&listing.entries))
+    }
+
+    /// Writes a proxy's report under its id, held by `session`. Returns whether the session
+    /// holds the key (false: another session holds it, a second proxy with the same id).
+    pub async fn put_report(
+        &self,
+        id: &str,
+        session: &str,
+        report: &ProxyReport,
+    ) -> Result<bool, StoreError> {
+        let key = key_for(&self.prefix, Folder::Proxies, id);
+        let bytes = serde_json::to_vec(report).unwrap_or_default();
+        check_size(&key, bytes.len())?;
+        Ok(self.client.acquire(&key, session, &bytes).await?)
     }
 
     /// A blocking-query watch on one folder, such as `<prefix>/requests/`.

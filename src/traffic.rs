@@ -25,16 +25,12 @@ use crate::haproxy::{
 };
 use crate::metrics::Metrics;
 use crate::observed::Container;
-use crate::plan::{ProxyView, Step};
+use crate::plan::Step;
 use crate::spec::Service;
 use crate::status::Color;
 
 /// How long a replica may take to finish its requests before it is stopped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a switch waits for HAProxy's own checks to see the new color UP. The planner
-/// switches only once they do, so this only covers a check that flapped since.
-const UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The proxy, shared by the workers (and the supervisor).
 pub struct Traffic {
@@ -196,21 +192,16 @@ impl Traffic {
         Ok(outcome)
     }
 
-    /// What the proxy routes for `name` and which of its servers HAProxy's checks see UP.
-    /// A proxy that cannot be asked sees nothing UP (so nothing switches), and routes what
-    /// its table says.
-    pub async fn view(&self, name: &str) -> ProxyView {
-        let proxy = self.proxy.lock().await;
-        let routes = proxy.routes(name);
-        let (known, live) = (routes.is_some(), routes.and_then(|r| r.live));
-        let up = match proxy.servers_up_set(name).await {
+    /// Per service and color, the server slots HAProxy's checks see UP (one `show stat`);
+    /// empty when HAProxy cannot be asked.
+    pub async fn servers_up_all(&self) -> BTreeMap<String, BTreeMap<Color, BTreeSet<u32>>> {
+        match self.proxy.lock().await.servers_up_all().await {
             Ok(up) => up,
             Err(e) => {
-                debug!(service = %name, error = %e, "cannot read HAProxy's server states");
-                BTreeSet::new()
+                debug!(error = %e, "cannot read HAProxy's server states");
+                BTreeMap::new()
             }
-        };
-        ProxyView { known, live, up }
+        }
     }
 
     /// Waits (at most [`DRAIN_TIMEOUT`]) until the server in `slot` of `color` has no
@@ -248,39 +239,6 @@ impl Traffic {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// Switches `name` to the live color of `routes`: the new servers first, with the routes
-    /// as they are, then the routes, once HAProxy's own checks see every server of that
-    /// color UP. It never switches to a color HAProxy sees DOWN: after [`UP_TIMEOUT`] it
-    /// fails, and the live color keeps serving.
-    pub async fn switch(&self, name: &str, routes: &ServiceRoutes) -> Result<(), ProxyError> {
-        let Some(to) = routes.live else {
-            return self.apply(name, routes).await.map(drop);
-        };
-        let before = ServiceRoutes {
-            live: self.proxy.lock().await.routes(name).and_then(|r| r.live),
-            ..routes.clone()
-        };
-        self.apply(name, &before).await?;
-        let slots: Vec<u32> = routes
-            .servers
-            .get(&to)
-            .into_iter()
-            .flatten()
-            .map(|s| s.slot)
-            .collect();
-        let deadline = Instant::now() + UP_TIMEOUT;
-        while !self.proxy.lock().await.servers_up(name, to, &slots).await? {
-            if Instant::now() >= deadline {
-                return Err(ProxyError::NotUp {
-                    service: name.to_owned(),
-                    color: to,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.apply(name, routes).await.map(drop)
     }
 
     /// Removes a deleted service's routes.

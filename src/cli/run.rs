@@ -9,14 +9,14 @@ use tracing::{info, warn};
 use super::{CliError, Context, parse_duration};
 use std::path::PathBuf;
 
+use super::proxy::LocalProxy;
 use crate::controller::{Controller, Settings};
 use crate::docker::{DEFAULT_NETWORK, Docker, Scope};
-use crate::haproxy::{self, Proxy};
+use crate::haproxy;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::queue::retry_delay;
 use crate::security::Allowances;
-use crate::traffic::Traffic;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -130,7 +130,7 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
-    fn settings(&self) -> Option<haproxy::Settings> {
+    pub(crate) fn settings(&self) -> Option<haproxy::Settings> {
         if self.no_proxy {
             return None;
         }
@@ -200,15 +200,14 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let server = tokio::spawn(http::serve(listener, Arc::clone(&daemon)));
     // The HAProxy directory before Docker: a second daemon on it exits at once, having
     // changed nothing (not even created the network), and HAProxy serves while we wait.
-    let traffic = match args.proxy.settings() {
-        Some(settings) => {
-            let proxy = Proxy::start(settings).await.map_err(CliError::Proxy)?;
-            Some(Traffic::new(proxy, Arc::clone(&metrics)))
-        }
+    // Every daemon, leader or follower, runs a proxy agent that follows the route table.
+    let local = match args.proxy.settings() {
+        Some(settings) => Some(LocalProxy::start(&store, settings, &metrics).await?),
         None => None,
     };
-    // Every daemon, leader or follower, keeps its own HAProxy alive.
-    let supervisor = traffic.as_ref().map(Traffic::supervise);
+    if let Some(local) = &local {
+        daemon.set_agent(Arc::clone(&local.agent));
+    }
     // Docker may come up after us (a reboot): wait for it rather than exit.
     let mut failures = 0;
     let docker = loop {
@@ -231,7 +230,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let controller = Controller::new(
         store,
         docker,
-        traffic,
+        local.as_ref().map(|l| Arc::clone(&l.traffic)),
+        local.as_ref().map(|l| l.agent.id().to_owned()),
         Settings {
             scope,
             workers: args.workers,
@@ -244,7 +244,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     );
     daemon.set_controller(Arc::clone(&controller));
     controller.run(shutdown_signal()).await;
-    drop(supervisor);
+    drop(local);
     server.abort();
     info!("stopped");
     Ok(())
@@ -275,7 +275,7 @@ fn parse_lock_delay(text: &str) -> Result<Duration, String> {
 }
 
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
     tokio::select! {

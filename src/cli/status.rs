@@ -146,7 +146,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         None if reports.is_empty() => {
             eprintln!("no services under {}/services/", store.prefix());
         }
-        None => print!("{}", render_table(&reports)),
+        None => {
+            print!("{}", render_table(&reports));
+            let proxies = crate::http::read_proxies(&store).await?;
+            print!("{}", render_proxies(&proxies));
+        }
     }
     let details: Vec<String> = reports
         .iter()
@@ -216,6 +220,41 @@ pub fn render_table(reports: &[Report]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The live proxies: the route table versions each serves, how far behind, and the servers
+/// its HAProxy's checks see UP and DOWN.
+pub fn render_proxies(proxies: &[crate::fleet::ProxyRow]) -> String {
+    if proxies.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = proxies
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.node.clone(),
+                if p.listener.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.listener.clone()
+                },
+                p.current.to_string(),
+                if p.behind.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.behind.join(",")
+                },
+                p.lag_ms
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms")),
+                format!("{}/{}", p.servers_up, p.servers_down),
+            ]
+        })
+        .collect();
+    let headers = [
+        "PROXY", "NODE", "LISTENER", "CURRENT", "BEHIND", "LAG", "UP/DOWN",
+    ];
+    format!("\n{}", table::render(&headers, &rows))
 }
 
 /// One service: its row, then conditions, the rejected revision, the last error and request,

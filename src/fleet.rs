@@ -1,0 +1,333 @@
+//! The proxy fleet: the route table the leader publishes, what each proxy reports back, and
+//! the pure rules that turn both into what the planner must know about a service.
+//!
+//! The leader publishes, per service, the routes every proxy must serve at
+//! `<prefix>/routes/<service>` ([`PublishedRoutes`]); the key's ModifyIndex is the table's
+//! *version*. Every proxy agent (in each `cutover run`, and `cutover proxy` on edge nodes)
+//! applies the table to its HAProxy and reports at `<prefix>/proxies/<id>` ([`ProxyReport`]),
+//! a key held by its Consul session, so that a dead proxy's report disappears by itself.
+//!
+//! Nothing here does I/O: the controller feeds [`Fleet`] with what its watches read.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::haproxy::ServiceRoutes;
+use crate::plan::ProxyView;
+use crate::status::Color;
+
+/// One service's entry in the route table, as the leader writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedRoutes {
+    pub routes: ServiceRoutes,
+    /// When the leader wrote it (milliseconds since the Unix epoch), so that proxies can
+    /// tell how long the table took to reach them.
+    pub written_ms: u64,
+}
+
+/// The table version a proxy applied for one service, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    pub version: u64,
+    pub at_ms: u64,
+}
+
+/// What one proxy reports: the versions it applied and what its HAProxy's checks see.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyReport {
+    /// The host it runs on (for people).
+    pub node: String,
+    /// Its live listener, as given to it (`--http-bind`).
+    #[serde(default)]
+    pub listener: String,
+    /// Per service, the table version it serves.
+    #[serde(default)]
+    pub applied: BTreeMap<String, Applied>,
+    /// Per service and color, the server slots its HAProxy's checks see UP.
+    #[serde(default)]
+    pub up: BTreeMap<String, BTreeMap<Color, BTreeSet<u32>>>,
+    /// Per service, why the last table could not be applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
+    /// When it wrote this report (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub updated_ms: u64,
+}
+
+impl ProxyReport {
+    /// Whether this proxy serves `version` (or later) of `service`'s table; with version 0
+    /// (the service is no longer in the table), whether it dropped the service.
+    pub fn synced(&self, service: &str, version: u64) -> bool {
+        match (self.applied.get(service), version) {
+            (None, 0) => true,
+            (None, _) => false,
+            (Some(_), 0) => false,
+            (Some(applied), _) => applied.version >= version,
+        }
+    }
+}
+
+/// The fleet as the leader knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fleet {
+    /// The published table: per service, its version and routes.
+    pub published: BTreeMap<String, (u64, ServiceRoutes)>,
+    /// The live proxies' reports, by proxy id.
+    pub proxies: BTreeMap<String, ProxyReport>,
+    /// A proxy that must be counted even before it reported (the leader's own, which starts
+    /// with the daemon).
+    pub required: Option<String>,
+}
+
+impl Fleet {
+    /// The table version of `service` (0 when it is not in the table).
+    pub fn version(&self, service: &str) -> u64 {
+        self.published.get(service).map_or(0, |(v, _)| *v)
+    }
+
+    /// The proxies (by display name) that do not serve `version` of `service` yet,
+    /// including a required proxy that has not reported at all.
+    pub fn lagging(&self, service: &str, version: u64) -> Vec<String> {
+        let mut lagging: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|(_, report)| !report.synced(service, version))
+            .map(|(id, report)| describe(id, report, service))
+            .collect();
+        if let Some(required) = &self.required
+            && !self.proxies.contains_key(required)
+        {
+            lagging.push(format!("{required} (not reporting yet)"));
+        }
+        lagging
+    }
+
+    /// What the planner needs of the fleet for `service`, or `None` when there is no proxy
+    /// at all (then nothing gates a switch or a retirement).
+    pub fn view(&self, service: &str) -> Option<ProxyView> {
+        if self.proxies.is_empty() && self.required.is_none() {
+            return None;
+        }
+        let version = self.version(service);
+        let published = self.published.get(service).map(|(_, r)| r);
+        // Servers every proxy sees UP; a required proxy that has not reported sees none.
+        let mut up: Option<BTreeSet<(Color, u32)>> = self
+            .required
+            .as_ref()
+            .filter(|r| !self.proxies.contains_key(*r))
+            .map(|_| BTreeSet::new());
+        for report in self.proxies.values() {
+            let seen: BTreeSet<(Color, u32)> = report
+                .up
+                .get(service)
+                .into_iter()
+                .flatten()
+                .flat_map(|(color, slots)| slots.iter().map(|slot| (*color, *slot)))
+                .collect();
+            up = Some(match up {
+                None => seen,
+                Some(so_far) => so_far.intersection(&seen).copied().collect(),
+            });
+        }
+        Some(ProxyView {
+            known: published.is_some(),
+            live: published.and_then(|r| r.live),
+            up: up.unwrap_or_default(),
+            lagging: self.lagging(service, version),
+        })
+    }
+}
+
+/// One proxy, summed up for `cutover status` and the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRow {
+    pub id: String,
+    pub node: String,
+    pub listener: String,
+    /// Services it serves at the table's latest version.
+    pub current: usize,
+    /// Services whose latest table it does not serve yet.
+    pub behind: Vec<String>,
+    /// How long the oldest table version it does not serve has been published (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// The table's servers its HAProxy's checks see UP, and the others.
+    pub servers_up: usize,
+    pub servers_down: usize,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
+}
+
+/// A row per live proxy, from the table (with its write times) and the reports.
+pub fn proxy_rows(
+    table: &BTreeMap<String, (u64, PublishedRoutes)>,
+    reports: &BTreeMap<String, ProxyReport>,
+    now_ms: u64,
+) -> Vec<ProxyRow> {
+    reports
+        .iter()
+        .map(|(id, report)| {
+            let mut row = ProxyRow {
+                id: id.clone(),
+                node: report.node.clone(),
+                listener: report.listener.clone(),
+                current: 0,
+                behind: Vec::new(),
+                lag_ms: None,
+                servers_up: 0,
+                servers_down: 0,
+                errors: report.errors.clone(),
+            };
+            for (service, (version, published)) in table {
+                if report.synced(service, *version) {
+                    row.current += 1;
+                } else {
+                    row.behind.push(service.clone());
+                    let lag = now_ms.saturating_sub(published.written_ms);
+                    row.lag_ms = Some(row.lag_ms.map_or(lag, |l| l.max(lag)));
+                }
+                for (color, servers) in &published.routes.servers {
+                    for server in servers {
+                        let up = report
+                            .up
+                            .get(service)
+                            .and_then(|by_color| by_color.get(color))
+                            .is_some_and(|slots| slots.contains(&server.slot));
+                        if up {
+                            row.servers_up += 1;
+                        } else {
+                            row.servers_down += 1;
+                        }
+                    }
+                }
+            }
+            row
+        })
+        .collect()
+}
+
+/// The services whose entries (version applied, servers UP, errors) differ between two sets
+/// of reports: those whose reconcile may now go on.
+pub fn changed_services(
+    old: &BTreeMap<String, ProxyReport>,
+    new: &BTreeMap<String, ProxyReport>,
+) -> Vec<String> {
+    let empty = ProxyReport::default();
+    let mut changed = BTreeSet::new();
+    for id in old.keys().chain(new.keys()) {
+        let (a, b) = (old.get(id).unwrap_or(&empty), new.get(id).unwrap_or(&empty));
+        for service in a.applied.keys().chain(b.applied.keys()) {
+            if a.applied.get(service).map(|x| x.version)
+                != b.applied.get(service).map(|x| x.version)
+                || a.up.get(service) != b.up.get(service)
+                || a.errors.get(service) != b.errors.get(service)
+                || old.contains_key(id) != new.contains_key(id)
+            {
+                changed.insert(service.clone());
+            }
+        }
+    }
+    changed.into_iter().collect()
+}
+
+/// `node/id (applied N, table M)` for a status message.
+fn describe(id: &str, report: &ProxyReport, service: &str) -> String {
+    let applied = report
+        .applied
+        .get(service)
+        .map_or_else(|| "none".to_owned(), |a| a.version.to_string());
+    let error = report
+        .errors
+        .get(service)
+        .map_or_else(String::new, |e| format!(": {e}"));
+    format!("{id} on {} (serves version {applied}{error})", report.node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(live: Option<Color>) -> ServiceRoutes {
+        ServiceRoutes {
+            routes: Vec::new(),
+            live,
+            preview: None,
+            port: 80,
+            health_path: "/".into(),
+            checks: BTreeMap::new(),
+            slots: 4,
+            servers: BTreeMap::new(),
+        }
+    }
+
+    fn report(version: u64, up: &[(Color, u32)]) -> ProxyReport {
+        let mut by_color: BTreeMap<Color, BTreeSet<u32>> = BTreeMap::new();
+        for (color, slot) in up {
+            by_color.entry(*color).or_default().insert(*slot);
+        }
+        ProxyReport {
+            node: "n".into(),
+            applied: BTreeMap::from([("web".to_owned(), Applied { version, at_ms: 0 })]),
+            up: BTreeMap::from([("web".to_owned(), by_color)]),
+            ..ProxyReport::default()
+        }
+    }
+
+    #[test]
+    fn no_proxy_no_view() {
+        assert_eq!(Fleet::default().view("web"), None);
+    }
+
+    #[test]
+    fn up_is_what_every_proxy_sees_and_lagging_proxies_are_named() {
+        let fleet = Fleet {
+            published: BTreeMap::from([("web".to_owned(), (7, routes(Some(Color::Blue))))]),
+            proxies: BTreeMap::from([
+                (
+                    "a".to_owned(),
+                    report(7, &[(Color::Blue, 1), (Color::Green, 1), (Color::Green, 2)]),
+                ),
+                (
+                    "b".to_owned(),
+                    report(6, &[(Color::Green, 1), (Color::Blue, 1)]),
+                ),
+            ]),
+            required: Some("a".into()),
+        };
+        let view = fleet.view("web").unwrap();
+        assert!(view.known);
+        assert_eq!(view.live, Some(Color::Blue));
+        assert_eq!(
+            view.up,
+            BTreeSet::from([(Color::Blue, 1), (Color::Green, 1)])
+        );
+        assert_eq!(view.lagging, ["b on n (serves version 6)"]);
+    }
+
+    #[test]
+    fn a_required_proxy_that_has_not_reported_lags_and_sees_nothing() {
+        let fleet = Fleet {
+            published: BTreeMap::from([("web".to_owned(), (3, routes(None)))]),
+            proxies: BTreeMap::new(),
+            required: Some("me".into()),
+        };
+        let view = fleet.view("web").unwrap();
+        assert!(view.up.is_empty());
+        assert_eq!(view.lagging, ["me (not reporting yet)"]);
+    }
+
+    #[test]
+    fn a_removed_service_is_synced_once_dropped() {
+        let dropped = ProxyReport::default();
+        assert!(dropped.synced("web", 0));
+        assert!(!dropped.synced("web", 5));
+        assert!(!report(5, &[]).synced("web", 0));
+        assert!(report(5, &[]).synced("web", 5));
+        assert!(report(6, &[]).synced("web", 5));
+    }
+}

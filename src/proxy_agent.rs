@@ -1,0 +1,323 @@
+//! The proxy role: keeps the local HAProxy in line with the route table the leader publishes,
+//! and reports what it serves.
+//!
+//! Every `cutover run` (leader or follower) runs one, and `cutover proxy` runs one alone on an
+//! edge node that runs no controller. It watches `<prefix>/routes/` with a blocking query,
+//! applies each service's routes that changed to its HAProxy through the Runtime API (a
+//! validated reload only when the set of backends changes), and writes its
+//! [`ProxyReport`](crate::fleet::ProxyReport) (the table version it serves per service, the
+//! servers its HAProxy's checks see UP) under `<prefix>/proxies/<id>`, held by a Consul session
+//! with behavior `delete`: a proxy that dies stops counting once its session expires.
+//!
+//! Guarantees:
+//! - It is the only code that changes an HAProxy (the supervisor only restarts a dead one
+//!   from the same files).
+//! - Consul away: it keeps serving the last table it applied (HAProxy's own files hold it),
+//!   and says so on `/readyz`.
+//! - A table read that comes back empty right after a start or a Consul index reset (Consul
+//!   restarted without its data) removes nothing: only a table that lists services, or a
+//!   later change, is taken as the truth about what to drop.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::fleet::{Applied, ProxyReport};
+use crate::metrics::Metrics;
+use crate::store::{Folder, Store};
+use crate::traffic::Traffic;
+
+/// The TTL of a proxy's session: a dead proxy stops counting within one to two of these.
+pub const SESSION_TTL: Duration = Duration::from_secs(10);
+
+/// How often the agent reads its HAProxy's server states.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// Who the agent is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Unique among the proxies of a prefix: the key of its report.
+    pub id: String,
+    /// The host it runs on, for people.
+    pub node: String,
+    /// Its live listener, for people.
+    pub listener: String,
+}
+
+impl Identity {
+    /// `<host>-<8 hex digits of the HAProxy directory>`: two proxies on one host (with their
+    /// own directories, as they must) get different ids.
+    pub fn for_directory(dir: &std::path::Path, listener: &str) -> Identity {
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in dir.as_os_str().as_encoded_bytes() {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        Identity {
+            id: format!("{node}-{hash:08x}"),
+            node,
+            listener: listener.to_owned(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    report: ProxyReport,
+    /// The last read of the table succeeded (`None` before the first read).
+    connected: Option<Result<(), String>>,
+    /// The report changed since it was last written.
+    dirty: bool,
+}
+
+/// The agent. Cheap to share.
+pub struct ProxyAgent {
+    store: Store,
+    traffic: Arc<Traffic>,
+    identity: Identity,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl ProxyAgent {
+    pub fn new(
+        store: Store,
+        traffic: Arc<Traffic>,
+        identity: Identity,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ProxyAgent> {
+        let report = ProxyReport {
+            node: identity.node.clone(),
+            listener: identity.listener.clone(),
+            ..ProxyReport::default()
+        };
+        Arc::new(ProxyAgent {
+            store,
+            traffic,
+            identity,
+            metrics,
+            state: Mutex::new(State {
+                report,
+                ..State::default()
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.identity.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `Ok` while it follows the table; otherwise why not (for `/readyz`).
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = self.lock();
+        match &state.connected {
+            None => Err("the proxy has not read the route table yet".to_owned()),
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!(
+                "the proxy cannot read the route table ({e}); it serves the last one it applied"
+            )),
+        }
+    }
+
+    /// Its latest report.
+    pub fn report(&self) -> ProxyReport {
+        self.lock().report.clone()
+    }
+
+    /// Runs until the task is aborted.
+    pub async fn run(self: Arc<Self>) {
+        info!(id = %self.identity.id, "proxy agent following the route table");
+        let watch = tokio::spawn(Arc::clone(&self).follow_table());
+        self.report_loop().await;
+        watch.abort();
+    }
+
+    /// Applies every change of the table.
+    async fn follow_table(self: Arc<Self>) {
+        let mut watch = self
+            .store
+            .watch_folder(Folder::Routes, Duration::from_secs(300));
+        let mut first = true;
+        let mut failures = 0;
+        loop {
+            match watch.next().await {
+                Ok(update) => {
+                    failures = 0;
+                    let authoritative = !(first || update.reset);
+                    first = false;
+                    self.lock().connected = Some(Ok(()));
+                    self.apply(&update.listing.entries, authoritative).await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "proxy: cannot read the route table; serving the last one");
+                    self.lock().connected = Some(Err(e.to_string()));
+                    tokio::time::sleep(crate::queue::retry_delay(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Brings the HAProxy to the table: changed services applied, services no longer in it
+    /// removed (see the module's guarantees for when), then the report is due.
+    async fn apply(&self, entries: &[crate::consul::KvEntry], authoritative: bool) {
+        let (table, bad) = self.store.routes_from_entries(entries);
+        for problem in bad {
+            warn!("proxy: ignoring a route table entry that does not decode: {problem}");
+        }
+        for (service, (version, published)) in &table {
+            let current = self.lock().report.applied.get(service).map(|a| a.version);
+            if current == Some(*version) {
+                continue;
+            }
+            match self.traffic.apply(service, &published.routes).await {
+                Ok(_) => {
+                    let at_ms = now_ms();
+                    let took = at_ms.saturating_sub(published.written_ms);
+                    self.metrics
+                        .proxy_applied(*version, Duration::from_millis(took));
+                    debug!(service = %service, version, took_ms = took, "proxy: routes applied");
+                    let mut state = self.lock();
+                    state.report.applied.insert(
+                        service.clone(),
+                        Applied {
+                            version: *version,
+                            at_ms,
+                        },
+                    );
+                    state.report.errors.remove(service);
+                    state.dirty = true;
+                }
+                Err(e) => {
+                    warn!(service = %service, version, error = %e, "proxy: cannot apply the routes; the previous ones keep serving");
+                    let mut state = self.lock();
+                    state.report.errors.insert(service.clone(), e.to_string());
+                    state.dirty = true;
+                }
+            }
+        }
+        if authoritative || !table.is_empty() {
+            for service in self.traffic.services().await {
+                if table.contains_key(&service) {
+                    continue;
+                }
+                match self.traffic.remove(&service).await {
+                    Ok(()) => {
+                        let mut state = self.lock();
+                        state.report.applied.remove(&service);
+                        state.report.up.remove(&service);
+                        state.report.errors.remove(&service);
+                        state.dirty = true;
+                        info!(service = %service, "proxy: routes removed");
+                    }
+                    Err(e) => warn!(service = %service, error = %e, "proxy: cannot remove routes"),
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Keeps the report current in Consul: at once when what it applied changes, when its
+    /// HAProxy's server states change (read every [`LOOK_EVERY`]), and at least every half
+    /// session TTL (which renews the session).
+    async fn report_loop(&self) {
+        let mut session: Option<String> = None;
+        let mut ticker = tokio::time::interval(LOOK_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = ticker.tick() => {
+                    let up = self.traffic.servers_up_all().await;
+                    let mut state = self.lock();
+                    if state.report.up != up {
+                        state.report.up = up;
+                        state.dirty = true;
+                    }
+                }
+            }
+            let due = renewed.elapsed() >= SESSION_TTL / 2;
+            let report = {
+                let mut state = self.lock();
+                if !state.dirty && !due && session.is_some() {
+                    continue;
+                }
+                state.report.updated_ms = now_ms();
+                state.report.clone()
+            };
+            match self.write(&mut session, &report, due).await {
+                Ok(()) => {
+                    if due {
+                        renewed = tokio::time::Instant::now();
+                    }
+                    self.lock().dirty = false;
+                }
+                Err(e) => {
+                    debug!(error = %e, "proxy: cannot write its report");
+                    session = None;
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        session: &mut Option<String>,
+        report: &ProxyReport,
+        renew: bool,
+    ) -> Result<(), String> {
+        let client = self.store.client();
+        if renew && let Some(id) = session.as_deref() {
+            let alive = client.renew_session(id).await.map_err(|e| e.to_string())?;
+            if !alive {
+                *session = None;
+            }
+        }
+        let id = match session.as_deref() {
+            Some(id) => id.to_owned(),
+            None => {
+                let name = format!("cutover proxy {}", self.identity.id);
+                let id = client
+                    .create_ephemeral_session(&name, SESSION_TTL)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *session = Some(id.clone());
+                id
+            }
+        };
+        let held = self
+            .store
+            .put_report(&self.identity.id, &id, report)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !held {
+            return Err(format!(
+                "another proxy holds the report key of {}; give each proxy its own --haproxy-dir",
+                self.identity.id
+            ));
+        }
+        Ok(())
+    }
+}
