@@ -74,7 +74,12 @@ impl World {
                 "--instance",
                 &self.instance,
             ])
-            .args(["--resync", "5s"])
+            // A test may ask for another resync (the last one given wins).
+            .args(if extra.contains(&"--resync") {
+                &[][..]
+            } else {
+                &["--resync", "5s"][..]
+            })
             .args(["--http-bind", &format!("127.0.0.1:{}", self.http_port)])
             .args([
                 "--preview-bind",
@@ -338,6 +343,39 @@ fn scaling_changes_the_live_color_in_place() {
     w.eventually("one replica left", || {
         w.containers() == ["web-blue-1 cutover-demo:a running"]
     });
+}
+
+/// Docker reports a container's death (`die`) a little before its list shows it stopped, and
+/// a `docker kill` sends no event after that: the daemon must look again, not wait for the
+/// replica's health checks to fail or for the resync. Found by `scripts/chaos`.
+#[test]
+fn a_killed_replica_is_started_again_without_waiting_for_health_checks_or_the_resync() {
+    let mut w = World::new("killed");
+    w.start_daemon_with(&["--resync", "10m"]);
+    // Health checks every 2 minutes: only Docker's events can tell the daemon in time.
+    let manifest = w.demo("web", "cutover-demo:a", 2, FAST).replace(
+        "interval: 200ms, timeout: 150ms",
+        "interval: 2m, timeout: 1s",
+    );
+    w.apply("web", &manifest);
+    w.wait_available("web");
+    let both = [
+        "web-blue-1 cutover-demo:a running",
+        "web-blue-2 cutover-demo:a running",
+    ];
+    assert_eq!(w.containers(), both);
+    docker(&["kill", &format!("{}-blue-2", w.svc("web"))]);
+    // Generous: the daemon starts it again about a second after the kill.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.containers() != both {
+        assert!(
+            Instant::now() < deadline,
+            "the killed replica was not started again in 30 s; containers: {:?}\n--- daemon log\n{}",
+            w.containers(),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
