@@ -20,7 +20,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
+
+/// How often a replica that is not ready is probed, at most.
+pub const FAST_INTERVAL: Duration = Duration::from_millis(200);
 
 use crate::docker::DockerHealth;
 use crate::observed::Container;
@@ -519,10 +522,21 @@ impl HealthMonitor {
         let container_id = container_id.to_owned();
         let config = config.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(config.interval.max(Duration::from_millis(1)));
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut first = true;
+            let mut ready = false;
             loop {
-                ticker.tick().await;
+                // Probed every `interval` once ready; a replica coming up (or going down) at
+                // most every `FAST_INTERVAL`, as HAProxy's `fastinter` does, so a slow
+                // interval never delays a rollout.
+                if !first {
+                    let every = if ready {
+                        config.interval
+                    } else {
+                        config.interval.min(FAST_INTERVAL)
+                    };
+                    tokio::time::sleep(every.max(Duration::from_millis(1))).await;
+                }
+                first = false;
                 let result = probe(config.target.clone()).await;
                 let change = {
                     let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -540,6 +554,7 @@ impl HealthMonitor {
                         ProbeResult::Success { .. } => None,
                         ProbeResult::Failure(failure) => Some(failure),
                     };
+                    ready = entry.probe.ready();
                     entry.update(&container_id)
                 };
                 if let Some(change) = change {

@@ -133,6 +133,34 @@ fn scaling_changes_the_live_color_in_place() {
     });
 }
 
+/// Docker reports a container's death (`die`) a little before its list shows it stopped, and
+/// a `docker kill` sends no event after that: the daemon must look again, not wait for the
+/// replica's health checks to fail or for the resync. Found by `scripts/chaos`.
+#[test]
+fn a_killed_replica_is_started_again_without_waiting_for_health_checks_or_the_resync() {
+    let w = World::new("killed");
+    w.daemon().short_lease().resync("10m").start();
+    // Health checks every 2 minutes: only Docker's events can tell the daemon in time.
+    let manifest = w.demo("web", "cutover-demo:a", 2, FAST).replace(
+        "interval: 200ms, timeout: 150ms",
+        "interval: 2m, timeout: 1s",
+    );
+    w.apply("web", &manifest);
+    w.wait_available("web");
+    let both = [
+        "web-blue-1 cutover-demo:a running",
+        "web-blue-2 cutover-demo:a running",
+    ];
+    assert_eq!(w.containers(), both);
+    docker(&["kill", &format!("{}-blue-2", w.svc("web"))]);
+    // Generous: the daemon starts it again about a second after the kill.
+    w.eventually_within(
+        "the killed replica started again",
+        Duration::from_secs(30),
+        || w.containers() == both,
+    );
+}
+
 #[test]
 fn an_invalid_spec_leaves_the_old_revision_running_and_says_where() {
     let w = World::new("invalid");

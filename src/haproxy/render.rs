@@ -390,12 +390,15 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
                 // A server coming up (or going down) is checked at most every 200 ms, so a
                 // new replica is seen UP about as soon as it answers.
                 Some(t) => {
-                    let fast = t.interval_ms.min(200);
+                    // However slow the revision's own probe, HAProxy checks at least every
+                    // 2 s (a server it has just loaded is checked within one interval).
+                    let inter = t.interval_ms.min(2_000);
+                    let fast = inter.min(200);
                     let _ = writeln!(c, "    timeout check {}ms", t.timeout_ms);
                     let _ = writeln!(
                         c,
-                        "    default-server check inter {}ms fastinter {fast}ms downinter {fast}ms rise {} fall {}",
-                        t.interval_ms, t.rise, t.fall
+                        "    default-server check inter {inter}ms fastinter {fast}ms downinter {fast}ms rise {} fall {}",
+                        t.rise, t.fall
                     );
                 }
                 None => {
@@ -520,6 +523,11 @@ pub fn runtime_commands(
             };
             if readdress && let Some(address) = address {
                 target.push(command::set_server_addr(&backend, &server, address, port));
+                // A new replica in a slot HAProxy knew: DOWN until its own check passes.
+                // (Not when HAProxy's state is unknown: the slot may hold a serving replica.)
+                if before.is_some() {
+                    target.push(command::set_server_health_down(&backend, &server));
+                }
             }
             if restate || readdress {
                 target.push(command::set_server_state(&backend, &server, state));

@@ -112,6 +112,16 @@ pub mod command {
         )
     }
 
+    /// `set server <backend>/<server> health down`: a server that gets a new replica counts
+    /// as DOWN until its check passes (HAProxy would otherwise take it for UP, unchecked).
+    pub fn set_server_health_down(backend: &str, server: &str) -> String {
+        format!(
+            "set server {}/{} health down",
+            escape(backend),
+            escape(server)
+        )
+    }
+
     /// `set server <backend>/<server> state ready|drain|maint`.
     pub fn set_server_state(
         backend: &str,

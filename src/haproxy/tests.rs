@@ -288,6 +288,7 @@ fn a_switch_readies_the_new_color_then_flips_the_maps_then_drains_the_old() {
         runtime_commands(&s, "a", Some(&old), &new),
         vec![
             "set server be_a_green/s1 addr 10.0.1.1 port 80",
+            "set server be_a_green/s1 health down",
             "set server be_a_green/s1 state ready",
             "set map /run/cutover/live_hosts.map a.com be_a_green",
             "set map /run/cutover/live_paths.map /a be_a_green",
@@ -328,6 +329,7 @@ fn scaling_down_drains_and_scaling_up_sets_address_then_state() {
         runtime_commands(&s, "a", Some(&old), &up),
         vec![
             "set server be_a_blue/s3 addr 10.0.0.3 port 80",
+            "set server be_a_blue/s3 health down",
             "set server be_a_blue/s3 state ready",
         ]
     );
