@@ -390,6 +390,8 @@ pub struct Proxy {
     table: BTreeMap<String, ServiceRoutes>,
     /// The shape of the configuration HAProxy runs; `None`: unknown.
     loaded: Option<BTreeMap<String, render::Shape>>,
+    /// The shapes of the last configuration `haproxy -c` accepted.
+    validated: Option<BTreeMap<String, render::Shape>>,
     /// Per service, what the running HAProxy's runtime state is; absent: unknown, the next
     /// apply sets everything.
     runtime: BTreeMap<String, ServiceRoutes>,
@@ -443,6 +445,7 @@ impl Proxy {
             settings,
             table,
             loaded: None,
+            validated: None,
             runtime: BTreeMap::new(),
             metrics: ProxyMetrics::default(),
             master: None,
@@ -828,6 +831,23 @@ impl Proxy {
         &mut self,
         table: &BTreeMap<String, ServiceRoutes>,
     ) -> Result<(), ProxyError> {
+        // A configuration of a shape `haproxy -c` accepted that differs from it only in
+        // server states and IP addresses cannot fail: no need to fork HAProxy again (it takes
+        // tens of milliseconds, on every scale or switch). Anything else, a host name
+        // included, is HAProxy's to judge.
+        let shapes = render::shapes(table);
+        let only_ips = table.values().all(|routes| {
+            (routes.servers.values().flatten())
+                .all(|server| server.address.parse::<std::net::IpAddr>().is_ok())
+        });
+        if only_ips && self.validated.as_ref() == Some(&shapes) {
+            for (name, text) in &render_maps(table) {
+                write_atomically(&self.settings.dir.join(name), text)?;
+            }
+            write_atomically(&self.settings.config_path(), &render(&self.settings, table))?;
+            let json = serde_json::to_string_pretty(table).expect("the table serializes");
+            return write_atomically(&self.settings.table_path(), &json);
+        }
         let staging_dir = self.settings.dir.join("staging");
         create_dir(&staging_dir)?;
         let staging = Settings {
@@ -850,6 +870,7 @@ impl Proxy {
         write_atomically(&self.settings.config_path(), &render(&self.settings, table))?;
         let json = serde_json::to_string_pretty(table).expect("the table serializes");
         write_atomically(&self.settings.table_path(), &json)?;
+        self.validated = Some(shapes);
         Ok(())
     }
 }

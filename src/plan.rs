@@ -43,6 +43,9 @@ use crate::status::{
 /// checks to see a new replica UP, a container name to be freed).
 const POLL_MS: u64 = 100;
 
+/// How often to look again while a proxy lags (its report wakes the service sooner).
+const PROXY_POLL_MS: u64 = 1_000;
+
 /// A container a step acts on, with what a log line needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -804,7 +807,7 @@ impl<'a> Planner<'a> {
         }
         self.availability(Some(color), replicas);
         if ready == replicas {
-            self.set_phase(Phase::Available);
+            self.available_once_proxies_serve(color);
             return;
         }
         // Replicas that do not get ready are not a rollout to abort, but they are reported
@@ -861,6 +864,7 @@ impl<'a> Planner<'a> {
         let present: Vec<&Container> = self.world.color(color).to_vec();
         let mut occupied: BTreeSet<u32> = BTreeSet::new();
         let mut held: BTreeSet<u32> = BTreeSet::new();
+        let mut mixed = false;
         for c in &present {
             let stays = c.revision == revision
                 && c.slot().is_some_and(|s| (1..=count).contains(&s))
@@ -868,11 +872,11 @@ impl<'a> Planner<'a> {
             if !stays {
                 // Another revision (kept for a rollback if it served) or a slot too many.
                 let keep = c.revision != revision && self.keeps(Some(service), &c.revision);
-                if !self.retire(c, keep)
-                    && let Some(slot) = c.slot()
-                {
-                    // Still in its slot: the slot's name is not free yet.
-                    held.insert(slot);
+                if !self.retire(c, keep) {
+                    // Still in its slot (the slot's name is not free yet), and still another
+                    // revision in this color: nothing new is created beside it.
+                    held.insert(c.slot().unwrap_or(0));
+                    mixed |= c.revision != revision;
                 }
             } else if !c.running {
                 self.steps.push(Step::Start {
@@ -883,7 +887,7 @@ impl<'a> Planner<'a> {
         let mut blocked = false;
         let mut created = false;
         for slot in (1..=count).filter(|s| !occupied.contains(s)) {
-            if held.contains(&slot) {
+            if mixed || held.contains(&slot) {
                 blocked = true;
                 continue;
             }
@@ -976,7 +980,7 @@ impl<'a> Planner<'a> {
             && !proxy.lagging.is_empty()
         {
             self.waiting_for_proxies = true;
-            self.requeue_after(POLL_MS);
+            self.requeue_after(PROXY_POLL_MS);
             return false;
         }
         let to = free_archived_name(c, &self.input.observed.containers);
@@ -1144,8 +1148,15 @@ impl<'a> Planner<'a> {
             return;
         }
         if !self.proxy_sees_up(color, &mine) {
+            let lagging = self
+                .input
+                .proxy
+                .map(|p| p.lagging.join(", "))
+                .filter(|l| !l.is_empty())
+                .map_or_else(String::new, |l| format!(" (behind the route table: {l})"));
             let waiting = format!(
-                "{ready}/{wanted} replicas of {color} (revision {revision}) ready; waiting for the proxy's checks to see them UP"
+                "{ready}/{wanted} replicas of {color} (revision {revision}) ready; waiting for \
+                 every proxy's checks to see them UP{lagging}"
             );
             self.check_deadline(service, &mine, revision, index, "WaitingForProxy", waiting);
             self.requeue_after(POLL_MS);
@@ -1250,15 +1261,16 @@ impl<'a> Planner<'a> {
                 occupied.insert(slot);
             }
         }
+        let mut deferred = false;
         for c in blockers {
             let keep = self.keeps(Some(service), &c.revision);
-            if !self.retire(c, keep)
-                && let Some(slot) = c.slot()
-            {
-                occupied.insert(slot);
-            }
+            deferred |= !self.retire(c, keep);
         }
         self.restart_stopped(color, revision);
+        if deferred {
+            // Another revision still holds slots of this color: nothing joins it yet.
+            return;
+        }
         let mut archived: Vec<&Container> = self
             .world
             .archived
@@ -1384,11 +1396,31 @@ impl<'a> Planner<'a> {
             },
             format!("{ready}/{replicas} replicas ready"),
         );
-        self.set_phase(if available {
-            Phase::Available
+        if available {
+            self.available_once_proxies_serve(color);
         } else {
-            Phase::Progressing
-        });
+            self.set_phase(Phase::Progressing);
+        }
+    }
+
+    /// `Available`, once every proxy serves the latest route table: a switch planned now,
+    /// or one a proxy has not applied yet, is still `Progressing` (`WaitingForProxies`), so
+    /// that whoever waits for `Available` finds every proxy serving the new color.
+    fn available_once_proxies_serve(&mut self, color: Color) {
+        let switching = self.steps.iter().any(|s| matches!(s, Step::Switch { .. }));
+        let lagging = self.input.proxy.map(|p| p.lagging.join(", "));
+        match lagging {
+            Some(lagging) if switching || !lagging.is_empty() => {
+                let message = if switching {
+                    format!("switching to {color}; waiting for every proxy to serve it")
+                } else {
+                    format!("{color} is live; waiting for {lagging} to serve it")
+                };
+                self.progressing("WaitingForProxies", message);
+                self.requeue_after(PROXY_POLL_MS);
+            }
+            _ => self.set_phase(Phase::Available),
+        }
     }
 
     /// Puts `revision` in `color` at the head of the revision history, with the switch time,

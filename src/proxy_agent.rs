@@ -32,8 +32,10 @@ use crate::traffic::Traffic;
 /// The TTL of a proxy's session: a dead proxy stops counting within one to two of these.
 pub const SESSION_TTL: Duration = Duration::from_secs(10);
 
-/// How often the agent reads its HAProxy's server states.
-const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How often the agent reads its HAProxy's server states while a server in rotation is not
+/// UP (a rollout waits for it), and otherwise.
+const LOOK_FAST: Duration = Duration::from_millis(100);
+const LOOK_SLOW: Duration = Duration::from_secs(1);
 
 /// Who the agent is.
 #[derive(Debug, Clone)]
@@ -239,23 +241,29 @@ impl ProxyAgent {
     }
 
     /// Keeps the report current in Consul: at once when what it applied changes, when its
-    /// HAProxy's server states change (read every [`LOOK_EVERY`]), and at least every half
-    /// session TTL (which renews the session).
+    /// HAProxy's server states change (read every [`LOOK_FAST`] while a server in rotation
+    /// is not UP, every [`LOOK_SLOW`] otherwise), and at least every half session TTL (which
+    /// renews the session).
     async fn report_loop(&self) {
         let mut session: Option<String> = None;
-        let mut ticker = tokio::time::interval(LOOK_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = tokio::time::Instant::now();
+        let mut every = LOOK_FAST;
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = ticker.tick() => {
-                    let up = self.traffic.servers_up_all().await;
-                    let mut state = self.lock();
-                    if state.report.up != up {
-                        state.report.up = up;
-                        state.dirty = true;
-                    }
+                _ = tokio::time::sleep(every) => {}
+            }
+            let up = self.traffic.servers_up_all().await;
+            every = if up == self.traffic.servers_in_rotation().await {
+                LOOK_SLOW
+            } else {
+                LOOK_FAST
+            };
+            {
+                let mut state = self.lock();
+                if state.report.up != up {
+                    state.report.up = up;
+                    state.dirty = true;
                 }
             }
             let due = renewed.elapsed() >= SESSION_TTL / 2;

@@ -192,6 +192,32 @@ impl Traffic {
         Ok(outcome)
     }
 
+    /// Per service and color, the server slots the table puts in rotation: what
+    /// [`Traffic::servers_up_all`] reports once every check passed.
+    pub async fn servers_in_rotation(&self) -> BTreeMap<String, BTreeMap<Color, BTreeSet<u32>>> {
+        let proxy = self.proxy.lock().await;
+        proxy
+            .services()
+            .filter_map(|name| Some((name, proxy.routes(name)?)))
+            .map(|(name, routes)| {
+                let by_color = routes
+                    .servers
+                    .iter()
+                    .map(|(color, servers)| {
+                        let slots = servers
+                            .iter()
+                            .filter(|s| s.state == ServerState::Ready)
+                            .map(|s| s.slot)
+                            .collect();
+                        (*color, slots)
+                    })
+                    .filter(|(_, slots): &(Color, BTreeSet<u32>)| !slots.is_empty())
+                    .collect();
+                (name.to_owned(), by_color)
+            })
+            .collect()
+    }
+
     /// Per service and color, the server slots HAProxy's checks see UP (one `show stat`);
     /// empty when HAProxy cannot be asked.
     pub async fn servers_up_all(&self) -> BTreeMap<String, BTreeMap<Color, BTreeSet<u32>>> {

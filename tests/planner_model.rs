@@ -97,6 +97,9 @@ enum Event {
     HealAll,
     /// HAProxy's checks catch up with the replicas' health.
     ProxyChecks,
+    /// A second proxy stops following the route table (frozen) / catches up.
+    ProxyLags,
+    ProxyCatchesUp,
     /// A container dies / is removed by hand.
     Die(usize),
     RemoveByHand(usize),
@@ -126,6 +129,8 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (0usize..8).prop_map(Event::Sicken),
         3 => Just(Event::HealAll),
         3 => Just(Event::ProxyChecks),
+        1 => Just(Event::ProxyLags),
+        2 => Just(Event::ProxyCatchesUp),
         1 => (0usize..8).prop_map(Event::Die),
         1 => (0usize..8).prop_map(Event::RemoveByHand),
         3 => (0usize..8).prop_map(Event::BackgroundDone),
@@ -172,6 +177,8 @@ struct Sim<'p> {
     proxy: ProxyView,
     /// The revision the proxy's live color served when it was switched to.
     proxy_revision: Option<String>,
+    /// While a second proxy lags: the live color and revision it still serves.
+    lagging: Option<(Option<cutover::status::Color>, Option<String>)>,
     /// Background stops (false) and removals (true) under way, by container id.
     background: BTreeMap<String, bool>,
     fail_next_step: bool,
@@ -195,6 +202,7 @@ impl<'p> Sim<'p> {
             request: None,
             proxy: ProxyView::default(),
             proxy_revision: None,
+            lagging: None,
             background: BTreeMap::new(),
             fail_next_step: false,
             now_ms: 1_700_000_000_000,
@@ -243,6 +251,14 @@ impl<'p> Sim<'p> {
             Some(Ok(r)) => Some(r),
             _ => None,
         };
+        let proxy = ProxyView {
+            lagging: self
+                .lagging
+                .iter()
+                .map(|_| "p2 (serves an older table)".to_owned())
+                .collect(),
+            ..self.proxy.clone()
+        };
         plan::plan(&Input {
             name: NAME,
             desired,
@@ -260,7 +276,7 @@ impl<'p> Sim<'p> {
                 ..Policy::default()
             },
             deletion: Deletion::default(),
-            proxy: Some(&self.proxy),
+            proxy: Some(&proxy),
         })
     }
 
@@ -293,6 +309,12 @@ impl<'p> Sim<'p> {
             }
             Event::HealAll => self.heal_all(),
             Event::ProxyChecks => self.proxy_checks(),
+            Event::ProxyLags => {
+                if self.lagging.is_none() && self.proxy.known {
+                    self.lagging = Some((self.proxy.live, self.proxy_revision.clone()));
+                }
+            }
+            Event::ProxyCatchesUp => self.lagging = None,
             Event::Die(i) => {
                 if let Some(id) = self.nth_container(*i)
                     && let Some(at) = self.index_of(&id)
@@ -308,9 +330,11 @@ impl<'p> Sim<'p> {
                     self.background.remove(&id);
                 }
             }
+            // The controller lets a stop go only once every proxy serves the table without
+            // the replica.
             Event::BackgroundDone(i) => {
                 let ids: Vec<String> = self.background.keys().cloned().collect();
-                if !ids.is_empty() {
+                if !ids.is_empty() && self.lagging.is_none() {
                     let id = ids[i % ids.len()].clone();
                     self.finish_background(&id);
                 }
@@ -552,14 +576,27 @@ impl<'p> Sim<'p> {
                 describe(plan)
             ));
         }
-        let (Some(service), Some(live), Some(serving)) =
-            (self.service(), proxy.live, &self.proxy_revision)
-        else {
+        let Some(service) = self.service().filter(|s| s.blue_green().is_some()) else {
             return Ok(());
         };
-        if service.blue_green().is_none() {
-            return Ok(());
+        let mut served = vec![(proxy.live, self.proxy_revision.clone())];
+        served.extend(self.lagging.clone());
+        for (live, serving) in served {
+            let (Some(live), Some(serving)) = (live, serving) else {
+                continue;
+            };
+            self.check_serving(plan, service, live, &serving)?;
         }
+        Ok(())
+    }
+
+    fn check_serving(
+        &self,
+        plan: &Plan,
+        service: &Service,
+        live: cutover::status::Color,
+        serving: &str,
+    ) -> Result<(), String> {
         for step in &plan.steps {
             let (Step::Stop { target } | Step::Remove { target } | Step::Rename { target, .. }) =
                 step
@@ -572,7 +609,7 @@ impl<'p> Sim<'p> {
             if c.color() == Some(live)
                 && !c.is_archived()
                 && c.running
-                && &c.revision == serving
+                && c.revision == serving
                 && c.slot().is_some_and(|s| s <= service.spec.replicas)
             {
                 return Err(format!(
@@ -608,6 +645,7 @@ impl<'p> Sim<'p> {
     /// service settles.
     fn settle(&mut self) -> Result<(), String> {
         self.fail_next_step = false;
+        self.lagging = None;
         let mut last = None;
         for _pass in 0..40 {
             self.heal_all();
@@ -745,6 +783,7 @@ fn describe(plan: &Plan) -> Vec<String> {
 /// Runs one sequence: after each event the daemon reconciles until it has no foreground
 /// step left (at most a few passes), then everything settles.
 fn run(pool: &Pool, events: &[Event]) -> Result<(), String> {
+    let trace = std::env::var_os("CUTOVER_MODEL_TRACE").is_some();
     let mut sim = Sim::new(pool);
     for (n, event) in events.iter().enumerate() {
         sim.happen(event);
@@ -752,6 +791,17 @@ fn run(pool: &Pool, events: &[Event]) -> Result<(), String> {
             let plan = sim
                 .reconcile()
                 .map_err(|e| format!("after event {n} ({event:?}): {e}"))?;
+            if trace {
+                eprintln!(
+                    "{n} {event:?}: {:?} phase {:?} live {:?} proxy {:?} lagging {:?}\n   {:?}",
+                    describe(&plan),
+                    plan.status.as_ref().and_then(|s| s.phase),
+                    plan.status.as_ref().and_then(|s| s.active_color),
+                    sim.proxy.live,
+                    sim.lagging,
+                    sim.names()
+                );
+            }
             if plan.steps.iter().all(Step::is_background) {
                 break;
             }
@@ -799,6 +849,78 @@ fn random_sequences_of_events_keep_the_planners_invariants() {
 
 /// The sequence that wedged the daemon for good: a first deploy whose health path is wrong,
 /// corrected while the first color is still coming up.
+/// Replays one sequence given as `CUTOVER_MODEL_REPLAY` (the `Debug` form a failure prints),
+/// with a trace of every plan when `CUTOVER_MODEL_TRACE` is set; passes when unset.
+#[test]
+fn replay() {
+    let Some(text) = std::env::var_os("CUTOVER_MODEL_REPLAY") else {
+        return;
+    };
+    let events = parse_events(&text.to_string_lossy());
+    run(&Pool::new(), &events).unwrap();
+}
+
+/// Reads the `Debug` form of a sequence of events back.
+fn parse_events(text: &str) -> Vec<Event> {
+    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
+    let mut events = Vec::new();
+    let mut depth = 0;
+    let mut current = String::new();
+    for ch in inner.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                events.push(parse_event(current.trim()));
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(ch);
+    }
+    if !current.trim().is_empty() {
+        events.push(parse_event(current.trim()));
+    }
+    events
+}
+
+fn parse_event(text: &str) -> Event {
+    let (name, args) = text
+        .split_once('(')
+        .map_or((text, ""), |(n, a)| (n, a.trim_end_matches(')')));
+    let number = || args.trim().parse::<usize>().expect("a number");
+    match name {
+        "Apply" => Event::Apply(number()),
+        "Delete" => Event::Delete,
+        "Heal" => Event::Heal(number()),
+        "Sicken" => Event::Sicken(number()),
+        "HealAll" => Event::HealAll,
+        "ProxyChecks" => Event::ProxyChecks,
+        "ProxyLags" => Event::ProxyLags,
+        "ProxyCatchesUp" => Event::ProxyCatchesUp,
+        "Die" => Event::Die(number()),
+        "RemoveByHand" => Event::RemoveByHand(number()),
+        "BackgroundDone" => Event::BackgroundDone(number()),
+        "FailNextStep" => Event::FailNextStep,
+        "Restart" => Event::Restart,
+        "LoseStatus" => Event::LoseStatus,
+        "CorruptStatus" => Event::CorruptStatus,
+        "CorruptRequest" => Event::CorruptRequest,
+        "Later" => Event::Later(args.trim().parse().expect("milliseconds")),
+        "Request" => {
+            let (action, stale) = args.split_once(',').expect("Request(action, stale)");
+            let action = match action.trim() {
+                "Promote" => Action::Promote,
+                "Rollback" => Action::Rollback,
+                _ => Action::Abort,
+            };
+            Event::Request(action, stale.trim() == "true")
+        }
+        other => panic!("unknown event {other:?}"),
+    }
+}
+
 #[test]
 fn regression_a_corrected_spec_during_the_first_rollout() {
     let pool = Pool::new();

@@ -9,9 +9,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use support::{Agent, World, docker, signal};
+use support::{Agent, Load, World, docker, signal};
 
 fn http_get(ip: &str, path: &str) -> String {
     let out = Command::new("curl")
@@ -577,79 +575,6 @@ fn twenty_services_converge_together_and_a_missing_image_delays_none() {
     assert_eq!(w.containers().len(), 19, "{:?}", w.containers());
 }
 
-/// Requests through the live listener from several threads, each on a new connection,
-/// counting every answer that is not a 200 from a live version.
-struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
-}
-
-impl Load {
-    fn start(port: u16, host: String, threads: usize) -> Load {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let threads = (0..threads)
-            .map(|_| {
-                let stop = stop.clone();
-                let host = host.clone();
-                std::thread::spawn(move || {
-                    let (mut ok, mut failures) = (0, Vec::new());
-                    // Bounded: the test stops it, and it stops by itself after 5 minutes.
-                    let deadline = Instant::now() + Duration::from_secs(300);
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                        && Instant::now() < deadline
-                    {
-                        match request(port, &host) {
-                            Ok(body) if body == "version A" || body == "version B" => ok += 1,
-                            Ok(other) => failures.push(format!("{} {other}", now_text())),
-                            Err(e) => failures.push(format!("{} {e}", now_text())),
-                        }
-                    }
-                    (ok, failures)
-                })
-            })
-            .collect();
-        Load { stop, threads }
-    }
-
-    /// Stops the load; returns the successes and the failures.
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut total = (0, Vec::new());
-        for t in self.threads {
-            let (ok, failures) = t.join().unwrap();
-            total.0 += ok;
-            total.1.extend(failures);
-        }
-        total
-    }
-}
-
-/// One HTTP/1.0 request on a new connection: the body of a 200, or what went wrong.
-fn request(port: u16, host: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET / HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no headers: {response:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or_default().to_owned());
-    }
-    Ok(body.trim().to_owned())
-}
-
 #[test]
 fn rollouts_scaling_and_a_daemon_crash_under_load_fail_no_request() {
     let w = World::new("load");
@@ -717,13 +642,6 @@ fn rollouts_scaling_and_a_daemon_crash_under_load_fail_no_request() {
 
 /// Wall-clock time as seconds since the epoch with milliseconds, to match failures with the
 /// daemon's log.
-fn now_text() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{}.{:03}", d.as_secs() % 86400, d.subsec_millis())
-}
-
 #[test]
 fn a_spec_asking_for_more_privilege_than_allowed_is_refused_and_nothing_changes() {
     let w = World::new("security");

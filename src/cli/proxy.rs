@@ -104,7 +104,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     if !listening.ip().is_loopback() {
         warn!(address = %listening, "the HTTP endpoints are reachable from other hosts and have no authentication");
     }
-    info!(address = %listening, "HTTP endpoints listening");
+    info!(address = %listening, "HTTP endpoints listening (status page at http://{listening}/)");
     let metrics = Arc::new(Metrics::new());
     metrics.set_leader(false);
     let local = LocalProxy::start(&store, settings, &metrics).await?;

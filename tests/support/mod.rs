@@ -22,9 +22,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+mod load;
 mod world;
 
 // Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use load::{Load, request};
 #[allow(unused_imports)]
 pub use world::{
     Daemon, DaemonBuilder, Ports, World, block_on, haproxy_masters,

@@ -157,6 +157,7 @@ impl World {
             resync: "5s".to_owned(),
             lease: None,
             proxy: true,
+            edge: false,
             haproxy_dir: "haproxy".to_owned(),
             ports: self.ports,
             args: Vec::new(),
@@ -495,6 +496,8 @@ pub struct DaemonBuilder<'w> {
     resync: String,
     lease: Option<(Duration, Duration)>,
     proxy: bool,
+    /// `cutover proxy` instead of `cutover run`.
+    edge: bool,
     haproxy_dir: String,
     ports: Ports,
     args: Vec<OsString>,
@@ -519,6 +522,12 @@ impl DaemonBuilder<'_> {
     /// delay.
     pub fn short_lease(self) -> Self {
         self.lease(Duration::from_secs(10), Duration::from_secs(1))
+    }
+
+    /// `cutover proxy`: the proxy role alone (no controller, no Docker), for an edge node.
+    pub fn edge(mut self) -> Self {
+        self.edge = true;
+        self
     }
 
     /// `--no-proxy`: no HAProxy (the proxy settings are not passed).
@@ -567,12 +576,17 @@ impl DaemonBuilder<'_> {
         command
             .env("CONSUL_HTTP_ADDR", &self.consul)
             .env("CUTOVER_PREFIX", &w.prefix)
-            .env("RUST_LOG", "cutover=debug")
-            .args(["run", "--network", &w.network, "--instance", &w.instance])
-            .args(["--resync", &self.resync])
-            // Tests run daemons in parallel: each takes a free port for its HTTP endpoints.
-            .args(["--listen", "127.0.0.1:0"]);
-        if let Some((ttl, lock_delay)) = self.lease {
+            .env("RUST_LOG", "cutover=debug");
+        // Tests run daemons in parallel: each takes a free port for its HTTP endpoints.
+        if self.edge {
+            command.args(["proxy", "--listen", "127.0.0.1:0"]);
+        } else {
+            command
+                .args(["run", "--network", &w.network, "--instance", &w.instance])
+                .args(["--resync", &self.resync])
+                .args(["--listen", "127.0.0.1:0"]);
+        }
+        if let Some((ttl, lock_delay)) = self.lease.filter(|_| !self.edge) {
             command
                 .args(["--leader-ttl", &format!("{}s", ttl.as_secs())])
                 .args(["--lock-delay", &format!("{}s", lock_delay.as_secs())]);

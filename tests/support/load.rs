@@ -1,0 +1,106 @@
+//! Steady load through a proxy: several threads, each request on a new connection, every
+//! answer that is not a 200 from a live version counted as a failure, and the first time
+//! each version was seen.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// The load on one listener; stop it with [`Load::finish`] (it stops by itself after five
+/// minutes).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+    first_seen: Arc<Mutex<BTreeMap<String, SystemTime>>>,
+}
+
+impl Load {
+    /// `threads` threads sending `GET /` with `Host: host` to `127.0.0.1:port`.
+    pub fn start(port: u16, host: String, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let first_seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let first_seen = Arc::clone(&first_seen);
+                let host = host.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    let deadline = Instant::now() + Duration::from_secs(300);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match request(port, &host) {
+                            Ok(body) if body.starts_with("version ") => {
+                                ok += 1;
+                                first_seen
+                                    .lock()
+                                    .unwrap()
+                                    .entry(body)
+                                    .or_insert_with(SystemTime::now);
+                            }
+                            Ok(other) => failures.push(format!("{} {other}", now_text())),
+                            Err(e) => failures.push(format!("{} {e}", now_text())),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            first_seen,
+        }
+    }
+
+    /// When a body (such as `version B`) was first answered.
+    pub fn first_seen(&self, body: &str) -> Option<SystemTime> {
+        self.first_seen.lock().unwrap().get(body).copied()
+    }
+
+    /// Stops the load; returns the successes and the failures.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.threads {
+            let (ok, failures) = t.join().unwrap();
+            total.0 += ok;
+            total.1.extend(failures);
+        }
+        total
+    }
+}
+
+/// One HTTP/1.0 request on a new connection: the body of a 200, or what went wrong.
+pub fn request(port: u16, host: &str) -> Result<String, String> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no headers: {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body.trim().to_owned())
+}
+
+/// The time of day with milliseconds, to match failures with daemon logs.
+fn now_text() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}.{:03}", d.as_secs() % 86400, d.subsec_millis())
+}
