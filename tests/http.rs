@@ -429,7 +429,8 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     let chromium_profile = TempDir::new();
     chromium(); // fail before the slow part when there is no browser
     let w = world("http-page");
-    let (_, addr) = start(&w);
+    // With its proxy, so that the page lists it.
+    let addr = w.endpoint(w.daemon().start());
     // One service per phase a person should tell apart at a glance.
     w.apply("catalog", &demo(&w, "catalog", "cutover-demo:a", 2, FAST));
     w.apply(
@@ -520,6 +521,15 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
         tag_with(&dom, r#"id="banner""#).contains("hidden"),
         "the error banner shows:\n{dom}"
     );
+    // The daemon's own proxy, serving the whole route table, its servers UP.
+    let proxy = tag_with(&dom, "data-proxy=");
+    assert!(proxy.contains(r#"data-behind="0""#), "{proxy}");
+    for text in [">Proxies<", " current<", " UP"] {
+        assert!(
+            dom.contains(text),
+            "{text} not in the rendered page:\n{dom}"
+        );
+    }
 
     let shot = w.dir.path().join("status-page.png");
     run_chromium(

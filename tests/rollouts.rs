@@ -239,7 +239,7 @@ fn a_color_haproxy_sees_down_is_never_switched_to() {
         w.try_status("web").is_some_and(|s| {
             s["conditions"]
                 .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["reason"] == "WaitingForProxy"))
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "WaitingForProxies"))
         })
     });
     let mut answers = std::collections::BTreeMap::<String, u32>::new();

@@ -1039,7 +1039,7 @@ fn the_switch_waits_until_the_proxy_sees_every_new_replica_up() {
     assert!(p.steps.is_empty(), "{:?}", describe(&p));
     assert_eq!(
         p.status.unwrap().condition("Progressing").unwrap().reason,
-        "WaitingForProxy"
+        "WaitingForProxies"
     );
     world.all_ready();
     assert_eq!(describe(&world.plan(&v2, 2)), ["switch traffic to green"]);
