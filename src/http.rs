@@ -22,13 +22,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
 use crate::controller::Controller;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::proxy_agent::ProxyAgent;
 use crate::spec::Strategy;
 use crate::status::Status;
@@ -142,13 +142,11 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     }
 }
 
-async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> Response {
+async fn metrics_text(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
     daemon.metrics.set_queue_depth(daemon.queue_depth());
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        daemon.metrics.encode(),
-    )
-        .into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
+    let (content_type, body) = daemon.metrics.negotiate(accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// One service in `/api/v1/services`.

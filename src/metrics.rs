@@ -20,11 +20,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::plan::Step;
-use crate::status::{Phase, Status};
+use crate::status::{Color, Phase, Status};
 
-/// What `/metrics` answers with: the OpenMetrics text format that `prometheus-client`
-/// writes, which Prometheus negotiates and scrapes.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `/metrics` in the OpenMetrics text format that `prometheus-client` writes, for a scraper
+/// that asks for it (Prometheus does).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `/metrics` in the Prometheus text format, for everyone else (`promtool`, curl, older
+/// scrapers).
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every phase, for the `cutover_services` gauge (each is always present, 0 when unused).
 pub const PHASES: [Phase; 5] = [
@@ -156,6 +159,27 @@ struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServicePhaseLabels {
+    service: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceColorLabels {
+    service: String,
+    color: String,
+    role: &'static str,
+    revision: String,
+    image: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceReplicaLabels {
+    service: String,
+    color: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -182,9 +206,57 @@ pub struct Metrics {
     proxy_apply: Histogram,
     haproxy_restarts: Counter,
     leader: Gauge,
-    /// The phase of each service, from the statuses the controller writes; the
-    /// `cutover_services` gauge is counted from it.
-    phases: Mutex<BTreeMap<String, Phase>>,
+    service_phase: Family<ServicePhaseLabels, Gauge>,
+    service_color: Family<ServiceColorLabels, Gauge>,
+    replicas_ready: Family<ServiceReplicaLabels, Gauge>,
+    replicas_desired: Family<ServiceReplicaLabels, Gauge>,
+    /// The series of each service, from the statuses the controller writes; the
+    /// `cutover_services` gauge is counted from it, and a service's old series are removed
+    /// when its status changes or goes.
+    per_service: Mutex<BTreeMap<String, ServiceSeries>>,
+}
+
+/// What the per-service families hold for one service.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ServiceSeries {
+    phase: Option<Phase>,
+    colors: Vec<ServiceColorLabels>,
+    replicas: Vec<(ServiceReplicaLabels, i64, i64)>,
+}
+
+impl ServiceSeries {
+    fn of(service: &str, status: &Status) -> ServiceSeries {
+        let role = |color: Color| {
+            if status.active_color == Some(color) {
+                "live"
+            } else if status.preview_color == Some(color) {
+                "preview"
+            } else {
+                "other"
+            }
+        };
+        ServiceSeries {
+            phase: status.phase,
+            colors: (status.colors.iter())
+                .map(|(color, c)| ServiceColorLabels {
+                    service: service.to_owned(),
+                    color: color.to_string(),
+                    role: role(*color),
+                    revision: c.revision.clone(),
+                    image: c.image.clone(),
+                })
+                .collect(),
+            replicas: (status.colors.iter())
+                .map(|(color, c)| {
+                    let labels = ServiceReplicaLabels {
+                        service: service.to_owned(),
+                        color: color.to_string(),
+                    };
+                    (labels, i64::from(c.ready), i64::from(c.desired))
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -195,7 +267,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("cutover");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("cutover");
         let reconcile_duration: Family<ResultLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(reconcile_histogram);
         registry.register_with_unit(
@@ -283,6 +357,30 @@ impl Metrics {
             "1 while this daemon is the leader that changes Docker, 0 while it waits",
             leader.clone(),
         );
+        let service_phase = Family::<ServicePhaseLabels, Gauge>::default();
+        registry.register(
+            "service_phase",
+            "1 for the phase of the service's last status, 0 for the other phases (leader only)",
+            service_phase.clone(),
+        );
+        let service_color = Family::<ServiceColorLabels, Gauge>::default();
+        registry.register(
+            "service_color_info",
+            "1 per color of a service that has replicas: its role (live, preview, other), revision and image (leader only)",
+            service_color.clone(),
+        );
+        let replicas_ready = Family::<ServiceReplicaLabels, Gauge>::default();
+        registry.register(
+            "service_replicas_ready",
+            "Ready replicas of a color of a service (leader only)",
+            replicas_ready.clone(),
+        );
+        let replicas_desired = Family::<ServiceReplicaLabels, Gauge>::default();
+        registry.register(
+            "service_replicas_desired",
+            "Replicas a color of a service should run (leader only)",
+            replicas_desired.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
             "build_info",
@@ -313,13 +411,13 @@ impl Metrics {
             });
         }
         for kind in STEP_KINDS {
-            let _ = steps.get_or_create(&StepLabels { kind, result: "ok" });
+            for result in ["ok", "error"] {
+                let _ = steps.get_or_create(&StepLabels { kind, result });
+            }
         }
-        // Until leader election lands, the only daemon is the leader.
-        leader.set(1);
 
         Metrics {
-            registry,
+            registry: root,
             reconcile_duration,
             reconcile_errors,
             queue_depth,
@@ -334,7 +432,11 @@ impl Metrics {
             haproxy_runtime_calls,
             haproxy_restarts,
             leader,
-            phases: Mutex::new(BTreeMap::new()),
+            service_phase,
+            service_color,
+            replicas_ready,
+            replicas_desired,
+            per_service: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -373,29 +475,62 @@ impl Metrics {
                     .inc();
             }
         }
-        let mut phases = self.phases.lock().expect("phases lock");
-        match new.phase {
-            Some(phase) => phases.insert(service.to_owned(), phase),
-            None => phases.remove(service),
-        };
-        self.count_phases(&phases);
+        self.set_series(service, Some(ServiceSeries::of(service, new)));
     }
 
     /// The service is gone (its status was deleted).
     pub fn forget(&self, service: &str) {
-        let mut phases = self.phases.lock().expect("phases lock");
-        phases.remove(service);
-        self.count_phases(&phases);
+        self.set_series(service, None);
     }
 
-    fn count_phases(&self, phases: &BTreeMap<String, Phase>) {
+    /// Replaces the per-service series of `service` and counts the phases again.
+    fn set_series(&self, service: &str, series: Option<ServiceSeries>) {
+        let mut all = self
+            .per_service
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(old) = all.remove(service) {
+            for labels in &old.colors {
+                self.service_color.remove(labels);
+            }
+            for (labels, _, _) in &old.replicas {
+                self.replicas_ready.remove(labels);
+                self.replicas_desired.remove(labels);
+            }
+            if series.is_none() {
+                for phase in PHASES {
+                    self.service_phase.remove(&ServicePhaseLabels {
+                        service: service.to_owned(),
+                        phase: phase.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(series) = series {
+            for phase in PHASES {
+                let labels = ServicePhaseLabels {
+                    service: service.to_owned(),
+                    phase: phase.to_string(),
+                };
+                (self.service_phase.get_or_create(&labels))
+                    .set(i64::from(series.phase == Some(phase)));
+            }
+            for labels in &series.colors {
+                self.service_color.get_or_create(labels).set(1);
+            }
+            for (labels, ready, desired) in &series.replicas {
+                self.replicas_ready.get_or_create(labels).set(*ready);
+                self.replicas_desired.get_or_create(labels).set(*desired);
+            }
+            all.insert(service.to_owned(), series);
+        }
         for phase in PHASES {
-            let count = phases.values().filter(|p| **p == phase).count();
+            let count = all.values().filter(|s| s.phase == Some(phase)).count();
             self.services
                 .get_or_create(&PhaseLabel {
                     phase: phase.to_string(),
                 })
-                .set(count as i64);
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 
@@ -449,12 +584,170 @@ impl Metrics {
         self.queue_depth.set(depth as i64);
     }
 
-    /// Every metric in the OpenMetrics text format (see [`CONTENT_TYPE`]).
+    /// Every metric in the OpenMetrics text format (see [`OPENMETRICS`]).
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        // Writing to a String cannot fail; an error would leave the text cut short, which
+        // a scraper reports.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// What `/metrics` answers to a request with this `Accept` header: OpenMetrics to a
+    /// scraper that asks for it, the Prometheus text format otherwise. Returns the content
+    /// type and the body.
+    pub fn negotiate(&self, accept: Option<&str>) -> (&'static str, String) {
+        let text = self.encode();
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            (OPENMETRICS, text)
+        } else {
+            (PROMETHEUS_TEXT, prometheus_text(&text))
+        }
+    }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics text as `prometheus-client` writes
+/// it: no `# EOF` or `# UNIT`, a counter's `HELP` and `TYPE` named like its samples
+/// (`_total`), `unknown` written `untyped`, and `HELP` without OpenMetrics' quote escape.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|tag| Some((tag, line.strip_prefix(tag)?)));
+        match meta {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                let tail = if tag == "# HELP " {
+                    tail.replace("\\\"", "\"")
+                } else if tail == "unknown" {
+                    "untyped".to_owned()
+                } else {
+                    tail.to_owned()
+                };
+                out.push_str(&format!("{tag}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The standard `process_*` metrics of the daemon's own process, read from `/proc` at each
+/// scrape (absent where there is no `/proc`).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name is in parentheses and may hold spaces: count after the last ')'.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok());
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+            start_time_seconds: boot as f64 + field(22)? as f64 / ticks,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * rustix::param::page_size() as u64,
+            open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as u64,
+            max_fds,
+        })
+    }
+}
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    start_time_seconds: f64,
+    virtual_bytes: u64,
+    resident_bytes: u64,
+    open_fds: u64,
+    max_fds: Option<u64>,
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(stats) = ProcessCollector::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(stats.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let gauges = [
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                stats.start_time_seconds,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                stats.virtual_bytes as f64,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                stats.resident_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                stats.open_fds as f64,
+            ),
+        ]
+        .into_iter()
+        .chain(stats.max_fds.map(|max| {
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                max as f64,
+            )
+        }));
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
     }
 }
 
@@ -566,12 +859,112 @@ mod tests {
             "cutover_haproxy_reloads_total 0",
             "cutover_haproxy_runtime_calls_total 0",
             "cutover_haproxy_restarts_total 0",
-            "cutover_leader 1",
+            "cutover_steps_total{kind=\"switch\",result=\"error\"} 0",
+            "cutover_leader 0",
             "cutover_build_info{version=",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_prometheus_text_format_names_counters_like_their_samples() {
+        let openmetrics = "# HELP cutover_rollouts Rollouts that ended, by \\\"outcome\\\".\n\
+            # TYPE cutover_rollouts counter\n\
+            cutover_rollouts_total{outcome=\"completed\"} 2\n\
+            # HELP cutover_reconcile_duration_seconds Time.\n\
+            # TYPE cutover_reconcile_duration_seconds histogram\n\
+            # UNIT cutover_reconcile_duration_seconds seconds\n\
+            cutover_reconcile_duration_seconds_sum 0.5\n\
+            # HELP cutover_leader Leader.\n\
+            # TYPE cutover_leader gauge\n\
+            cutover_leader 1\n\
+            # TYPE odd unknown\n\
+            odd 3\n\
+            # EOF\n";
+        let expected = "# HELP cutover_rollouts_total Rollouts that ended, by \"outcome\".\n\
+            # TYPE cutover_rollouts_total counter\n\
+            cutover_rollouts_total{outcome=\"completed\"} 2\n\
+            # HELP cutover_reconcile_duration_seconds Time.\n\
+            # TYPE cutover_reconcile_duration_seconds histogram\n\
+            cutover_reconcile_duration_seconds_sum 0.5\n\
+            # HELP cutover_leader Leader.\n\
+            # TYPE cutover_leader gauge\n\
+            cutover_leader 1\n\
+            # TYPE odd untyped\n\
+            odd 3\n";
+        assert_eq!(prometheus_text(openmetrics), expected);
+        let metrics = Metrics::new();
+        let (openmetrics_type, _) = metrics.negotiate(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ));
+        assert_eq!(openmetrics_type, OPENMETRICS);
+        for accept in [None, Some("text/plain"), Some("*/*")] {
+            let (content_type, body) = metrics.negotiate(accept);
+            assert_eq!(content_type, PROMETHEUS_TEXT, "{accept:?}");
+            assert!(!body.contains("# EOF"), "{body}");
+            assert!(
+                body.contains("# TYPE cutover_rollouts_total counter"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_service_has_its_phase_colors_and_replicas_until_it_is_forgotten() {
+        use crate::status::ColorStatus;
+        let metrics = Metrics::new();
+        let color = |image: &str, revision: &str, ready, desired| ColorStatus {
+            image: image.into(),
+            revision: revision.into(),
+            ready,
+            desired,
+        };
+        let releasing = Status {
+            phase: Some(Phase::Progressing),
+            active_color: Some(Color::Blue),
+            colors: BTreeMap::from([
+                (Color::Blue, color("web:1", "r1", 2, 2)),
+                (Color::Green, color("web:2", "r2", 1, 2)),
+            ]),
+            ..Status::default()
+        };
+        metrics.status("web", None, &releasing);
+        let text = metrics.encode();
+        for needle in [
+            "cutover_service_phase{service=\"web\",phase=\"Progressing\"} 1",
+            "cutover_service_phase{service=\"web\",phase=\"Available\"} 0",
+            "cutover_service_color_info{service=\"web\",color=\"blue\",role=\"live\",revision=\"r1\",image=\"web:1\"} 1",
+            "cutover_service_color_info{service=\"web\",color=\"green\",role=\"other\",revision=\"r2\",image=\"web:2\"} 1",
+            "cutover_service_replicas_ready{service=\"web\",color=\"green\"} 1",
+            "cutover_service_replicas_desired{service=\"web\",color=\"green\"} 2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        let switched = Status {
+            phase: Some(Phase::Available),
+            active_color: Some(Color::Green),
+            colors: BTreeMap::from([(Color::Green, color("web:2", "r2", 2, 2))]),
+            ..Status::default()
+        };
+        metrics.status("web", Some(&releasing), &switched);
+        let text = metrics.encode();
+        assert!(
+            text.contains("cutover_service_color_info{service=\"web\",color=\"green\",role=\"live\",revision=\"r2\",image=\"web:2\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("color=\"blue\""),
+            "the old color's series are gone:\n{text}"
+        );
+        metrics.forget("web");
+        let text = metrics.encode();
+        assert!(!text.contains("service=\"web\""), "{text}");
     }
 
     #[test]

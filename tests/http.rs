@@ -37,13 +37,24 @@ impl Response {
 
 /// A minimal HTTP/1.0 request to `address`; `None` when nothing answers.
 fn request(address: &str, method: &str, path: &str, body: &str) -> Option<Response> {
+    request_with(address, method, path, "", body)
+}
+
+/// [`request`] with extra header lines (each ending in `\r\n`).
+fn request_with(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Option<Response> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -120,20 +131,49 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
         "apiVersion: cutover.dev/v1\nkind: Service\nmetadata: {name: ledger}\nspec:\n  image: x\n  replicas: two\n",
     );
     w.wait_phase("ledger", "Invalid");
+    // And one in the middle of a release, waiting for a promote.
+    let manual = "autoPromote: false, scaleDownDelay: 1s";
+    w.apply("cart", &demo(&w, "cart", "cutover-demo:a", 1, manual));
+    w.wait_available("cart");
+    w.apply("cart", &demo(&w, "cart", "cutover-demo:b", 1, manual));
+    w.wait_phase("cart", "Preview");
 
     let healthz = get_ok(&addr, "/healthz");
     assert_eq!(healthz.body, "ok\n");
     let readyz = get_ok(&addr, "/readyz");
     assert_eq!(readyz.body, "ready\n");
 
+    // Prometheus asks for OpenMetrics and gets it; everyone else gets the text format,
+    // which promtool accepts.
+    let openmetrics = request_with(
+        &addr,
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+        "",
+    )
+    .expect("/metrics answers");
+    assert!(
+        openmetrics
+            .content_type
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{}",
+        openmetrics.content_type
+    );
+    assert!(
+        openmetrics.body.ends_with("# EOF\n"),
+        "{}",
+        openmetrics.body
+    );
     let metrics = get_ok(&addr, "/metrics");
     assert!(
         metrics
             .content_type
-            .starts_with("application/openmetrics-text; version=1.0.0"),
+            .starts_with("text/plain; version=0.0.4"),
         "{}",
         metrics.content_type
     );
+    promtool_check_metrics(&metrics.body);
     let text = &metrics.body;
     for name in [
         "cutover_reconcile_duration_seconds_bucket",
@@ -148,7 +188,7 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
-    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
     let at_least = |series: &str, min: f64| {
         let value = sample(text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
         assert!(value >= min, "{series} is {value}, expected at least {min}");
@@ -177,14 +217,62 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
         Some(0.0)
     );
     assert_eq!(sample(text, "cutover_leader"), Some(1.0));
+    // Per service: which phase, which color is live with which revision, replicas.
+    assert_eq!(
+        sample(
+            text,
+            r#"cutover_service_phase{service="shop",phase="Available"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            text,
+            r#"cutover_service_phase{service="cart",phase="Preview"}"#
+        ),
+        Some(1.0)
+    );
+    let live_shop = text
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "cutover_service_color_info{service=\"shop\",color=\"green\",role=\"live\"",
+            )
+        })
+        .unwrap_or_else(|| panic!("shop's live color missing:\n{text}"));
+    assert!(
+        live_shop.contains("image=\"cutover-demo:b\""),
+        "{live_shop}"
+    );
+    assert!(
+        text.contains(
+            "cutover_service_color_info{service=\"cart\",color=\"green\",role=\"preview\""
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            text,
+            r#"cutover_service_replicas_ready{service="shop",color="green"}"#
+        ),
+        Some(2.0)
+    );
+    assert!(
+        sample(text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    assert!(
+        sample(text, "process_cpu_seconds_total").is_some(),
+        "{text}"
+    );
 
     let api = get_ok(&addr, "/api/v1/services");
     assert!(api.content_type.starts_with("application/json"), "{api:?}");
     let json = api.json();
     let services = json["services"].as_array().expect("a services array");
     let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
-    assert_eq!(names, ["ledger", "shop"], "{json:#}");
-    let shop = &services[1];
+    assert_eq!(names, ["cart", "ledger", "shop"], "{json:#}");
+    let shop = &services[2];
     assert_eq!(shop["spec"]["image"], "cutover-demo:b");
     assert_eq!(shop["spec"]["replicas"], 2);
     assert_eq!(shop["spec"]["valid"], true);
@@ -197,7 +285,7 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
             .as_array()
             .is_some_and(|e| !e.is_empty())
     );
-    let ledger = &services[0];
+    let ledger = &services[1];
     assert_eq!(ledger["spec"]["valid"], false);
     assert!(
         ledger["spec"]["errors"][0]
@@ -336,6 +424,31 @@ fn a_taken_port_is_reported_at_once() {
 }
 
 // The browser.
+
+/// `promtool check metrics` on a scrape: Prometheus' own parser and linter. A loud failure
+/// when promtool is missing (scripts/install-deps installs it).
+fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool not runnable ({e}): run scripts/install-deps"));
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// Debian's chromium, or a loud failure.
 fn chromium() -> PathBuf {
