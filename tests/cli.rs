@@ -879,3 +879,41 @@ fn the_acl_token_comes_from_consul_http_token() {
     let run = with_token.arg("apply").arg("-f").arg(&file).succeeds();
     assert_eq!(run.stdout, "service/books created\n");
 }
+
+#[test]
+fn a_reader_that_stops_early_gets_no_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let prefix = unique_prefix("pipe");
+    let dir = TempDir::new();
+    // Far more than a pipe's buffer (64 KiB), so that printing meets the closed pipe.
+    for i in 0..150 {
+        let name = format!("svc{i}");
+        dir.write(
+            &format!("{name}.yaml"),
+            &EVERY_FIELD.replace("books", &name),
+        );
+    }
+    agent()
+        .cutover(&prefix)
+        .arg("apply")
+        .arg("-f")
+        .arg(dir.path())
+        .succeeds();
+    let mut cutover = agent().cutover(&prefix).args(["get", "-o", "yaml"]);
+    cutover.command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cutover.command.spawn().expect("start cutover");
+    let mut head = [0u8; 64];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut head)
+        .expect("the first bytes");
+    // The read end is closed here, as `| head` does.
+    let output = child.wait_with_output().expect("cutover ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(String::from_utf8_lossy(&head).starts_with("apiVersion"));
+}

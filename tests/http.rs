@@ -138,6 +138,11 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
     w.apply("cart", &demo(&w, "cart", "cutover-demo:b", 1, manual));
     w.wait_phase("cart", "Preview");
 
+    // Its log goes to a file: plain text, no terminal colours.
+    let log = w.logs();
+    assert!(log.contains(" INFO "), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file:\n{log}");
+
     let healthz = get_ok(&addr, "/healthz");
     assert_eq!(healthz.body, "ok\n");
     let readyz = get_ok(&addr, "/readyz");
