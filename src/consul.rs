@@ -5,7 +5,8 @@
 //! It knows nothing about cutover's key layout; that is `store`'s job.
 //!
 //! Configuration follows the `consul` CLI ([`ConsulConfig::from_env`]): `CONSUL_HTTP_ADDR`,
-//! `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY` and `CONSUL_CACERT`.
+//! `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`,
+//! `CONSUL_CACERT`, `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`.
 //!
 //! Transport failures (connection refused, timeouts, HTTP 5xx) are retried with exponential
 //! backoff for at most [`ConsulConfig::retry_timeout`]; HTTP 4xx answers are final.
@@ -41,12 +42,19 @@ pub struct ConsulConfig {
     pub address: String,
     /// Sent as `X-Consul-Token` when present.
     pub token: Option<String>,
+    /// A file holding the token, read when the client is built, used when `token` is unset
+    /// (`CONSUL_HTTP_TOKEN_FILE`).
+    pub token_file: Option<PathBuf>,
     /// Use HTTPS for an address without a scheme (`CONSUL_HTTP_SSL=true`).
     pub ssl: bool,
     /// Verify the server's certificate (`CONSUL_HTTP_SSL_VERIFY=false` turns it off).
     pub ssl_verify: bool,
     /// A PEM file with the CA certificates to trust instead of the system's (`CONSUL_CACERT`).
     pub ca_cert: Option<PathBuf>,
+    /// A PEM client certificate (`CONSUL_CLIENT_CERT`) and its key (`CONSUL_CLIENT_KEY`; the
+    /// certificate's file may hold both), for agents that verify incoming HTTPS clients.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// The total time one operation may spend retrying transport failures.
     pub retry_timeout: Duration,
 }
@@ -56,9 +64,12 @@ impl Default for ConsulConfig {
         ConsulConfig {
             address: DEFAULT_ADDRESS.to_owned(),
             token: None,
+            token_file: None,
             ssl: false,
             ssl_verify: true,
             ca_cert: None,
+            client_cert: None,
+            client_key: None,
             retry_timeout: Duration::from_secs(10),
         }
     }
@@ -78,9 +89,12 @@ impl ConsulConfig {
         ConsulConfig {
             address: get("CONSUL_HTTP_ADDR").unwrap_or(defaults.address),
             token: get("CONSUL_HTTP_TOKEN"),
+            token_file: get("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from),
             ssl: get("CONSUL_HTTP_SSL").is_some_and(|v| is_true(&v)),
             ssl_verify: get("CONSUL_HTTP_SSL_VERIFY").is_none_or(|v| is_true(&v)),
             ca_cert: get("CONSUL_CACERT").map(PathBuf::from),
+            client_cert: get("CONSUL_CLIENT_CERT").map(PathBuf::from),
+            client_key: get("CONSUL_CLIENT_KEY").map(PathBuf::from),
             retry_timeout: defaults.retry_timeout,
         }
     }
@@ -174,6 +188,17 @@ pub enum ConsulError {
 
     #[error("cannot use the CA certificate {}: {reason}", path.display())]
     InvalidCaCert { path: PathBuf, reason: String },
+
+    #[error("cannot read {what} {}: {source}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot use the client certificate {}: {reason}", path.display())]
+    InvalidClientCert { path: PathBuf, reason: String },
 
     #[error("cannot set up the HTTP client for Consul at {address}: {reason}")]
     Setup { address: String, reason: String },
@@ -328,9 +353,44 @@ impl Client {
             }
             builder = builder.tls_certs_only(certs);
         }
+        if let Some(cert) = &config.client_cert {
+            let read = |what, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| ConsulError::ReadFile {
+                    what,
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let mut pem = read("the client certificate (CONSUL_CLIENT_CERT)", cert)?;
+            if let Some(key) = &config.client_key {
+                pem.push(b'\n');
+                pem.extend(read("the client key (CONSUL_CLIENT_KEY)", key)?);
+            }
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| ConsulError::InvalidClientCert {
+                    path: cert.clone(),
+                    reason: error_chain(&e),
+                })?;
+            builder = builder.identity(identity);
+        }
         if !config.ssl_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
+        let token = match (&config.token, &config.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConsulError::ReadFile {
+                        what: "the token file (CONSUL_HTTP_TOKEN_FILE)",
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            )
+            .filter(|t| !t.is_empty()),
+            (None, None) => None,
+        };
         let http = builder.build().map_err(|e| ConsulError::Setup {
             address: base_text.clone(),
             reason: error_chain(&e),
@@ -338,7 +398,7 @@ impl Client {
         Ok(Client {
             http,
             base,
-            token: config.token.clone(),
+            token,
             retry_timeout: config.retry_timeout,
         })
     }
@@ -996,7 +1056,22 @@ mod tests {
             ("CONSUL_HTTP_SSL", "true"),
             ("CONSUL_HTTP_SSL_VERIFY", "false"),
             ("CONSUL_CACERT", "/etc/consul/ca.pem"),
+            ("CONSUL_HTTP_TOKEN_FILE", "/run/secrets/consul-token"),
+            ("CONSUL_CLIENT_CERT", "/etc/consul/client.pem"),
+            ("CONSUL_CLIENT_KEY", "/etc/consul/client-key.pem"),
         ]));
+        assert_eq!(
+            config.token_file,
+            Some(PathBuf::from("/run/secrets/consul-token"))
+        );
+        assert_eq!(
+            config.client_cert,
+            Some(PathBuf::from("/etc/consul/client.pem"))
+        );
+        assert_eq!(
+            config.client_key,
+            Some(PathBuf::from("/etc/consul/client-key.pem"))
+        );
         assert_eq!(config.address, "consul:8501");
         assert_eq!(config.token.as_deref(), Some("secret"));
         assert!(config.ssl);

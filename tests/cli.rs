@@ -878,6 +878,23 @@ fn the_acl_token_comes_from_consul_http_token() {
     with_token.command.env("CONSUL_HTTP_TOKEN", "root-token");
     let run = with_token.arg("apply").arg("-f").arg(&file).succeeds();
     assert_eq!(run.stdout, "service/books created\n");
+
+    // Or from a file, like the consul CLI (a trailing newline is not part of the token).
+    let token_file = dir.write("token", "root-token\n");
+    let mut from_file = agent.cutover("acl");
+    from_file.command.env("CONSUL_HTTP_TOKEN_FILE", &token_file);
+    let run = from_file.args(["get", "books", "-o", "yaml"]).succeeds();
+    assert!(run.stdout.contains("name: books"), "{run}");
+    let mut missing = agent.cutover("acl");
+    missing
+        .command
+        .env("CONSUL_HTTP_TOKEN_FILE", dir.path().join("nope"));
+    let run = missing.args(["get", "books"]).fails();
+    assert!(
+        run.stderr
+            .starts_with("error: cannot read the token file (CONSUL_HTTP_TOKEN_FILE)"),
+        "{run}"
+    );
 }
 
 #[test]
@@ -901,7 +918,10 @@ fn a_reader_that_stops_early_gets_no_panic() {
         .arg(dir.path())
         .succeeds();
     let mut cutover = agent().cutover(&prefix).args(["get", "-o", "yaml"]);
-    cutover.command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cutover
+        .command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cutover.command.spawn().expect("start cutover");
     let mut head = [0u8; 64];
     child

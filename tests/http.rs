@@ -141,7 +141,10 @@ fn every_endpoint_reports_a_service_after_a_rollout() {
     // Its log goes to a file: plain text, no terminal colours.
     let log = w.logs();
     assert!(log.contains(" INFO "), "{log}");
-    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{log}"
+    );
 
     let healthz = get_ok(&addr, "/healthz");
     assert_eq!(healthz.body, "ok\n");

@@ -269,6 +269,9 @@ pub fn cutover_command() -> Command {
         "CONSUL_HTTP_SSL",
         "CONSUL_HTTP_SSL_VERIFY",
         "CONSUL_CACERT",
+        "CONSUL_HTTP_TOKEN_FILE",
+        "CONSUL_CLIENT_CERT",
+        "CONSUL_CLIENT_KEY",
         "CUTOVER_PREFIX",
     ] {
         command.env_remove(name);
