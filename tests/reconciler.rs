@@ -243,7 +243,18 @@ fn preview_waits_for_promote_and_rollback_switches_back() {
     w.apply("web", &routed(&w, "web", "cutover-demo:a", 2, manual));
     w.wait_available("web");
     w.apply("web", &routed(&w, "web", "cutover-demo:b", 2, manual));
-    w.eventually("the preview", || w.status("web")["phase"] == "Preview");
+    // What a pipeline runs before its smoke tests against the preview route.
+    let run = w.cutover(&[
+        "status",
+        &w.svc("web"),
+        "--wait",
+        "--for",
+        "preview",
+        "--timeout",
+        "2m",
+    ]);
+    assert!(run.status.success(), "{run}\n{}", w.logs());
+    assert_eq!(w.status("web")["phase"], "Preview");
     assert_eq!(w.status("web")["activeColor"], "blue");
     assert_eq!(
         w.containers()

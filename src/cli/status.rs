@@ -20,6 +20,7 @@ Examples:
   cutover status               # every service
   cutover status books         # one service, with conditions and recent events
   cutover status books -o json # the status key as the daemon wrote it
+  cutover status books --wait --for preview   # until the new color is ready to promote
 
 Exit code: 0; 1 when a status key does not decode (every service is still printed, that one
 as phase Unknown with its key and error), or when --wait sees the rollout fail or time out.";
@@ -41,9 +42,26 @@ pub struct Args {
     /// status is waited past: the daemon rebuilds it.
     #[arg(long, requires = "name")]
     pub wait: bool,
+    /// What --wait waits for: `available` (the current spec serves on the live route) or
+    /// `preview` (its new color is ready on the preview route, waiting for `cutover
+    /// promote`; a spec that went straight to Available counts too).
+    #[arg(
+        long = "for",
+        value_enum,
+        default_value = "available",
+        requires = "wait"
+    )]
+    pub wait_for: WaitFor,
     /// How long --wait waits.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+/// What `status --wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitFor {
+    Available,
+    Preview,
 }
 
 /// A service's spec (if any) next to its status (if any, readable or not).
@@ -137,7 +155,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     }
     let store = ctx.store()?;
     if let (true, Some(name)) = (args.wait, &args.name) {
-        wait_for_outcome(&store, name, args.timeout).await?;
+        wait_for_outcome(&store, name, args.wait_for, args.timeout).await?;
     }
     let reports = fetch_reports(&store, args.name.as_deref()).await?;
     match args.output {
@@ -360,9 +378,10 @@ fn row(report: &Report) -> Option<Vec<String>> {
     ])
 }
 
-/// What a status says about the spec at `index`: `Some(Ok)` when it is live, `Some(Err)`
-/// when the daemon gave up on it, `None` while it is still working on it.
-pub fn outcome(status: &Status, index: u64) -> Option<Result<(), String>> {
+/// What a status says about the spec at `index`: `Some(Ok)` when it is live (or, waiting
+/// for `Preview`, ready on the preview route), `Some(Err)` when the daemon gave up on it,
+/// `None` while it is still working on it.
+pub fn outcome(status: &Status, index: u64, wait_for: WaitFor) -> Option<Result<(), String>> {
     if status.observed_index != index {
         return None;
     }
@@ -370,6 +389,7 @@ pub fn outcome(status: &Status, index: u64) -> Option<Result<(), String>> {
     let message = || degraded.map_or_else(String::new, |c| format!("{}: {}", c.reason, c.message));
     match status.phase? {
         Phase::Available => Some(Ok(())),
+        Phase::Preview if wait_for == WaitFor::Preview => Some(Ok(())),
         Phase::Invalid => Some(Err(message())),
         Phase::Degraded
             if status
@@ -391,6 +411,7 @@ pub fn outcome(status: &Status, index: u64) -> Option<Result<(), String>> {
 async fn wait_for_outcome(
     store: &Store,
     name: &str,
+    wait_for: WaitFor,
     timeout: std::time::Duration,
 ) -> Result<(), CliError> {
     let watched = format!("{}/", store.prefix());
@@ -418,7 +439,7 @@ async fn wait_for_outcome(
                 None => None,
             };
             if let Some(status) = status {
-                match outcome(&status.value, spec.modify_index) {
+                match outcome(&status.value, spec.modify_index, wait_for) {
                     Some(Ok(())) => return Ok(()),
                     Some(Err(message)) => {
                         return Err(CliError::RolloutFailed {
@@ -444,7 +465,10 @@ async fn wait_for_outcome(
     tokio::time::timeout(timeout, wait)
         .await
         .map_err(|_| CliError::Timeout {
-            what: format!("{name} to become Available"),
+            what: match wait_for {
+                WaitFor::Available => format!("{name} to become Available"),
+                WaitFor::Preview => format!("{name} to be ready for preview"),
+            },
         })?
 }
 
@@ -452,6 +476,34 @@ async fn wait_for_outcome(
 mod tests {
     use super::*;
     use crate::status::{Color, ColorStatus, Condition, Event, Phase};
+
+    #[test]
+    fn wait_outcomes_by_phase_and_target() {
+        let at = |phase, observed_index| Status {
+            phase: Some(phase),
+            observed_index,
+            ..Status::default()
+        };
+        use WaitFor::*;
+        let cases = [
+            (at(Phase::Available, 7), Available, Some(true)),
+            (at(Phase::Available, 6), Available, None),
+            (at(Phase::Preview, 7), Available, None),
+            (at(Phase::Preview, 7), Preview, Some(true)),
+            (at(Phase::Available, 7), Preview, Some(true)),
+            (at(Phase::Progressing, 7), Preview, None),
+            (at(Phase::Invalid, 7), Preview, Some(false)),
+        ];
+        for (status, wait_for, expected) in cases {
+            assert_eq!(
+                outcome(&status, 7, wait_for).map(|r| r.is_ok()),
+                expected,
+                "{:?} at {} waiting for {wait_for:?}",
+                status.phase,
+                status.observed_index
+            );
+        }
+    }
 
     fn spec(name: &str, modify_index: u64) -> StoredService {
         StoredService {
