@@ -110,6 +110,23 @@ pub enum OutputFormat {
     Json,
 }
 
+/// For `--watch`: returns once something under `prefix` changed since `index` (a blocking
+/// query; Consul's wake-ups for nothing are waited past), and moves `index` on. With index
+/// 0 (the first call), it starts from the current index.
+pub async fn wait_for_change(store: &Store, prefix: &str, index: &mut u64) -> Result<(), CliError> {
+    loop {
+        let listing = store
+            .client()
+            .list_blocking(prefix, *index, Duration::from_secs(300))
+            .await?;
+        let changed = *index != 0 && listing.index != *index;
+        *index = listing.index;
+        if changed {
+            return Ok(());
+        }
+    }
+}
+
 /// What every command gets: the global flags and a way to reach the store.
 #[derive(Debug, Clone)]
 pub struct Context {

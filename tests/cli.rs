@@ -39,7 +39,7 @@ fn replicas_of(prefix: &str, name: &str) -> u32 {
         .args(["get", name, "-o", "json"])
         .succeeds();
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    json["service"]["spec"]["replicas"].as_u64().unwrap() as u32
+    json["spec"]["replicas"].as_u64().unwrap() as u32
 }
 
 /// Every key under the prefix with its ModifyIndex, to prove nothing was written.
@@ -298,10 +298,85 @@ fn get_lists_a_table_and_reports_missing_services() {
     );
     assert!(lines[2].starts_with("users"), "{}", run.stdout);
 
-    let run = cutover().args(["get", "-o", "yaml"]).succeeds();
+    // -o yaml and -o json: the same object, shaped like kubectl's.
+    let yaml: serde_json::Value =
+        serde_yaml::from_str(&cutover().args(["get", "-o", "yaml"]).succeeds().stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&cutover().args(["get", "-o", "json"]).succeeds().stdout).unwrap();
+    assert_eq!(yaml, json);
+    assert_eq!(json["kind"], "List");
+    assert_eq!(json["items"][0]["metadata"]["name"], "books");
+    assert_eq!(json["items"][0]["spec"]["health"]["path"], "/healthz");
+    assert_eq!(json["items"][1]["metadata"]["name"], "users");
+    // Defaults are filled in.
+    assert_eq!(json["items"][1]["spec"]["health"]["path"], "/");
+    let one: serde_json::Value = serde_json::from_str(
+        &cutover()
+            .args(["get", "users", "-o", "json"])
+            .succeeds()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(one, json["items"][1]);
+    let one_yaml: serde_json::Value = serde_yaml::from_str(
+        &cutover()
+            .args(["get", "users", "-o", "yaml"])
+            .succeeds()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(one_yaml, one);
+    // What jq users reach for.
+    let jq = std::process::Command::new("jq")
+        .args(["-r", ".items[].metadata.name"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("jq (scripts/install-deps installs it)");
+    let mut jq_stdin = jq.stdin.as_ref().expect("jq stdin");
+    std::io::Write::write_all(&mut jq_stdin, json.to_string().as_bytes()).unwrap();
+    let jq = jq.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&jq.stdout), "books\nusers\n");
+    let run = cutover().args(["get", "-o", "name"]).succeeds();
+    assert_eq!(run.stdout, "service/books\nservice/users\n");
+    let run = cutover().args(["get", "-o", "wide"]).succeeds();
+    let header: Vec<&str> = run
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(
-        run.stdout,
-        format!("{EVERY_FIELD}---\n{}", manifest("users", "users:7", 1))
+        header,
+        [
+            "NAME",
+            "IMAGE",
+            "REPLICAS",
+            "STRATEGY",
+            "AUTOPROMOTE",
+            "ROUTES",
+            "PORT",
+            "HEALTH",
+            "INDEX"
+        ]
+    );
+    assert!(
+        run.stdout.lines().nth(1).unwrap().contains("false"),
+        "{run}"
+    );
+
+    // An invalid manifest is an item with its name and errors.
+    let broken = dir.write("broken", "spec: {replicas: two}\n");
+    agent().kv_put_file(&format!("{prefix}/services/broken"), &broken);
+    let json: serde_json::Value =
+        serde_json::from_str(&cutover().args(["get", "-o", "json"]).succeeds().stdout).unwrap();
+    assert_eq!(json["items"][1]["metadata"]["name"], "broken");
+    assert!(
+        json["items"][1]["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e.to_string().contains("spec.replicas"))),
+        "{json:#}"
     );
 
     let run = cutover().args(["get", "nope"]).fails();
@@ -936,4 +1011,63 @@ fn a_reader_that_stops_early_gets_no_panic() {
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(stderr.is_empty(), "{stderr}");
     assert!(String::from_utf8_lossy(&head).starts_with("apiVersion"));
+}
+
+#[test]
+fn get_and_status_watch_print_again_on_every_change() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let prefix = unique_prefix("watch");
+    let dir = TempDir::new();
+    let apply = |name: &str| {
+        let file = dir.write(&format!("{name}.yaml"), &manifest(name, "books:1", 1));
+        agent()
+            .cutover(&prefix)
+            .arg("apply")
+            .arg("-f")
+            .arg(file)
+            .succeeds();
+    };
+    // `args` with -w, its stdout line by line.
+    let watch = |args: &[&str]| {
+        let mut watch = agent().cutover(&prefix).args(args);
+        watch.command.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = watch.command.spawn().expect("start cutover with -w");
+        let lines = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let seen = |rx: &std::sync::mpsc::Receiver<String>, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return,
+                Ok(_) => {}
+                Err(e) => panic!("-w never printed {what:?}: {e}"),
+            }
+        }
+    };
+    apply("books");
+    let (mut get, lines) = watch(&["get", "-w"]);
+    seen(&lines, "books");
+    apply("users");
+    seen(&lines, "users");
+    let _ = get.kill();
+    let _ = get.wait();
+
+    let (mut status, lines) = watch(&["status", "-w"]);
+    seen(&lines, "books");
+    let junk = dir.write("junk", "junk");
+    agent().kv_put_file(&format!("{prefix}/status/books"), &junk);
+    seen(&lines, "Unknown");
+    let _ = status.kill();
+    let _ = status.wait();
 }

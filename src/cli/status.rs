@@ -21,6 +21,7 @@ Examples:
   cutover status books         # one service, with conditions and recent events
   cutover status books -o json # the status key as the daemon wrote it
   cutover status books --wait --for preview   # until the new color is ready to promote
+  cutover status -w            # the table again on every change (Ctrl-C to stop)
 
 Exit code: 0; 1 when a status key does not decode (every service is still printed, that one
 as phase Unknown with its key and error), or when --wait sees the rollout fail or time out.";
@@ -52,6 +53,9 @@ pub struct Args {
         requires = "wait"
     )]
     pub wait_for: WaitFor,
+    /// After printing, print again on every change of the statuses, until interrupted.
+    #[arg(short, long, conflicts_with = "wait")]
+    pub watch: bool,
     /// How long --wait waits.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     pub timeout: std::time::Duration,
@@ -157,19 +161,28 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     if let (true, Some(name)) = (args.wait, &args.name) {
         wait_for_outcome(&store, name, args.wait_for, args.timeout).await?;
     }
-    let reports = fetch_reports(&store, args.name.as_deref()).await?;
-    match args.output {
-        Some(format) => print_machine_readable(&reports, args.name.is_some(), format)?,
-        None if args.name.is_some() => print!("{}", render_details(&reports[0])),
-        None if reports.is_empty() => {
-            eprintln!("no services under {}/services/", store.prefix());
+    let watched = format!("{}/status/", store.prefix());
+    let mut index = 0;
+    let reports = loop {
+        let reports = fetch_reports(&store, args.name.as_deref()).await?;
+        match args.output {
+            Some(format) => print_machine_readable(&reports, args.name.is_some(), format)?,
+            None if args.name.is_some() => print!("{}", render_details(&reports[0])),
+            None if reports.is_empty() => {
+                eprintln!("no services under {}/services/", store.prefix());
+            }
+            None => {
+                print!("{}", render_table(&reports));
+                let proxies = crate::http::read_proxies(&store).await?;
+                print!("{}", render_proxies(&proxies));
+            }
         }
-        None => {
-            print!("{}", render_table(&reports));
-            let proxies = crate::http::read_proxies(&store).await?;
-            print!("{}", render_proxies(&proxies));
+        if !args.watch {
+            break reports;
         }
-    }
+        super::wait_for_change(&store, &watched, &mut index).await?;
+        println!();
+    };
     let details: Vec<String> = reports
         .iter()
         .filter_map(Report::unreadable_status)
