@@ -476,6 +476,23 @@ pub struct Docker {
     warned: Arc<Mutex<HashSet<String>>>,
     /// What `cutover run --allow-*` allowed; checked again before each replica is created.
     allowances: Allowances,
+    /// Told the operation of every request sent to the engine (for `/metrics`).
+    on_request: RequestHook,
+}
+
+/// A function told the operation of each request the adapter sends to the engine, such as
+/// `list_containers` or `stop_container`.
+#[derive(Clone, Default)]
+pub struct RequestHook(Option<Arc<dyn Fn(&'static str) + Send + Sync>>);
+
+impl std::fmt::Debug for RequestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RequestHook(set)"
+        } else {
+            "RequestHook(none)"
+        })
+    }
 }
 
 impl Docker {
@@ -527,7 +544,25 @@ impl Docker {
             address,
             warned: Arc::new(Mutex::new(HashSet::new())),
             allowances: Allowances::NONE,
+            on_request: RequestHook::default(),
         })
+    }
+
+    /// The same connection, calling `hook` with the operation of every request it sends.
+    pub fn with_request_hook(
+        mut self,
+        hook: impl Fn(&'static str) + Send + Sync + 'static,
+    ) -> Docker {
+        self.on_request = RequestHook(Some(Arc::new(hook)));
+        self
+    }
+
+    /// The engine, after telling the hook that an `operation` request goes to it.
+    fn engine(&self, operation: &'static str) -> &bollard::Docker {
+        if let Some(hook) = &self.on_request.0 {
+            hook(operation);
+        }
+        &self.client
     }
 
     /// The same connection, allowed to create what `allowances` permit (privileged replicas,
@@ -549,7 +584,7 @@ impl Docker {
 
     /// Asks the engine whether it answers (`/_ping`), for the daemon's readiness.
     pub async fn ping(&self) -> Result<(), DockerError> {
-        self.client
+        self.engine("ping")
             .ping()
             .await
             .map(|_| ())
@@ -570,7 +605,7 @@ impl Docker {
             source: error.into(),
         };
         match self
-            .client
+            .engine("inspect_network")
             .inspect_network(name, None::<InspectNetworkOptions>)
             .await
         {
@@ -587,7 +622,7 @@ impl Docker {
             )])),
             ..NetworkCreateRequest::default()
         };
-        match self.client.create_network(request).await {
+        match self.engine("create_network").create_network(request).await {
             Ok(created) => {
                 self.settle_network_race(name, &created.id).await;
                 Ok(())
@@ -606,7 +641,11 @@ impl Docker {
         let options = ListNetworksOptions {
             filters: Some(HashMap::from([("name".to_owned(), vec![name.to_owned()])])),
         };
-        let networks = match self.client.list_networks(Some(options)).await {
+        let networks = match self
+            .engine("list_networks")
+            .list_networks(Some(options))
+            .await
+        {
             Ok(networks) => networks,
             Err(e) => {
                 tracing::warn!(network = name, error = %e, "cannot check for a concurrently created network");
@@ -634,7 +673,7 @@ impl Docker {
             id = ours,
             "another daemon created the network at the same time; removing ours"
         );
-        if let Err(e) = self.client.remove_network(ours).await {
+        if let Err(e) = self.engine("remove_network").remove_network(ours).await {
             tracing::warn!(network = name, id = ours, error = %e, "cannot remove a duplicate network");
         }
     }
@@ -660,7 +699,7 @@ impl Docker {
             ..ListContainersOptions::default()
         };
         let summaries = self
-            .client
+            .engine("list_containers")
             .list_containers(Some(options))
             .await
             .map_err(|e| DockerError::ListContainers {
@@ -703,7 +742,7 @@ impl Docker {
 
     /// Whether the engine has `image` (by name, tag or id).
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
-        match self.client.inspect_image(image).await {
+        match self.engine("inspect_image").inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if status_of(&e) == Some(404) => Ok(false),
             Err(e) => Err(DockerError::InspectImage {
@@ -743,7 +782,9 @@ impl Docker {
             tag,
             ..CreateImageOptions::default()
         };
-        let mut progress = self.client.create_image(Some(options), None, credentials);
+        let mut progress =
+            self.engine("create_image")
+                .create_image(Some(options), None, credentials);
         while let Some(item) = progress.next().await {
             if let Err(error) = item {
                 let error = EngineError::from(error);
@@ -926,7 +967,11 @@ impl Docker {
             name: Some(name.to_owned()),
             ..CreateContainerOptions::default()
         };
-        let id = match self.client.create_container(Some(options), body).await {
+        let id = match self
+            .engine("create_container")
+            .create_container(Some(options), body)
+            .await
+        {
             Ok(created) => created.id,
             Err(e) if status_of(&e) == Some(409) => {
                 let existing = self
@@ -964,7 +1009,7 @@ impl Docker {
 
     /// Starts a container; the engine's 304 for a running one is success.
     async fn start_by_id(&self, name: &str, id: &str) -> Result<(), DockerError> {
-        self.client
+        self.engine("start_container")
             .start_container(id, None::<StartContainerOptions>)
             .await
             .map_err(|e| DockerError::StartContainer {
@@ -991,7 +1036,7 @@ impl Docker {
             return Ok(());
         };
         match self
-            .client
+            .engine("stop_container")
             .stop_container(&id, None::<StopContainerOptions>)
             .await
         {
@@ -1014,7 +1059,11 @@ impl Docker {
             v: true,
             ..RemoveContainerOptions::default()
         };
-        match self.client.remove_container(&id, Some(options)).await {
+        match self
+            .engine("remove_container")
+            .remove_container(&id, Some(options))
+            .await
+        {
             Ok(()) => Ok(()),
             // 409: "removal of container ... is already in progress".
             Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
@@ -1053,7 +1102,7 @@ impl Docker {
         let options = RenameContainerOptions {
             name: to.to_owned(),
         };
-        self.client
+        self.engine("rename_container")
             .rename_container(&id, options)
             .await
             .map_err(|e| fail(e.into()))
@@ -1081,7 +1130,7 @@ impl Docker {
         container: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
         match self
-            .client
+            .engine("inspect_container")
             .inspect_container(container, None::<InspectContainerOptions>)
             .await
         {
@@ -1131,16 +1180,18 @@ impl Docker {
             ..EventsOptions::default()
         };
         let instance = instance.to_owned();
-        self.client.events(Some(options)).filter_map(move |item| {
-            let mapped = match item {
-                Ok(message) => service_event(&message).map(Ok),
-                Err(e) => Some(Err(DockerError::Events {
-                    instance: instance.clone(),
-                    source: e.into(),
-                })),
-            };
-            futures::future::ready(mapped)
-        })
+        self.engine("events")
+            .events(Some(options))
+            .filter_map(move |item| {
+                let mapped = match item {
+                    Ok(message) => service_event(&message).map(Ok),
+                    Err(e) => Some(Err(DockerError::Events {
+                        instance: instance.clone(),
+                        source: e.into(),
+                    })),
+                };
+                futures::future::ready(mapped)
+            })
     }
 }
 

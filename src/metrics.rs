@@ -159,6 +159,33 @@ struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+/// The `operation` labels of `cutover_docker_requests_total`, created at zero: every request
+/// the Docker adapter sends.
+const DOCKER_OPERATIONS: [&str; 17] = [
+    "ping",
+    "events",
+    "list_containers",
+    "inspect_container",
+    "create_container",
+    "start_container",
+    "stop_container",
+    "rename_container",
+    "remove_container",
+    "inspect_image",
+    "create_image",
+    "list_networks",
+    "inspect_network",
+    "create_network",
+    "remove_network",
+    "inspect_volume",
+    "create_volume",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServicePhaseLabels {
     service: String,
     phase: String,
@@ -206,6 +233,7 @@ pub struct Metrics {
     proxy_apply: Histogram,
     haproxy_restarts: Counter,
     leader: Gauge,
+    docker_requests: Family<OperationLabel, Counter>,
     service_phase: Family<ServicePhaseLabels, Gauge>,
     service_color: Family<ServiceColorLabels, Gauge>,
     replicas_ready: Family<ServiceReplicaLabels, Gauge>,
@@ -357,6 +385,15 @@ impl Metrics {
             "1 while this daemon is the leader that changes Docker, 0 while it waits",
             leader.clone(),
         );
+        let docker_requests = Family::<OperationLabel, Counter>::default();
+        registry.register(
+            "docker_requests",
+            "Requests sent to the Docker engine, by operation",
+            docker_requests.clone(),
+        );
+        for operation in DOCKER_OPERATIONS {
+            let _ = docker_requests.get_or_create(&OperationLabel { operation });
+        }
         let service_phase = Family::<ServicePhaseLabels, Gauge>::default();
         registry.register(
             "service_phase",
@@ -432,6 +469,7 @@ impl Metrics {
             haproxy_runtime_calls,
             haproxy_restarts,
             leader,
+            docker_requests,
             service_phase,
             service_color,
             replicas_ready,
@@ -542,6 +580,13 @@ impl Metrics {
             self.proxy_table_version.set(version);
         }
         self.proxy_apply.observe(took.as_secs_f64());
+    }
+
+    /// The Docker adapter sent the engine an `operation` request.
+    pub fn docker_request(&self, operation: &'static str) {
+        self.docker_requests
+            .get_or_create(&OperationLabel { operation })
+            .inc();
     }
 
     /// A reconcile panicked.

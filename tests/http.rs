@@ -670,3 +670,61 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
         std::fs::write(&docs, &png).expect("write docs/status-page.png");
     }
 }
+
+/// At rest the daemon reads and never writes: resyncs of a converged service send Docker no
+/// mutating request. Reads are bounded as they are today: per resync one list of every
+/// container, then per service one list and one inspection of its image (the goal of one
+/// list per resync is not reached yet).
+#[test]
+fn an_idle_daemon_sends_docker_no_mutating_request() {
+    let w = world("http-idle");
+    let d = w.daemon().no_proxy().resync("1s").start();
+    let addr = w.endpoint(d);
+    w.apply("idle", &demo(&w, "idle", "cutover-demo:a", 2, FAST));
+    w.wait_available("idle");
+    let counts = || {
+        let text = get_ok(&addr, "/metrics").body;
+        text.lines()
+            .filter_map(|l| l.strip_prefix("cutover_docker_requests_total{operation=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .map(|(op, v)| (op.to_owned(), v.parse::<f64>().unwrap_or(f64::NAN)))
+            .collect::<std::collections::BTreeMap<String, f64>>()
+    };
+    // Past the first reconciles' follow-ups.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = counts();
+    assert!(before.contains_key("create_container"), "{before:?}");
+    let window = Duration::from_secs(6);
+    std::thread::sleep(window);
+    let after = counts();
+    let delta: std::collections::BTreeMap<&str, f64> = after
+        .iter()
+        .map(|(op, v)| (op.as_str(), v - before.get(op).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect();
+    eprintln!("Docker requests in {window:?} at rest, resync every 1 s: {delta:?}");
+    for op in [
+        "create_container",
+        "start_container",
+        "stop_container",
+        "rename_container",
+        "remove_container",
+        "create_image",
+        "create_network",
+        "remove_network",
+        "create_volume",
+    ] {
+        assert_eq!(delta.get(op), None, "{op} at rest: {delta:?}\n{}", w.logs());
+    }
+    // Six resyncs (with jitter, perhaps seven) of one service.
+    let lists = delta.get("list_containers").copied().unwrap_or(0.0);
+    assert!(
+        lists <= 14.0,
+        "{lists} container lists in {window:?}: {delta:?}"
+    );
+    let inspections = delta.get("inspect_image").copied().unwrap_or(0.0);
+    assert!(
+        inspections <= 7.0,
+        "{inspections} image inspections in {window:?}: {delta:?}"
+    );
+}

@@ -212,7 +212,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut failures = 0;
     let docker = loop {
         match connect(&scope).await {
-            Ok(docker) => break docker.with_allowances(allowances),
+            Ok(docker) => {
+                let metrics = Arc::clone(&metrics);
+                break docker
+                    .with_allowances(allowances)
+                    .with_request_hook(move |operation| metrics.docker_request(operation));
+            }
             Err(e) => {
                 failures += 1;
                 let delay = retry_delay(failures);

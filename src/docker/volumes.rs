@@ -121,7 +121,7 @@ impl Docker {
             volume: volume.to_owned(),
             source: error.into(),
         };
-        let labels = match self.client.inspect_volume(volume).await {
+        let labels = match self.engine("inspect_volume").inspect_volume(volume).await {
             Ok(existing) => existing.labels,
             Err(e) if status_of(&e) == Some(404) => {
                 let mut labels = HashMap::from([
@@ -138,7 +138,7 @@ impl Docker {
                 };
                 // The engine answers a create of a name that appeared meanwhile with the
                 // existing volume and its own labels: those are the ones to judge.
-                self.client
+                self.engine("create_volume")
                     .create_volume(request)
                     .await
                     .map_err(fail)?
@@ -157,7 +157,7 @@ impl Docker {
                 ..ListContainersOptions::default()
             };
             let summaries = self
-                .client
+                .engine("list_containers")
                 .list_containers(Some(options))
                 .await
                 .map_err(fail)?;
