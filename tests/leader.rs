@@ -213,13 +213,6 @@ fn expected(color: &str, image: &str, replicas: u32) -> Vec<String> {
         .collect()
 }
 
-fn running(w: &World) -> Vec<String> {
-    w.containers()
-        .into_iter()
-        .filter(|c| c.ends_with(" running"))
-        .collect()
-}
-
 #[test]
 fn two_daemons_elect_one_leader_and_a_rollout_makes_no_duplicates() {
     let w = World::new("two-daemons");
@@ -246,9 +239,9 @@ fn two_daemons_elect_one_leader_and_a_rollout_makes_no_duplicates() {
     assert_eq!(w.status("ha")["activeColor"], "green");
     // Retired replicas leave their slot at once and stop in the background.
     w.eventually_within("blue retired and stopped", Duration::from_secs(60), || {
-        running(&w) == expected("green", "cutover-demo:b", 2)
+        w.running() == expected("green", "cutover-demo:b", 2)
     });
-    assert_eq!(running(&w), expected("green", "cutover-demo:b", 2));
+    assert_eq!(w.running(), expected("green", "cutover-demo:b", 2));
     assert_eq!(w.leader(), Some(leader), "the leadership never moved");
     let (leader_log, follower_log) = (w.log(leader), w.log(follower));
     assert_eq!(
@@ -297,10 +290,10 @@ fn kill_9_of_the_leader_mid_rollout_hands_over_and_the_rollout_finishes_once() {
     assert_eq!(w.status("ha")["activeColor"], "green");
     // Retired replicas leave their slot at once and stop in the background.
     w.eventually_within("blue retired and stopped", Duration::from_secs(60), || {
-        running(&w) == expected("green", "cutover-demo:b", 2)
+        w.running() == expected("green", "cutover-demo:b", 2)
     });
     assert_eq!(
-        running(&w),
+        w.running(),
         expected("green", "cutover-demo:b", 2),
         "exactly the desired replicas: {:?}",
         w.containers()
@@ -352,7 +345,7 @@ fn sigterm_of_the_leader_hands_over_without_waiting_for_the_lock_delay() {
     let run = w.cutover(&["scale", &w.svc("ha"), "2"]);
     assert!(run.status.success(), "{run}");
     w.eventually_within("two replicas", Duration::from_secs(60), || {
-        running(&w).len() == 2
+        w.running().len() == 2
     });
     w.wait_available("ha");
 }

@@ -622,16 +622,7 @@ fn rollouts_scaling_and_a_daemon_crash_under_load_fail_no_request() {
     }
     // Let the last drain finish under load too.
     std::thread::sleep(Duration::from_secs(2));
-    let (ok, failures) = load.finish();
-    assert!(ok > 100, "too little load to mean anything: {ok}");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed across {switches} switches: {:?}\n{}",
-        failures.len(),
-        ok + failures.len() as u64,
-        &failures[..failures.len().min(10)],
-        w.logs()
-    );
+    let ok = load.finish_without_failures(&format!("{switches} switches"), 100, || w.logs());
     let masters = Command::new("pgrep")
         .args([
             "-f",

@@ -72,6 +72,31 @@ impl Load {
         }
         total
     }
+
+    /// Stops the load and asserts that it meant something (more than `min_ok` answers) and
+    /// that no request failed; `what` names the load and `logs` are shown on failure.
+    /// Returns the answers.
+    pub fn finish_without_failures(
+        self,
+        what: &str,
+        min_ok: u64,
+        logs: impl FnOnce() -> String,
+    ) -> u64 {
+        let (ok, failures) = self.finish();
+        assert!(
+            ok > min_ok,
+            "{what}: too little load to mean anything ({ok})"
+        );
+        assert!(
+            failures.is_empty(),
+            "{what}: {} of {} requests failed: {:?}\n{}",
+            failures.len(),
+            ok + failures.len() as u64,
+            &failures[..failures.len().min(10)],
+            logs()
+        );
+        ok
+    }
 }
 
 /// One HTTP/1.0 request on a new connection: the body of a 200, or what went wrong.

@@ -388,6 +388,14 @@ spec:
 
     // The engine, and waiting.
 
+    /// [`World::containers`] that are running.
+    pub fn running(&self) -> Vec<String> {
+        self.containers()
+            .into_iter()
+            .filter(|c| c.ends_with(" running"))
+            .collect()
+    }
+
     /// `name image state` of this world's containers, sorted, with the tag taken out of
     /// the names (`web-blue-1 cutover-demo:a running`).
     pub fn containers(&self) -> Vec<String> {
