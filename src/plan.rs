@@ -1158,7 +1158,14 @@ impl<'a> Planner<'a> {
                 "{ready}/{wanted} replicas of {color} (revision {revision}) ready; waiting for \
                  every proxy's checks to see them UP{lagging}"
             );
-            self.check_deadline(service, &mine, revision, index, "WaitingForProxies", waiting);
+            self.check_deadline(
+                service,
+                &mine,
+                revision,
+                index,
+                "WaitingForProxies",
+                waiting,
+            );
             self.requeue_after(POLL_MS);
             return;
         }
