@@ -100,6 +100,9 @@ pub enum Command {
     Rollback(request::Args),
     /// Remove the rollout in progress and reject its revision.
     Abort(request::Args),
+    /// Try the rejected revision again (after a failed rollout, an abort or a rollback),
+    /// without changing the spec.
+    Retry(request::Args),
     Prune(prune::Args),
 }
 
@@ -150,6 +153,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Promote(args) => request::run(&ctx, Action::Promote, args).await,
         Command::Rollback(args) => request::run(&ctx, Action::Rollback, args).await,
         Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
+        Command::Retry(args) => request::run(&ctx, Action::Retry, args).await,
         Command::Prune(args) => prune::run(&ctx, args).await,
     }
 }
