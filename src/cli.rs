@@ -209,13 +209,15 @@ pub enum CliError {
     ConcurrentModification { key: String, attempts: u32 },
 
     #[error(
-        "refusing to prune {deletions} of the {total} services in KV (more than half): \
-         a broken checkout must not wipe production; check {}, or pass --force",
+        "refusing to prune {deletions} of the {total} services in KV (more than half: \
+         {services}): a broken checkout must not wipe production; check {}, or pass --force",
         dir.display()
     )]
     PruneRefused {
         deletions: usize,
         total: usize,
+        /// The services the prune would delete, comma-separated.
+        services: String,
         dir: PathBuf,
     },
 
