@@ -144,10 +144,11 @@ fn dns_a(port: u16, name: &str, id: u16) -> Option<Result<usize, String>> {
     })
 }
 
-/// 20 auto-promoted releases, each a new revision on new replicas (A, B, A, ...), while both consumers watch `live`:
+/// 20 auto-promoted releases, each a new revision on new replicas (A, B, A, ...), then a
+/// scale up and down and a rollback to a stopped revision, while both consumers watch `live`:
 /// not one empty answer.
 #[test]
-fn live_never_answers_empty_through_auto_promoted_releases() {
+fn live_never_answers_empty_through_releases_scaling_and_a_rollback() {
     let (agent, dns_port) = agent_with_dns();
     let w = World::with_agent("catalog-gap", agent);
     let d = w.daemon().short_lease().start();
@@ -206,6 +207,32 @@ fn live_never_answers_empty_through_auto_promoted_releases() {
                 == 2
         });
     }
+    // Scaling the live color up and down, then a rollback to the kept release 19 (B), whose
+    // replicas are started again from the stopped ones.
+    for by in ["+2", "-2"] {
+        let run = w.cutover(&["scale", &service, by]);
+        assert!(run.status.success(), "{run}");
+        w.wait_available("web");
+        w.eventually(&format!("scaled {by}"), || {
+            w.containers()
+                .iter()
+                .filter(|c| c.ends_with(" running"))
+                .count()
+                == if by == "+2" { 4 } else { 2 }
+        });
+    }
+    let run = w.cutover(&["rollback", &service]);
+    assert!(run.status.success(), "{run}\n{}", w.logs());
+    w.eventually("the rollback serves B", || {
+        w.through_proxy(d, "web") == "version B [200]"
+    });
+    w.eventually("the rolled-back replicas stopped", || {
+        w.containers()
+            .iter()
+            .filter(|c| c.ends_with(" running"))
+            .count()
+            == 2
+    });
     let watched = watcher.finish();
     let polled = poller.finish();
     eprintln!(
