@@ -41,15 +41,15 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// that has an address, sorted by ID.
 ///
 /// * ID: the container name (`books-green-2`); Name: `service`.
-/// * Tags: the color, then `live` for the live color or `preview` for the previewed one. A
-///   color that is neither (draining after a switch, or rolling out with `autoPromote: true`
-///   before the switch) has only its color tag, so a query for `live` never sees it.
+/// * Tags: the color, then `live` for the live color or `preview` for the previewed one (the
+///   color a rollout brings up, whether it is auto-promoted or not). A color that is neither
+///   (draining after a switch) has only its color tag, so a query for `live` never sees it.
 /// * Address and Port: the container's IP on the cutover network and `port`.
 /// * Meta: [`META_INSTANCE`], [`META_SERVICE`], [`META_REVISION`], [`META_COLOR`].
-/// * Check: `http://<ip>:<port><health_path>` every [`CHECK_INTERVAL`]. It starts as
-///   passing when the daemon's own probe already counts the replica ready, so a replica does
-///   not vanish from DNS for an interval when it is registered again; otherwise it starts
-///   critical, Consul's default.
+/// * Check: `http://<ip>:<port><health_path>` every [`CHECK_INTERVAL`], starting as passing
+///   when the daemon's own probe counts the replica ready. [`plan_catalog`] registers a
+///   replica only then (a real agent keeps a check's status on re-registration, so one
+///   registered critical would stay so until the agent's next run).
 ///
 /// Side targets are not registered: they have no color and take no part in a switch.
 pub fn desired_registrations(
@@ -123,6 +123,21 @@ pub struct CatalogPlan {
     pub to_deregister: Vec<String>,
     /// Desired IDs held by a registration that is not ours: left alone, never overwritten.
     pub conflicts: Vec<String>,
+    /// Desired IDs not registered yet whose replica is not ready: registered once it is.
+    pub waiting: Vec<String>,
+}
+
+/// Whether a desired registration starts passing: its replica is ready.
+fn starts_passing(registration: &AgentService) -> bool {
+    registration
+        .check
+        .as_ref()
+        .is_some_and(|c| c.initial_status == Some(CheckStatus::Passing))
+}
+
+/// Whether a registration carries the [`TAG_LIVE`] tag.
+fn is_live(registration: &AgentService) -> bool {
+    registration.tags.iter().any(|t| t == TAG_LIVE)
 }
 
 impl CatalogPlan {
@@ -164,7 +179,13 @@ pub fn plan_catalog(
                 plan.conflicts.push(wanted.id.clone());
             }
             Some(existing) if same_registration(existing, wanted) => {}
-            _ => plan.to_register.push(wanted.clone()),
+            Some(_) => plan.to_register.push(wanted.clone()),
+            // Not registered yet: only once the daemon counts it ready, so that it starts
+            // passing (a real agent keeps a check's status when a service is registered
+            // again, so a replica registered critical would stay critical until the
+            // agent's next run of the check).
+            None if starts_passing(wanted) => plan.to_register.push(wanted.clone()),
+            None => plan.waiting.push(wanted.id.clone()),
         }
     }
     plan.to_deregister = current
@@ -223,9 +244,18 @@ impl SyncOutcome {
     }
 }
 
+/// How long [`sync`] waits for Consul to report the newly live replicas passing before it
+/// takes `live` from the others anyway.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Makes the agent's registrations for `service` match `desired` (from
-/// [`desired_registrations`]): registers what is new or changed first, then deregisters ours
-/// that are not desired. Calling it with no desired registrations removes all of the service's.
+/// [`desired_registrations`]). Calling it with no desired registrations removes all of the
+/// service's.
+///
+/// The order keeps `live` answered: registrations that carry `live` are made first; when
+/// some of ours lose `live` (a switch) and others gain it, `sync` waits until Consul's
+/// catalog reports every desired live replica passing (at most [`HANDOVER_TIMEOUT`]), and
+/// only then re-tags the rest and deregisters what is not desired.
 ///
 /// # Errors
 /// The first failed request. What was done before it stays done; calling `sync` again
@@ -245,14 +275,20 @@ pub async fn sync(
             "a Consul registration that cutover did not make has this replica's ID; leaving it alone");
     }
     let mut outcome = SyncOutcome {
-        conflicts: plan.conflicts,
+        conflicts: plan.conflicts.clone(),
         ..SyncOutcome::default()
     };
-    for registration in &plan.to_register {
-        client.register_service(registration).await?;
-        tracing::debug!(service, id = %registration.id, tags = ?registration.tags,
-            "registered a replica in Consul");
-        outcome.registered.push(registration.id.clone());
+    let (gaining, others): (Vec<&AgentService>, Vec<&AgentService>) =
+        plan.to_register.iter().partition(|r| is_live(r));
+    for registration in gaining {
+        register(client, service, registration, &mut outcome).await?;
+    }
+    let handover = handover_ids(&current, desired, &plan, service, instance);
+    if !handover.is_empty() {
+        wait_passing(client, service, &handover).await?;
+    }
+    for registration in others {
+        register(client, service, registration, &mut outcome).await?;
     }
     for id in &plan.to_deregister {
         client.deregister_service(id).await?;
@@ -260,6 +296,70 @@ pub async fn sync(
         outcome.deregistered.push(id.clone());
     }
     Ok(outcome)
+}
+
+async fn register(
+    client: &Client,
+    service: &str,
+    registration: &AgentService,
+    outcome: &mut SyncOutcome,
+) -> Result<(), ConsulError> {
+    client.register_service(registration).await?;
+    tracing::debug!(service, id = %registration.id, tags = ?registration.tags,
+        "registered a replica in Consul");
+    outcome.registered.push(registration.id.clone());
+    Ok(())
+}
+
+/// The live replicas Consul must report passing before `plan` takes `live` from any of
+/// ours (those the daemon counts ready): empty when none of ours loses `live`. Pure.
+pub fn handover_ids(
+    current: &[AgentService],
+    desired: &[AgentService],
+    plan: &CatalogPlan,
+    service: &str,
+    instance: &str,
+) -> Vec<String> {
+    let desired_live: BTreeSet<&str> = desired
+        .iter()
+        .filter(|r| is_live(r))
+        .map(|r| r.id.as_str())
+        .collect();
+    let losing = current.iter().any(|r| {
+        is_ours(r, service, instance) && is_live(r) && !desired_live.contains(r.id.as_str())
+    });
+    if !losing {
+        return Vec::new();
+    }
+    let conflicts: BTreeSet<&str> = plan.conflicts.iter().map(String::as_str).collect();
+    desired
+        .iter()
+        .filter(|r| is_live(r) && starts_passing(r) && !conflicts.contains(r.id.as_str()))
+        .map(|r| r.id.clone())
+        .collect()
+}
+
+/// Waits until Consul's catalog reports every one of `ids` passing under `live`, for
+/// [`HANDOVER_TIMEOUT`] at most; then logs a warning and returns.
+async fn wait_passing(client: &Client, service: &str, ids: &[String]) -> Result<(), ConsulError> {
+    let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
+    loop {
+        let passing: BTreeSet<String> = client
+            .passing_instances(service, TAG_LIVE)
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<&String> = ids.iter().filter(|id| !passing.contains(*id)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(service, missing = ?missing, timeout = ?HANDOVER_TIMEOUT,
+                "Consul does not report the new live replicas passing; taking live from the old ones anyway");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Deregisters the given IDs (container names, such as from [`ids_to_deregister_before`]),
@@ -678,6 +778,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_replica_is_registered_once_ready_and_stays_registered() {
+        use Color::Blue;
+        let mut not_ready = [replica(Blue, 1, "10.0.0.1"), replica(Blue, 2, "10.0.0.2")];
+        not_ready[1].ready = false;
+        let plan = plan_catalog(
+            &[],
+            &desired(&not_ready, Some(Blue), None),
+            SERVICE,
+            INSTANCE,
+        );
+        let ids = |r: &[AgentService]| r.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&plan.to_register), ["books-blue-1"]);
+        assert_eq!(plan.waiting, ["books-blue-2"]);
+        // Registered, then no longer ready: left as it is, the agent's check tells.
+        let current: Vec<AgentService> = desired(&[replica(Blue, 2, "10.0.0.2")], Some(Blue), None)
+            .iter()
+            .map(as_read_back)
+            .collect();
+        let plan = plan_catalog(
+            &current,
+            &desired(&not_ready, Some(Blue), None),
+            SERVICE,
+            INSTANCE,
+        );
+        assert_eq!(ids(&plan.to_register), ["books-blue-1"]);
+        assert!(
+            plan.waiting.is_empty() && plan.to_deregister.is_empty(),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn live_is_handed_over_only_when_someone_loses_it() {
+        use Color::{Blue, Green};
+        let both = [
+            replica(Blue, 1, "10.0.0.1"),
+            replica(Green, 1, "10.0.1.1"),
+            replica(Green, 2, "10.0.1.2"),
+        ];
+        let read_back = |r: Vec<AgentService>| r.iter().map(as_read_back).collect::<Vec<_>>();
+        let handover = |current: &[AgentService], wanted: &[AgentService]| {
+            let plan = plan_catalog(current, wanted, SERVICE, INSTANCE);
+            handover_ids(current, wanted, &plan, SERVICE, INSTANCE)
+        };
+        let blue_live = read_back(desired(&both, Some(Blue), Some(Green)));
+        // The switch: blue keeps live until both green replicas pass under live.
+        assert_eq!(
+            handover(&blue_live, &desired(&both, Some(Green), None)),
+            ["books-green-1", "books-green-2"]
+        );
+        // A green replica the daemon does not count ready is not waited for.
+        let mut one_ready = both.clone();
+        one_ready[2].ready = false;
+        assert_eq!(
+            handover(&blue_live, &desired(&one_ready, Some(Green), None)),
+            ["books-green-1"]
+        );
+        // Nobody loses live: a first deploy, a scale-up, the preview appearing.
+        assert!(handover(&[], &desired(&both, Some(Green), None)).is_empty());
+        assert!(handover(&blue_live, &desired(&both, Some(Blue), None)).is_empty());
+        // The live color deleted: nothing to hand over to.
+        assert!(handover(&blue_live, &[]).is_empty());
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub enum Command {
     Rollback(request::Args),
     /// Remove the rollout in progress and reject its revision.
     Abort(request::Args),
+    /// Try the rejected revision again (after a failed rollout, an abort or a rollback),
+    /// without changing the spec.
+    Retry(request::Args),
     Prune(prune::Args),
 }
 
@@ -167,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Promote(args) => request::run(&ctx, Action::Promote, args).await,
         Command::Rollback(args) => request::run(&ctx, Action::Rollback, args).await,
         Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
+        Command::Retry(args) => request::run(&ctx, Action::Retry, args).await,
         Command::Prune(args) => prune::run(&ctx, args).await,
     }
 }
@@ -222,13 +226,15 @@ pub enum CliError {
     ConcurrentModification { key: String, attempts: u32 },
 
     #[error(
-        "refusing to prune {deletions} of the {total} services in KV (more than half): \
-         a broken checkout must not wipe production; check {}, or pass --force",
+        "refusing to prune {deletions} of the {total} services in KV (more than half: \
+         {services}): a broken checkout must not wipe production; check {}, or pass --force",
         dir.display()
     )]
     PruneRefused {
         deletions: usize,
         total: usize,
+        /// The services the prune would delete, comma-separated.
+        services: String,
         dir: PathBuf,
     },
 

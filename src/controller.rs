@@ -670,7 +670,14 @@ impl Controller {
         let Some(service) = exec.service else {
             return Ok(());
         };
-        if plan.steps.iter().all(Step::is_background) {
+        // The containers observed before the steps are still what runs when the plan only
+        // switches or stops: the catalog follows a switch in the same reconcile, before the
+        // status says so.
+        if plan
+            .steps
+            .iter()
+            .all(|s| s.is_background() || matches!(s, Step::Switch { .. }))
+        {
             let desired = catalog::desired_registrations(
                 name,
                 instance,

@@ -697,6 +697,24 @@ impl<'a> Planner<'a> {
                     request.revision
                 ),
             ),
+            Action::Retry => match self.status.rejected.as_ref() {
+                Some(rejected) if rejected.revision == request.revision => {
+                    let reason = rejected.reason.clone();
+                    self.status.rejected = None;
+                    self.event(
+                        "Retried",
+                        format!(
+                            "revision {} (rejected: {reason}) tried again by `cutover retry`",
+                            request.revision
+                        ),
+                    );
+                    ("Done", format!("retrying revision {}", request.revision))
+                }
+                _ => (
+                    "Stale",
+                    format!("revision {} is not the rejected revision", request.revision),
+                ),
+            },
             Action::Rollback => match self.kept_revision(live) {
                 Some(kept) => {
                     self.reject(

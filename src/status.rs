@@ -147,7 +147,7 @@ pub struct Event {
     pub message: String,
 }
 
-/// An imperative request (`promote`, `rollback`, `abort`), stored at
+/// An imperative request (`promote`, `rollback`, `abort`, `retry`), stored at
 /// `<prefix>/requests/<name>` by the CLI and acknowledged in [`Status::last_request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,6 +167,8 @@ pub enum Action {
     Promote,
     Rollback,
     Abort,
+    /// Try a rejected revision again, with the same spec (`cutover retry`).
+    Retry,
 }
 
 /// The daemon's answer to a [`Request`].

@@ -592,12 +592,20 @@ fn sync_dry_run_writes_nothing() {
     assert_eq!(snapshot(&prefix), before, "a dry run wrote to KV");
     assert!(
         run.stdout
-            .contains("~ books configured: spec.image: books:1 -> books:2\n"),
+            .contains("~ books would be configured: spec.image: books:1 -> books:2\n"),
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("+ new created\n"), "{}", run.stdout);
-    assert!(run.stdout.contains("- users deleted\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("+ new would be created\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("- users would be deleted\n"),
+        "{}",
+        run.stdout
+    );
     assert!(
         run.stdout.contains("(dry run: nothing was written)"),
         "{}",
@@ -613,7 +621,7 @@ fn sync_dry_run_writes_nothing() {
     let changes = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| !l.starts_with("drift"))
-            .map(str::to_owned)
+            .map(|l| l.replacen(" would be ", " ", 1))
             .collect()
     };
     assert_eq!(changes(&real.stdout), changes(&run.stdout));
@@ -633,6 +641,24 @@ fn sync_refuses_to_prune_most_services_without_force() {
     dir.remove("b.yaml");
     dir.remove("c.yaml");
     let before = snapshot(&prefix);
+    // A dry run names every service it would delete, and says the prune would be refused.
+    let run = cutover()
+        .arg("sync")
+        .arg(dir.path())
+        .args(["--prune", "--dry-run"])
+        .fails();
+    assert!(
+        run.stdout
+            .contains("= a unchanged\n- b would be deleted\n- c would be deleted\n"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("refusing to prune 2 of the 3 services in KV (more than half: b, c)"),
+        "{run}"
+    );
+    assert_eq!(snapshot(&prefix), before);
+
     let run = cutover().arg("sync").arg(dir.path()).arg("--prune").fails();
     assert!(
         run.stderr.contains("refusing to prune 2 of the 3 services"),

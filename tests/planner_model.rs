@@ -139,7 +139,12 @@ fn event() -> impl Strategy<Value = Event> {
         1 => Just(Event::LoseStatus),
         1 => Just(Event::CorruptStatus),
         2 => (
-            prop_oneof![Just(Action::Promote), Just(Action::Rollback), Just(Action::Abort)],
+            prop_oneof![
+                Just(Action::Promote),
+                Just(Action::Rollback),
+                Just(Action::Abort),
+                Just(Action::Retry)
+            ],
             any::<bool>()
         )
             .prop_map(|(a, stale)| Event::Request(a, stale)),
@@ -348,6 +353,10 @@ impl<'p> Sim<'p> {
                 let status = self.status();
                 let revision = if *stale {
                     "0000000000".to_owned()
+                } else if *action == Action::Retry {
+                    status
+                        .and_then(|s| s.rejected.as_ref())
+                        .map_or_else(|| "0000000000".to_owned(), |r| r.revision.clone())
                 } else {
                     let color = match action {
                         Action::Rollback => status.and_then(|s| s.active_color),
@@ -913,6 +922,7 @@ fn parse_event(text: &str) -> Event {
             let action = match action.trim() {
                 "Promote" => Action::Promote,
                 "Rollback" => Action::Rollback,
+                "Retry" => Action::Retry,
                 _ => Action::Abort,
             };
             Event::Request(action, stale.trim() == "true")

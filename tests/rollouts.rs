@@ -391,3 +391,64 @@ fn a_prune_confirmation_is_used_up_and_expires() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(w.containers().len(), 2, "{:?}", w.containers());
 }
+
+/// A rejected revision is tried again with `cutover retry`, without changing the spec: a
+/// re-apply of the same content changes nothing (the key is not rewritten), as documented.
+#[test]
+fn a_rejected_revision_is_retried_with_cutover_retry() {
+    let w = World::new("retry");
+    let d = w.daemon().short_lease().start();
+    let spec = |image: &str| {
+        manifest(
+            &w,
+            "web",
+            image,
+            2,
+            "path: /cgi-bin/health",
+            &format!("  env: {{RELEASE: \"1\"}}\n{FAST}"),
+        )
+    };
+    w.apply("web", &spec("cutover-demo:a"));
+    w.wait_available("web");
+    w.apply("web", &spec("cutover-demo:b"));
+    w.wait_available("web");
+    w.eventually("B serves", || {
+        w.through_proxy(d, "web") == "version B [200]"
+    });
+    let b = w.status("web")["colors"][w.status("web")["activeColor"].as_str().unwrap()]["revision"]
+        .clone();
+
+    let run = w.cutover(&["rollback", &w.svc("web")]);
+    assert!(run.status.success(), "{run}\n{}", w.logs());
+    w.eventually("A serves again", || {
+        w.through_proxy(d, "web") == "version A [200]"
+    });
+    assert_eq!(w.status("web")["rejected"]["revision"], b);
+
+    // The same content again: unchanged, and B stays rejected.
+    let path = w.dir.write("web.yaml", &spec("cutover-demo:b"));
+    let run = w.cutover(&["apply", "-f", &path.to_string_lossy()]);
+    assert!(
+        run.status.success() && run.stdout.contains("unchanged"),
+        "{run}"
+    );
+    assert_eq!(w.status("web")["rejected"]["revision"], b);
+
+    let run = w.cutover(&["retry", &w.svc("web")]);
+    assert!(run.status.success(), "{run}\n{}", w.logs());
+    assert!(run.stdout.contains("Done"), "{run}");
+    w.eventually("B serves again", || {
+        w.through_proxy(d, "web") == "version B [200]"
+    });
+    w.wait_available("web");
+    let status = w.status("web");
+    assert!(status["rejected"].is_null(), "{status}");
+    assert_eq!(status["lastRequest"]["action"], "retry");
+
+    // Nothing rejected: nothing to retry, and a stale revision is refused.
+    let run = w.cutover(&["retry", &w.svc("web")]);
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    let run = w.cutover(&["retry", &w.svc("web"), "--revision", "0000000000"]);
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(run.stderr.contains("Stale"), "{run}");
+}

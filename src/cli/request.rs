@@ -1,4 +1,4 @@
-//! `cutover promote|rollback|abort NAME`: imperative requests the daemon acts on.
+//! `cutover promote|rollback|abort|retry NAME`: imperative requests the daemon acts on.
 //!
 //! Each request names the revision it applies to (the one `cutover status` shows, unless
 //! `--revision` says otherwise), so a request made against one rollout never acts on a newer
@@ -18,7 +18,7 @@ pub struct Args {
     /// The service.
     pub name: String,
     /// The revision the request applies to [default: for promote and abort, the revision
-    /// in preview or rolling out; for rollback, the live one].
+    /// in preview or rolling out; for rollback, the live one; for retry, the rejected one].
     #[arg(long)]
     pub revision: Option<String>,
     /// Wait until the daemon acknowledged the request, at most this long (0: don't wait).
@@ -86,6 +86,7 @@ pub async fn run(ctx: &Context, action: Action, args: Args) -> Result<(), CliErr
 fn default_revision(status: &Status, action: Action) -> Option<String> {
     let color = match action {
         Action::Rollback => status.active_color?,
+        Action::Retry => return status.rejected.as_ref().map(|r| r.revision.clone()),
         Action::Promote | Action::Abort => status
             .preview_color
             .or_else(|| status.active_color.map(|c| c.other()))?,

@@ -25,7 +25,9 @@ Examples:
   cutover sync manifests/ --prune              # also delete what is not in the directory
 
 Output: '+ NAME created', '~ NAME configured: FIELD: OLD -> NEW', '- NAME deleted',
-'= NAME unchanged', '? NAME is only in KV' (without --prune), then a drift summary.";
+'= NAME unchanged', '? NAME is only in KV' (without --prune), then a drift summary. With
+--dry-run: 'would be created', 'would be configured', 'would be deleted', every change listed
+even when the prune would be refused.";
 
 /// Make KV equal to a directory of manifests and report the drift.
 #[derive(Debug, clap::Args)]
@@ -81,6 +83,20 @@ impl Change {
     /// Whether KV differs from the directory here.
     pub fn is_drift(&self) -> bool {
         !matches!(self, Change::Unchanged { .. })
+    }
+}
+
+impl Change {
+    /// The line a `--dry-run` prints: what would be done.
+    pub fn would(&self) -> String {
+        let line = self.to_string();
+        match self {
+            Change::Create { .. } | Change::Configure { .. } | Change::Delete { .. } => {
+                let (sign, rest) = line.split_at(2);
+                format!("{sign}{}", rest.replacen(' ', " would be ", 1))
+            }
+            Change::Unchanged { .. } | Change::OnlyInStore { .. } => line,
+        }
     }
 }
 
@@ -161,14 +177,16 @@ pub fn check_prune(
     force: bool,
     dir: &std::path::Path,
 ) -> Result<(), CliError> {
-    let deletions = changes
+    let deleted: Vec<&str> = changes
         .iter()
         .filter(|c| matches!(c, Change::Delete { .. }))
-        .count();
-    if !force && deletions * 2 > total_in_store {
+        .map(Change::name)
+        .collect();
+    if !force && deleted.len() * 2 > total_in_store {
         return Err(CliError::PruneRefused {
-            deletions,
+            deletions: deleted.len(),
             total: total_in_store,
+            services: deleted.join(", "),
             dir: dir.to_owned(),
         });
     }
@@ -251,16 +269,22 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
     }
     let changes = plan(&manifests, &stored, args.prune);
+    if args.dry_run {
+        // Every change, named, also when the prune would be refused: then it fails after.
+        let refused = check_prune(&changes, stored.len(), args.force, &args.dir);
+        for change in &changes {
+            println!("{}", change.would());
+        }
+        let drift: Vec<Change> = changes.into_iter().filter(Change::is_drift).collect();
+        println!("{}", drift_summary(&drift, manifests.len(), &args));
+        return refused;
+    }
     check_prune(&changes, stored.len(), args.force, &args.dir)?;
 
     let by_name: BTreeMap<&str, &Manifest> = manifests.iter().map(|m| (m.name(), m)).collect();
     let mut drift = Vec::new();
     for change in changes {
-        let done = if args.dry_run {
-            change
-        } else {
-            carry_out(&store, change, &by_name).await?
-        };
+        let done = carry_out(&store, change, &by_name).await?;
         println!("{done}");
         if done.is_drift() {
             drift.push(done);

@@ -161,6 +161,49 @@ impl Client {
         Ok(by_id.into_values().collect())
     }
 
+    /// The IDs of the instances of `service` tagged `tag` whose checks all pass, as Consul's
+    /// catalog answers them (`GET /v1/health/service/<service>?tag=<tag>&passing`): what DNS
+    /// and `consul watch -passingonly` see, not only the local agent's view. Sorted.
+    ///
+    /// # Errors
+    /// Consul unreachable for the retry time, a refused token, or an answer that is not the
+    /// expected JSON.
+    pub async fn passing_instances(
+        &self,
+        service: &str,
+        tag: &str,
+    ) -> Result<Vec<String>, ConsulError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "Service")]
+            service: Instance,
+        }
+        #[derive(Deserialize)]
+        struct Instance {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let key = format!("health service {service}");
+        let mut call = self.agent_call(Method::GET, &[], &key);
+        call.url = self.api_url(&["health", "service", service]);
+        call.query.push(("tag", tag.to_owned()));
+        call.query.push(("passing", "true".to_owned()));
+        let answer = self.send(call).await?;
+        let entries: Vec<Entry> = if answer.status == StatusCode::NOT_FOUND {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&answer.body).map_err(|e| ConsulError::InvalidResponse {
+                address: self.address().to_owned(),
+                method: Method::GET,
+                key: key.clone(),
+                reason: e.to_string(),
+            })?
+        };
+        let mut ids: Vec<String> = entries.into_iter().map(|e| e.service.id).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     /// A request on `/v1/agent/<segments>`; `key` names it in errors.
     fn agent_call<'a>(&self, method: Method, segments: &[&str], key: &'a str) -> Call<'a> {
         Call {
@@ -175,12 +218,18 @@ impl Client {
 
     /// `<base>/v1/agent/<segments>`, each segment percent-encoded.
     fn agent_url(&self, segments: &[&str]) -> Url {
+        let mut all = vec!["agent"];
+        all.extend_from_slice(segments);
+        self.api_url(&all)
+    }
+
+    /// `<base>/v1/<segments>`, each segment percent-encoded.
+    fn api_url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("base_url only accepts http(s) URLs, which have a path")
             .pop_if_empty()
             .push("v1")
-            .push("agent")
             .extend(segments);
         url
     }
