@@ -14,9 +14,13 @@
 //!   from the same files).
 //! - Consul away: it keeps serving the last table it applied (HAProxy's own files hold it),
 //!   and says so on `/readyz`.
-//! - A table read that comes back empty right after a start or a Consul index reset (Consul
-//!   restarted without its data) removes nothing: only a table that lists services, or a
-//!   later change, is taken as the truth about what to drop.
+//! - Routes are removed from HAProxy when the table drops a service it listed (since the
+//!   agent started, or since Consul was last reset or unreachable), or when none of the
+//!   service's servers is UP any more (removing it then loses nothing). A service that the
+//!   current table never listed but whose servers serve keeps its routes: after a start, or
+//!   after Consul came back without its data, its table entry may simply be lost, and its
+//!   traffic must not be. Such a service is left out of the agent's report (it serves no
+//!   version of the current table), so the leader never waits for it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,6 +81,11 @@ struct State {
     connected: Option<Result<(), String>>,
     /// The report changed since it was last written.
     dirty: bool,
+    /// The services the table listed since the agent started or since Consul was last
+    /// reset or unreachable: only their absence from a later table is a removal.
+    listed: std::collections::BTreeSet<String>,
+    /// Services in HAProxy that the current table never listed, kept while a server is UP.
+    kept: std::collections::BTreeSet<String>,
 }
 
 /// The agent. Cheap to share.
@@ -159,19 +168,22 @@ impl ProxyAgent {
     async fn follow_table(self: Arc<Self>) {
         let mut watch = self
             .store
-            .watch_folder(Folder::Routes, Duration::from_secs(300));
-        let mut first = true;
+            .watch_folder(Folder::Routes, crate::consul::WATCH_WAIT);
+        let mut fresh = true;
         let mut failures = 0;
         loop {
             match watch.next().await {
                 Ok(update) => {
                     failures = 0;
-                    let authoritative = !(first || update.reset);
-                    first = false;
+                    // After a start, a reset, or a time without Consul (which may have come
+                    // back empty at a higher index), what the table used to list is no
+                    // evidence of anything.
+                    let fresh_table = std::mem::take(&mut fresh) || update.reset;
                     self.lock().connected = Some(Ok(()));
-                    self.apply(&update.listing.entries, authoritative).await;
+                    self.apply(&update.listing.entries, fresh_table).await;
                 }
                 Err(e) => {
+                    fresh = true;
                     failures += 1;
                     warn!(error = %e, "proxy: cannot read the route table; serving the last one");
                     self.lock().connected = Some(Err(e.to_string()));
@@ -183,8 +195,16 @@ impl ProxyAgent {
 
     /// Brings the HAProxy to the table: changed services applied, services no longer in it
     /// removed (see the module's guarantees for when), then the report is due.
-    async fn apply(&self, entries: &[crate::consul::KvEntry], authoritative: bool) {
+    async fn apply(&self, entries: &[crate::consul::KvEntry], fresh_table: bool) {
         let (table, bad) = self.store.routes_from_entries(entries);
+        {
+            let mut state = self.lock();
+            if fresh_table {
+                state.listed.clear();
+            }
+            state.listed.extend(table.keys().cloned());
+            state.kept.retain(|s| !table.contains_key(s));
+        }
         for problem in bad {
             warn!("proxy: ignoring a route table entry that does not decode: {problem}");
         }
@@ -219,25 +239,70 @@ impl ProxyAgent {
                 }
             }
         }
-        if authoritative || !table.is_empty() {
-            for service in self.traffic.services().await {
-                if table.contains_key(&service) {
-                    continue;
-                }
-                match self.traffic.remove(&service).await {
-                    Ok(()) => {
-                        let mut state = self.lock();
-                        state.report.applied.remove(&service);
-                        state.report.up.remove(&service);
-                        state.report.errors.remove(&service);
-                        state.dirty = true;
-                        info!(service = %service, "proxy: routes removed");
-                    }
-                    Err(e) => warn!(service = %service, error = %e, "proxy: cannot remove routes"),
-                }
+        let up = self.traffic.try_servers_up_all().await;
+        for service in self.traffic.services().await {
+            if table.contains_key(&service) {
+                continue;
+            }
+            let dropped = self.lock().listed.contains(&service);
+            let serving = match &up {
+                Ok(up) => up
+                    .get(&service)
+                    .is_some_and(|c| c.values().any(|s| !s.is_empty())),
+                // Unknown: keep it until HAProxy can be asked.
+                Err(_) => true,
+            };
+            if dropped || !serving {
+                self.remove_routes(&service).await;
+            } else if self.lock().kept.insert(service.clone()) {
+                warn!(service = %service, "proxy: routes kept: the route table does not list this service (Consul lost it?) but its servers are UP; they go once the table drops it or no server is UP");
+                let mut state = self.lock();
+                state.report.applied.remove(&service);
+                state.report.errors.remove(&service);
+                state.dirty = true;
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Removes the kept services (see the module's guarantees) none of whose servers is UP.
+    async fn drop_kept_when_idle(&self) {
+        if self.lock().kept.is_empty() {
+            return;
+        }
+        let Ok(up) = self.traffic.try_servers_up_all().await else {
+            return;
+        };
+        let idle: Vec<String> = self
+            .lock()
+            .kept
+            .iter()
+            .filter(|s| {
+                !up.get(*s)
+                    .is_some_and(|c| c.values().any(|set| !set.is_empty()))
+            })
+            .cloned()
+            .collect();
+        for service in idle {
+            self.remove_routes(&service).await;
+        }
+    }
+
+    /// Takes a service's routes out of HAProxy and out of the report.
+    async fn remove_routes(&self, service: &str) {
+        match self.traffic.remove(service).await {
+            Ok(()) => {
+                let mut state = self.lock();
+                state.report.applied.remove(service);
+                state.report.up.remove(service);
+                state.report.errors.remove(service);
+                state.listed.remove(service);
+                state.kept.remove(service);
+                state.dirty = true;
+                info!(service = %service, "proxy: routes removed");
+            }
+            Err(e) => warn!(service = %service, error = %e, "proxy: cannot remove routes"),
+        }
     }
 
     /// Keeps the report current in Consul: at once when what it applied changes, when its
@@ -254,6 +319,7 @@ impl ProxyAgent {
                 _ = tokio::time::sleep(every) => {}
             }
             let up = self.traffic.servers_up_all().await;
+            self.drop_kept_when_idle().await;
             every = if up == self.traffic.servers_in_rotation().await {
                 LOOK_SLOW
             } else {
