@@ -1191,11 +1191,23 @@ impl Controller {
                         let mut shared = lock(&self.shared);
                         if folder == Folder::Routes {
                             let (table, _) = self.store.routes_from_entries(&entries);
+                            // An entry that vanished while its service has a spec was lost
+                            // (deleted by hand, or with Consul's data): publish it again.
+                            let lost: Vec<String> = shared
+                                .fleet
+                                .published
+                                .keys()
+                                .filter(|s| !table.contains_key(*s))
+                                .filter(|s| {
+                                    shared.desired.as_ref().is_some_and(|d| d.contains_key(*s))
+                                })
+                                .cloned()
+                                .collect();
                             shared.fleet.published = table
                                 .into_iter()
                                 .map(|(name, (version, p))| (name, (version, p.routes)))
                                 .collect();
-                            Vec::new()
+                            lost
                         } else {
                             let reports = self.store.reports_from_entries(&entries);
                             let changed = fleet::changed_services(&shared.fleet.proxies, &reports);

@@ -14,13 +14,13 @@
 //!   from the same files).
 //! - Consul away: it keeps serving the last table it applied (HAProxy's own files hold it),
 //!   and says so on `/readyz`.
-//! - Routes are removed from HAProxy when the table drops a service it listed (since the
-//!   agent started, or since Consul was last reset or unreachable), or when none of the
-//!   service's servers is UP any more (removing it then loses nothing). A service that the
-//!   current table never listed but whose servers serve keeps its routes: after a start, or
-//!   after Consul came back without its data, its table entry may simply be lost, and its
-//!   traffic must not be. Such a service is left out of the agent's report (it serves no
-//!   version of the current table), so the leader never waits for it.
+//! - The routes of a service missing from the table are removed from HAProxy once none of
+//!   its servers is UP (removing them then loses nothing). While a server is UP they stay:
+//!   the entry may have been lost (a stray `consul kv delete`, Consul back without its
+//!   data, a start before the leader wrote the table), and the traffic must not be. Such a
+//!   service is left out of the agent's report (it serves no version of the current
+//!   table), so a leader that deletes the service goes on to stop its containers, and the
+//!   routes go when the servers do.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -81,9 +81,6 @@ struct State {
     connected: Option<Result<(), String>>,
     /// The report changed since it was last written.
     dirty: bool,
-    /// The services the table listed since the agent started or since Consul was last
-    /// reset or unreachable: only their absence from a later table is a removal.
-    listed: std::collections::BTreeSet<String>,
     /// Services in HAProxy that the current table never listed, kept while a server is UP.
     kept: std::collections::BTreeSet<String>,
 }
@@ -169,21 +166,15 @@ impl ProxyAgent {
         let mut watch = self
             .store
             .watch_folder(Folder::Routes, crate::consul::WATCH_WAIT);
-        let mut fresh = true;
         let mut failures = 0;
         loop {
             match watch.next().await {
                 Ok(update) => {
                     failures = 0;
-                    // After a start, a reset, or a time without Consul (which may have come
-                    // back empty at a higher index), what the table used to list is no
-                    // evidence of anything.
-                    let fresh_table = std::mem::take(&mut fresh) || update.reset;
                     self.lock().connected = Some(Ok(()));
-                    self.apply(&update.listing.entries, fresh_table).await;
+                    self.apply(&update.listing.entries).await;
                 }
                 Err(e) => {
-                    fresh = true;
                     failures += 1;
                     warn!(error = %e, "proxy: cannot read the route table; serving the last one");
                     self.lock().connected = Some(Err(e.to_string()));
@@ -193,18 +184,11 @@ impl ProxyAgent {
         }
     }
 
-    /// Brings the HAProxy to the table: changed services applied, services no longer in it
-    /// removed (see the module's guarantees for when), then the report is due.
-    async fn apply(&self, entries: &[crate::consul::KvEntry], fresh_table: bool) {
+    /// Brings the HAProxy to the table: changed services applied, services not in it
+    /// removed or kept (see the module's guarantees), then the report is due.
+    async fn apply(&self, entries: &[crate::consul::KvEntry]) {
         let (table, bad) = self.store.routes_from_entries(entries);
-        {
-            let mut state = self.lock();
-            if fresh_table {
-                state.listed.clear();
-            }
-            state.listed.extend(table.keys().cloned());
-            state.kept.retain(|s| !table.contains_key(s));
-        }
+        self.lock().kept.retain(|s| !table.contains_key(s));
         for problem in bad {
             warn!("proxy: ignoring a route table entry that does not decode: {problem}");
         }
@@ -244,7 +228,6 @@ impl ProxyAgent {
             if table.contains_key(&service) {
                 continue;
             }
-            let dropped = self.lock().listed.contains(&service);
             let serving = match &up {
                 Ok(up) => up
                     .get(&service)
@@ -252,10 +235,10 @@ impl ProxyAgent {
                 // Unknown: keep it until HAProxy can be asked.
                 Err(_) => true,
             };
-            if dropped || !serving {
+            if !serving {
                 self.remove_routes(&service).await;
             } else if self.lock().kept.insert(service.clone()) {
-                warn!(service = %service, "proxy: routes kept: the route table does not list this service (Consul lost it?) but its servers are UP; they go once the table drops it or no server is UP");
+                warn!(service = %service, "proxy: routes kept: the route table does not list this service but its servers are UP; they go once no server is UP");
                 let mut state = self.lock();
                 state.report.applied.remove(&service);
                 state.report.errors.remove(&service);
@@ -296,7 +279,6 @@ impl ProxyAgent {
                 state.report.applied.remove(service);
                 state.report.up.remove(service);
                 state.report.errors.remove(service);
-                state.listed.remove(service);
                 state.kept.remove(service);
                 state.dirty = true;
                 info!(service = %service, "proxy: routes removed");

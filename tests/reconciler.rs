@@ -636,6 +636,56 @@ fn consul_back_without_its_data_is_noticed_at_once_and_a_new_spec_is_acted_on() 
 }
 
 #[test]
+fn a_lost_status_or_route_table_entry_fails_no_request_and_is_rebuilt() {
+    let w = World::new("lost-status");
+    let d = w.daemon().short_lease().resync("3s").start();
+    w.apply("web", &routed(&w, "web", "cutover-demo:a", 2, FAST));
+    w.wait_available("web");
+    w.eventually("the route", || {
+        w.through_proxy(d, "web") == "version A [200]"
+    });
+    let status_key = format!("status/{}", w.svc("web"));
+    let routes_key = format!("routes/{}", w.svc("web"));
+    assert!(w.kv_get(&routes_key).is_some(), "no route table entry");
+    let load = Load::start(w.ports.live, w.host("web"), 4);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The status alone, then the status and the route table entry (as after Consul came
+    // back empty): each time the routes must come from what runs, never from what is lost.
+    for keys in [vec![&status_key], vec![&status_key, &routes_key]] {
+        for key in &keys {
+            w.kv_delete(key);
+        }
+        for key in &keys {
+            w.eventually_within(&format!("{key} rebuilt"), Duration::from_secs(30), || {
+                w.kv_get(key).is_some()
+            });
+        }
+        w.wait_available("web");
+        std::thread::sleep(Duration::from_secs(4));
+    }
+
+    let (ok, failures) = load.finish();
+    assert!(ok > 0, "no request went through");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(20)],
+        w.logs()
+    );
+    assert_eq!(w.through_proxy(d, "web"), "version A [200]");
+    assert_eq!(
+        w.containers(),
+        [
+            "web-blue-1 cutover-demo:a running",
+            "web-blue-2 cutover-demo:a running"
+        ]
+    );
+}
+
+#[test]
 fn twenty_services_converge_together_and_a_missing_image_delays_none() {
     let w = World::new("twenty");
     w.daemon().short_lease().start();
