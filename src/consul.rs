@@ -9,7 +9,10 @@
 //! `CONSUL_CACERT`, `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`.
 //!
 //! Transport failures (connection refused, timeouts, HTTP 5xx) are retried with exponential
-//! backoff for at most [`ConsulConfig::retry_timeout`]; HTTP 4xx answers are final.
+//! backoff for at most [`ConsulConfig::retry_timeout`]; HTTP 4xx answers are final. A
+//! blocking query is sent once: retried with its old index against a Consul that came back
+//! empty (at a lower index), it would be held for its whole wait; its caller reads again
+//! without blocking instead (as [`PrefixWatch`] does).
 //!
 //! Sessions and locks (for the daemon's leader election, see `leader`) are more requests
 //! through the same private `Client::send`, which owns the retries and the error messages:
@@ -29,6 +32,11 @@ use serde::Deserialize;
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
 /// The longest wait Consul accepts for a blocking query.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The wait the daemon's watches use. Consul's documentation asks for a bound; a short one
+/// also bounds how long a Consul whose index went backwards without the connection breaking
+/// (a snapshot restore, a replaced server behind the same address) goes unnoticed: the
+/// answer at the end of the wait carries the lower index.
+pub const WATCH_WAIT: Duration = Duration::from_secs(10);
 
 // The agent's service API (registrations for the catalog), in its own file.
 mod agent;
@@ -283,6 +291,9 @@ struct Call<'a> {
     body: Option<Vec<u8>>,
     /// How long one attempt may take before it counts as a transport failure.
     attempt_timeout: Duration,
+    /// Sent once, without retries: a blocking query (see the module's documentation), or a
+    /// probe that must answer now.
+    once: bool,
 }
 
 /// An answer with a status below 400.
@@ -452,6 +463,7 @@ impl Client {
             call.query.push(("wait", format!("{}ms", wait.as_millis())));
             // Consul adds up to wait/16 of jitter to the wait.
             call.attempt_timeout = wait + wait / 16 + self.retry_timeout;
+            call.once = index > 0;
         }
         let answer = self.send(call).await?;
         let entries = if answer.status == StatusCode::NOT_FOUND {
@@ -515,6 +527,7 @@ impl Client {
             call.query.push(("index", index.to_string()));
             call.query.push(("wait", format!("{}ms", wait.as_millis())));
             call.attempt_timeout = wait + wait / 16 + self.retry_timeout;
+            call.once = true;
         }
         let answer = self.send(call).await?;
         let entry = if answer.status == StatusCode::NOT_FOUND {
@@ -634,14 +647,49 @@ impl Client {
         self.decode_bool(&Method::PUT, key, &answer.body)
     }
 
+    /// Asks Consul for its leader (`GET /v1/status/leader`), once, within `timeout`: `Ok`
+    /// with the leader's address, or why Consul cannot serve reads now (unreachable, or no
+    /// leader elected yet, as right after a restart).
+    pub async fn ping(&self, timeout: Duration) -> Result<String, ConsulError> {
+        let what = "status/leader";
+        let mut call = self.api_call(Method::GET, what, &["status", "leader"]);
+        call.attempt_timeout = timeout;
+        call.once = true;
+        let answer = self.send(call).await?;
+        let leader: String =
+            serde_json::from_slice(&answer.body).map_err(|e| ConsulError::InvalidResponse {
+                address: self.address().to_owned(),
+                method: Method::GET,
+                key: what.to_owned(),
+                reason: format!("expected a JSON string: {e}"),
+            })?;
+        if leader.is_empty() {
+            return Err(ConsulError::Http {
+                address: self.address().to_owned(),
+                method: Method::GET,
+                key: what.to_owned(),
+                status: 200,
+                body: "no cluster leader".to_owned(),
+            });
+        }
+        Ok(leader)
+    }
+
     /// A request on `/v1/session/<segments...>`, named `what` in errors.
     fn session_call<'a>(&self, method: Method, what: &'a str, segments: &[&str]) -> Call<'a> {
+        let mut all = vec!["session"];
+        all.extend_from_slice(segments);
+        self.api_call(method, what, &all)
+    }
+
+    /// A request on `/v1/<segments...>`, named `what` in errors.
+    fn api_call<'a>(&self, method: Method, what: &'a str, segments: &[&str]) -> Call<'a> {
         let mut url = self.base.clone();
         {
             let mut path = url
                 .path_segments_mut()
                 .expect("base_url only accepts http(s) URLs, which have a path");
-            path.pop_if_empty().push("v1").push("session");
+            path.pop_if_empty().push("v1");
             for segment in segments {
                 path.push(segment);
             }
@@ -653,6 +701,7 @@ impl Client {
             query: Vec::new(),
             body: None,
             attempt_timeout: self.retry_timeout.max(Duration::from_secs(1)),
+            once: false,
         }
     }
 
@@ -665,13 +714,17 @@ impl Client {
             query: Vec::new(),
             body: None,
             attempt_timeout: self.retry_timeout.max(Duration::from_secs(1)),
+            once: false,
         }
     }
 
     /// Sends one request, retrying transport failures and 5xx answers with exponential
-    /// backoff for at most the configured retry time. A 404 is returned as an answer; other
+    /// backoff for at most the configured retry time (unless [`Call::once`]). A 404 is returned as an answer; other
     /// statuses of 400 and above are errors.
     async fn send(&self, call: Call<'_>) -> Result<Answer, ConsulError> {
+        if call.once {
+            return self.attempt(&call).await;
+        }
         let policy = backoff::ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(100))
             .with_max_interval(Duration::from_secs(2))
@@ -915,9 +968,17 @@ pub struct WatchUpdate {
 /// The first [`PrefixWatch::next`] returns at once with the current listing; later calls block
 /// until the listing differs from the one last yielded (Consul also wakes blocking queries
 /// when nothing under the prefix changed, for instance on writes elsewhere while the prefix is
-/// empty; those wake-ups are absorbed here). An index reset is handled inside (the next read is a full, non-blocking one)
-/// and is reported through [`WatchUpdate::reset`]; [`PrefixWatch::reset_pending`] tells whether
-/// a reset was seen and no full read has succeeded since.
+/// empty; those wake-ups are absorbed here). An index reset is handled inside (the next read
+/// is a full, non-blocking one) and is reported through [`WatchUpdate::reset`];
+/// [`PrefixWatch::reset_pending`] tells whether a reset was seen and no full read has
+/// succeeded since.
+///
+/// After any error (Consul went away, or answered with an error) the next read does not
+/// block: a blocking query with the old index, sent to a Consul that came back without its
+/// data (at a lower index), would be held for the whole wait, and the daemon would be blind
+/// meanwhile. That read's index is compared with the old one (a lower one is a reset), and
+/// its listing is returned even when nothing changed, so that the caller knows Consul
+/// answers again.
 #[derive(Debug, Clone)]
 pub struct PrefixWatch {
     client: Client,
@@ -925,6 +986,8 @@ pub struct PrefixWatch {
     wait: Duration,
     index: u64,
     reset_pending: bool,
+    /// The last read failed: the next one must not block, and its answer is yielded.
+    after_error: bool,
     /// The entries last yielded, to tell a real change from a wake-up.
     last_entries: Option<Vec<KvEntry>>,
 }
@@ -938,6 +1001,7 @@ impl PrefixWatch {
             wait: wait.min(MAX_WAIT),
             index: 0,
             reset_pending: false,
+            after_error: false,
             last_entries: None,
         }
     }
@@ -956,18 +1020,33 @@ impl PrefixWatch {
     /// Waits for the next change under the prefix and returns the whole listing.
     ///
     /// # Errors
-    /// When Consul stays unreachable for the client's retry time or refuses the request. The
-    /// watch keeps its index, so calling `next` again resumes where it stopped.
+    /// When a blocking read fails (at once, without retries), or a plain read fails for the
+    /// client's retry time, or Consul refuses the request. The watch keeps its index, and the
+    /// next call reads without blocking and compares the index it gets with the old one.
     pub async fn next(&mut self) -> Result<WatchUpdate, ConsulError> {
         loop {
-            let listing = if self.index == 0 {
-                self.client.list(&self.prefix).await?
+            let read = if self.index == 0 || self.after_error {
+                self.client.list(&self.prefix).await
             } else {
                 self.client
                     .list_blocking(&self.prefix, self.index, self.wait)
-                    .await?
+                    .await
             };
+            let listing = match read {
+                Ok(listing) => listing,
+                Err(e) => {
+                    self.after_error = true;
+                    return Err(e);
+                }
+            };
+            let recovered = std::mem::take(&mut self.after_error);
             match next_index(self.index, listing.index) {
+                IndexStep::Changed { next } | IndexStep::Unchanged { next } if recovered => {
+                    self.index = next;
+                    self.last_entries = Some(listing.entries.clone());
+                    let reset = std::mem::take(&mut self.reset_pending);
+                    return Ok(WatchUpdate { listing, reset });
+                }
                 IndexStep::Changed { next } => {
                     self.index = next;
                     let same = self.last_entries.as_ref() == Some(&listing.entries);

@@ -144,6 +144,15 @@ struct Shared {
     fleet: Fleet,
     /// The refused deletion last published to KV, so it is written only when it changes.
     published_refusal: Option<Option<RefusedDeletion>>,
+    /// Why the last read of the specs failed, until one succeeds again (for `/readyz`).
+    specs_unreadable: Option<String>,
+    /// Services whose spec vanished in the first read after Consul's index went backwards
+    /// or after Consul was unreachable: lost with Consul's data rather than deleted, however
+    /// few. Their deletion is refused like a mass deletion until their spec is back or an
+    /// operator confirms.
+    lost_specs: BTreeSet<String>,
+    /// A full read of the specs succeeded once (a Consul away at start loses nothing).
+    specs_read: bool,
 }
 
 impl Shared {
@@ -153,6 +162,38 @@ impl Shared {
         let present: BTreeSet<String> = self.desired.as_ref()?.keys().cloned().collect();
         let known = present.union(self.managed.as_ref()?).cloned().collect();
         Some((known, present))
+    }
+
+    /// The refused deletion, if any: the mass-deletion guard's, or the specs lost with
+    /// Consul's data. `None` while the desired state is unknown.
+    fn refusal(&self) -> Option<RefusedDeletion> {
+        let (known, present) = self.guard_sets()?;
+        if let Some(message) = plan::mass_deletion(&known, &present) {
+            return Some(RefusedDeletion {
+                services: known.difference(&present).cloned().collect(),
+                message,
+            });
+        }
+        let lost: Vec<String> = self
+            .lost_specs
+            .iter()
+            .filter(|s| known.contains(*s) && !present.contains(*s))
+            .cloned()
+            .collect();
+        if lost.is_empty() {
+            return None;
+        }
+        let message = format!(
+            "the spec of {} vanished when Consul came back (its index went backwards, or it \
+             was unreachable: restarted without its data?); refusing to remove their \
+             containers until their specs are written again or an operator confirms with \
+             `cutover prune --confirm`",
+            lost.join(", ")
+        );
+        Some(RefusedDeletion {
+            services: lost,
+            message,
+        })
     }
 }
 
@@ -251,11 +292,26 @@ impl Controller {
         self.queue.len()
     }
 
-    /// `Ok` once the specs were read in full from Consul and while the Docker engine answers;
-    /// otherwise why not, in one line (for `/readyz`).
+    /// `Ok` once the specs were read in full from Consul, while Consul has a leader and
+    /// answers, while the last read of the specs succeeded (after Consul went away, the
+    /// first read that succeeds again is a full one, which also notices a Consul that came
+    /// back empty), and while the Docker engine answers; otherwise why not, in one line (for
+    /// `/readyz`).
     pub async fn readiness(&self) -> Result<(), String> {
-        if lock(&self.shared).desired.is_none() {
-            return Err("waiting for a full read of the specs in Consul".to_owned());
+        let unreadable = {
+            let shared = lock(&self.shared);
+            if shared.desired.is_none() {
+                return Err("waiting for a full read of the specs in Consul".to_owned());
+            }
+            shared.specs_unreadable.clone()
+        };
+        if let Err(e) = self.store.client().ping(Duration::from_secs(2)).await {
+            return Err(format!("Consul cannot serve reads: {e}"));
+        }
+        if let Some(reason) = unreadable {
+            return Err(format!(
+                "waiting for a full read of the specs in Consul after a failed one ({reason})"
+            ));
         }
         match tokio::time::timeout(Duration::from_secs(2), self.docker.ping()).await {
             Ok(Ok(())) => Ok(()),
@@ -424,9 +480,13 @@ impl Controller {
     async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>, ReconcileError> {
         let (stored, refused) = {
             let shared = lock(&self.shared);
-            let (known, present) = shared.guard_sets().ok_or(ReconcileError::DesiredUnknown)?;
+            shared.guard_sets().ok_or(ReconcileError::DesiredUnknown)?;
             let stored = shared.desired.as_ref().and_then(|d| d.get(name)).cloned();
-            (stored, plan::mass_deletion(&known, &present))
+            let refused = shared
+                .refusal()
+                .filter(|r| r.services.iter().any(|s| s == name))
+                .map(|r| r.message);
+            (stored, refused)
         };
         if self.panic_on.as_deref() == Some(name) {
             panic!("injected by CUTOVER_DEBUG_PANIC_SERVICE={name}");
@@ -581,6 +641,7 @@ impl Controller {
         had_status: bool,
     ) -> Result<Option<Duration>, ReconcileError> {
         self.health.forget_service(name);
+        lock(&self.shared).lost_specs.remove(name);
         let instance = &self.settings.scope.instance;
         self.leadership.check()?;
         catalog::sync(self.store.client(), name, instance, &[])
@@ -850,13 +911,10 @@ impl Controller {
     async fn publish_refusal(&self) -> Result<(), ReconcileError> {
         let current = {
             let shared = lock(&self.shared);
-            let Some((known, present)) = shared.guard_sets() else {
+            if shared.guard_sets().is_none() {
                 return Ok(());
-            };
-            let refusal = plan::mass_deletion(&known, &present).map(|message| RefusedDeletion {
-                services: known.difference(&present).cloned().collect(),
-                message,
-            });
+            }
+            let refusal = shared.refusal();
             if shared.published_refusal.as_ref() == Some(&refusal) {
                 return Ok(());
             }
@@ -886,7 +944,7 @@ impl Controller {
 
     /// Reads every spec with a blocking query and queues the services whose spec changed.
     async fn watch_specs(self: Arc<Self>) {
-        let mut watch = self.store.watch_services(Duration::from_secs(300));
+        let mut watch = self.store.watch_services(crate::consul::WATCH_WAIT);
         let mut failures = 0;
         loop {
             match watch.next().await {
@@ -897,13 +955,21 @@ impl Controller {
                             "Consul's index went backwards (restart or snapshot restore); re-read every spec"
                         );
                     }
+                    let recovered = lock(&self.shared).specs_unreadable.take().is_some();
+                    if recovered {
+                        info!("Consul answers again; every spec was read again");
+                    }
                     let services = self.store.services_from_entries(update.listing.entries);
-                    self.on_specs(services);
+                    self.on_specs(services, update.reset || recovered);
                 }
                 Err(e) => {
                     failures += 1;
-                    if watch.reset_pending() {
-                        lock(&self.shared).desired = None;
+                    {
+                        let mut shared = lock(&self.shared);
+                        if watch.reset_pending() {
+                            shared.desired = None;
+                        }
+                        shared.specs_unreadable = Some(e.to_string());
                     }
                     let delay = retry_delay(failures);
                     warn!(error = %e, retry_in = ?delay, "cannot watch specs in Consul; everything keeps running");
@@ -913,11 +979,29 @@ impl Controller {
         }
     }
 
-    fn on_specs(&self, services: Vec<StoredService>) {
+    /// `suspect`: the first listing after an index reset or after Consul was unreachable;
+    /// the specs it lacks were lost with Consul's data rather than deleted.
+    fn on_specs(&self, services: Vec<StoredService>, suspect: bool) {
         let new: BTreeMap<String, StoredService> =
             services.into_iter().map(|s| (s.name.clone(), s)).collect();
         let changed: Vec<String> = {
             let mut shared = lock(&self.shared);
+            if suspect && shared.specs_read {
+                let mut lost: BTreeSet<String> = shared
+                    .desired
+                    .iter()
+                    .flat_map(|d| d.keys())
+                    .chain(shared.managed.iter().flatten())
+                    .filter(|n| !new.contains_key(*n))
+                    .cloned()
+                    .collect();
+                if !lost.is_empty() {
+                    warn!(services = ?lost, "specs vanished when Consul came back; their containers keep running until their specs are written again or `cutover prune --confirm`");
+                }
+                shared.lost_specs.append(&mut lost);
+            }
+            shared.lost_specs.retain(|n| !new.contains_key(n));
+            shared.specs_read = true;
             let managed: Vec<String> = shared.managed.iter().flatten().cloned().collect();
             let changed = match &shared.desired {
                 None => new.keys().cloned().chain(managed).collect(),
@@ -954,7 +1038,7 @@ impl Controller {
     /// Queues services when a key in a folder changes: a service's request, or a
     /// confirmation in `control/` (every service without a spec then).
     async fn watch_folder(self: Arc<Self>, folder: Folder) {
-        let mut watch = self.store.watch_folder(folder, Duration::from_secs(300));
+        let mut watch = self.store.watch_folder(folder, crate::consul::WATCH_WAIT);
         let mut failures = 0;
         loop {
             match watch.next().await {
@@ -1103,7 +1187,7 @@ impl Controller {
     /// Follows the published route table (the leader's own writes included) and the
     /// proxies' reports; queues a service when what a proxy reports about it changes.
     async fn watch_fleet(self: Arc<Self>, folder: Folder) {
-        let mut watch = self.store.watch_folder(folder, Duration::from_secs(300));
+        let mut watch = self.store.watch_folder(folder, crate::consul::WATCH_WAIT);
         let mut failures = 0;
         loop {
             match watch.next().await {
@@ -1114,11 +1198,23 @@ impl Controller {
                         let mut shared = lock(&self.shared);
                         if folder == Folder::Routes {
                             let (table, _) = self.store.routes_from_entries(&entries);
+                            // An entry that vanished while its service has a spec was lost
+                            // (deleted by hand, or with Consul's data): publish it again.
+                            let lost: Vec<String> = shared
+                                .fleet
+                                .published
+                                .keys()
+                                .filter(|s| !table.contains_key(*s))
+                                .filter(|s| {
+                                    shared.desired.as_ref().is_some_and(|d| d.contains_key(*s))
+                                })
+                                .cloned()
+                                .collect();
                             shared.fleet.published = table
                                 .into_iter()
                                 .map(|(name, (version, p))| (name, (version, p.routes)))
                                 .collect();
-                            Vec::new()
+                            lost
                         } else {
                             let reports = self.store.reports_from_entries(&entries);
                             let changed = fleet::changed_services(&shared.fleet.proxies, &reports);

@@ -14,9 +14,14 @@
 //!   from the same files).
 //! - Consul away: it keeps serving the last table it applied (HAProxy's own files hold it),
 //!   and says so on `/readyz`.
-//! - A table read that comes back empty right after a start or a Consul index reset (Consul
-//!   restarted without its data) removes nothing: only a table that lists services, or a
-//!   later change, is taken as the truth about what to drop.
+//! - The routes of a service missing from the table stay in HAProxy while one of its
+//!   servers is UP: the entry may have been lost (a stray `consul kv delete`, Consul back
+//!   without its data), and the traffic must not be. Such a service is left out of the
+//!   agent's report (it serves no version of the current table), so a leader that deletes
+//!   the service goes on to stop its containers. Once no server is UP its routes go: at once
+//!   if a table read since the agent started (or since Consul was last reset or
+//!   unreachable) listed it, otherwise after [`KEPT_IDLE`] without a server UP (right after
+//!   a start, servers may not be UP yet, and a table read then proves nothing).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +41,19 @@ pub const SESSION_TTL: Duration = Duration::from_secs(10);
 /// UP (a rollout waits for it), and otherwise.
 const LOOK_FAST: Duration = Duration::from_millis(100);
 const LOOK_SLOW: Duration = Duration::from_secs(1);
+
+/// How long the routes of a service that no table listed since the agent started (or since
+/// Consul was reset or unreachable) stay in HAProxy without a server UP.
+pub const KEPT_IDLE: Duration = Duration::from_secs(30);
+
+/// A service in HAProxy that the table does not list (see the module's guarantees).
+struct Kept {
+    /// A table read since the agent started, or since Consul was reset or unreachable,
+    /// listed it: it was dropped, not lost.
+    dropped: bool,
+    /// Since when no server of it is UP.
+    idle_since: Option<tokio::time::Instant>,
+}
 
 /// Who the agent is.
 #[derive(Debug, Clone)]
@@ -77,6 +95,11 @@ struct State {
     connected: Option<Result<(), String>>,
     /// The report changed since it was last written.
     dirty: bool,
+    /// The services a table listed since the agent started or since Consul was last reset
+    /// or unreachable.
+    listed: std::collections::BTreeSet<String>,
+    /// Services in HAProxy that the table does not list, kept for now.
+    kept: std::collections::BTreeMap<String, Kept>,
 }
 
 /// The agent. Cheap to share.
@@ -159,19 +182,27 @@ impl ProxyAgent {
     async fn follow_table(self: Arc<Self>) {
         let mut watch = self
             .store
-            .watch_folder(Folder::Routes, Duration::from_secs(300));
-        let mut first = true;
+            .watch_folder(Folder::Routes, crate::consul::WATCH_WAIT);
+        let mut fresh = true;
         let mut failures = 0;
         loop {
             match watch.next().await {
                 Ok(update) => {
                     failures = 0;
-                    let authoritative = !(first || update.reset);
-                    first = false;
-                    self.lock().connected = Some(Ok(()));
-                    self.apply(&update.listing.entries, authoritative).await;
+                    {
+                        let mut state = self.lock();
+                        state.connected = Some(Ok(()));
+                        // After a start, a reset or a time without Consul (which may have come
+                        // back empty at a higher index), what tables listed before proves
+                        // nothing.
+                        if std::mem::take(&mut fresh) || update.reset {
+                            state.listed.clear();
+                        }
+                    }
+                    self.apply(&update.listing.entries).await;
                 }
                 Err(e) => {
+                    fresh = true;
                     failures += 1;
                     warn!(error = %e, "proxy: cannot read the route table; serving the last one");
                     self.lock().connected = Some(Err(e.to_string()));
@@ -181,10 +212,15 @@ impl ProxyAgent {
         }
     }
 
-    /// Brings the HAProxy to the table: changed services applied, services no longer in it
-    /// removed (see the module's guarantees for when), then the report is due.
-    async fn apply(&self, entries: &[crate::consul::KvEntry], authoritative: bool) {
+    /// Brings the HAProxy to the table: changed services applied, services not in it
+    /// removed or kept (see the module's guarantees), then the report is due.
+    async fn apply(&self, entries: &[crate::consul::KvEntry]) {
         let (table, bad) = self.store.routes_from_entries(entries);
+        {
+            let mut state = self.lock();
+            state.kept.retain(|s, _| !table.contains_key(s));
+            state.listed.extend(table.keys().cloned());
+        }
         for problem in bad {
             warn!("proxy: ignoring a route table entry that does not decode: {problem}");
         }
@@ -219,25 +255,91 @@ impl ProxyAgent {
                 }
             }
         }
-        if authoritative || !table.is_empty() {
-            for service in self.traffic.services().await {
-                if table.contains_key(&service) {
-                    continue;
-                }
-                match self.traffic.remove(&service).await {
-                    Ok(()) => {
-                        let mut state = self.lock();
-                        state.report.applied.remove(&service);
-                        state.report.up.remove(&service);
-                        state.report.errors.remove(&service);
-                        state.dirty = true;
-                        info!(service = %service, "proxy: routes removed");
-                    }
-                    Err(e) => warn!(service = %service, error = %e, "proxy: cannot remove routes"),
-                }
+        let up = self.traffic.try_servers_up_all().await;
+        for service in self.traffic.services().await {
+            if table.contains_key(&service) {
+                continue;
             }
+            let serving = match &up {
+                Ok(up) => up
+                    .get(&service)
+                    .is_some_and(|c| c.values().any(|s| !s.is_empty())),
+                // Unknown: keep it until HAProxy can be asked.
+                Err(_) => true,
+            };
+            let dropped = self.lock().listed.contains(&service);
+            if dropped && !serving {
+                self.remove_routes(&service).await;
+                continue;
+            }
+            let mut state = self.lock();
+            if state.kept.contains_key(&service) {
+                continue;
+            }
+            warn!(service = %service, dropped, "proxy: routes kept: the route table does not list this service; they go once no server is UP");
+            let idle_since = (!serving).then(tokio::time::Instant::now);
+            state.kept.insert(
+                service.clone(),
+                Kept {
+                    dropped,
+                    idle_since,
+                },
+            );
+            state.report.applied.remove(&service);
+            state.report.errors.remove(&service);
+            state.dirty = true;
         }
         self.wake.notify_one();
+    }
+
+    /// Removes the kept services (see the module's guarantees) none of whose servers is UP:
+    /// at once if they were dropped, after [`KEPT_IDLE`] otherwise.
+    async fn drop_kept_when_idle(&self) {
+        if self.lock().kept.is_empty() {
+            return;
+        }
+        let Ok(up) = self.traffic.try_servers_up_all().await else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let idle: Vec<String> = {
+            let mut state = self.lock();
+            let mut idle = Vec::new();
+            for (service, kept) in &mut state.kept {
+                let serving = up
+                    .get(service)
+                    .is_some_and(|c| c.values().any(|set| !set.is_empty()));
+                if serving {
+                    kept.idle_since = None;
+                    continue;
+                }
+                let since = *kept.idle_since.get_or_insert(now);
+                if kept.dropped || now.duration_since(since) >= KEPT_IDLE {
+                    idle.push(service.clone());
+                }
+            }
+            idle
+        };
+        for service in idle {
+            self.remove_routes(&service).await;
+        }
+    }
+
+    /// Takes a service's routes out of HAProxy and out of the report.
+    async fn remove_routes(&self, service: &str) {
+        match self.traffic.remove(service).await {
+            Ok(()) => {
+                let mut state = self.lock();
+                state.report.applied.remove(service);
+                state.report.up.remove(service);
+                state.report.errors.remove(service);
+                state.kept.remove(service);
+                state.listed.remove(service);
+                state.dirty = true;
+                info!(service = %service, "proxy: routes removed");
+            }
+            Err(e) => warn!(service = %service, error = %e, "proxy: cannot remove routes"),
+        }
     }
 
     /// Keeps the report current in Consul: at once when what it applied changes, when its
@@ -254,6 +356,7 @@ impl ProxyAgent {
                 _ = tokio::time::sleep(every) => {}
             }
             let up = self.traffic.servers_up_all().await;
+            self.drop_kept_when_idle().await;
             every = if up == self.traffic.servers_in_rotation().await {
                 LOOK_SLOW
             } else {

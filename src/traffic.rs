@@ -218,6 +218,13 @@ impl Traffic {
             .collect()
     }
 
+    /// Like [`Traffic::servers_up_all`], or why HAProxy cannot be asked.
+    pub async fn try_servers_up_all(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<Color, BTreeSet<u32>>>, ProxyError> {
+        self.proxy.lock().await.servers_up_all().await
+    }
+
     /// Per service and color, the server slots HAProxy's checks see UP (one `show stat`);
     /// empty when HAProxy cannot be asked.
     pub async fn servers_up_all(&self) -> BTreeMap<String, BTreeMap<Color, BTreeSet<u32>>> {

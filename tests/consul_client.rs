@@ -452,3 +452,68 @@ async fn the_cas_loop_gives_up_clearly_when_it_always_loses() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_notices_a_consul_back_without_its_data_at_once() {
+    // This test stops its own agent, so it does not share one.
+    let own = support::Agent::start();
+    let client = own.client();
+    let prefix = format!("{}/", unique_prefix("watch-empty"));
+    // Enough writes that the index of the agent started again empty stays below this one's.
+    for i in 0..60 {
+        client
+            .put(&format!("{prefix}k{i:02}"), b"1", None)
+            .await
+            .unwrap();
+    }
+    let mut watch = PrefixWatch::new(client.clone(), prefix.clone(), Duration::from_secs(300));
+    let first = watch.next().await.unwrap();
+    assert_eq!(first.listing.entries.len(), 60);
+    let old_index = watch.index();
+
+    // The agent goes away while the watch blocks: the blocking read fails at once.
+    let blocked = tokio::spawn(async move {
+        let result = watch.next().await;
+        (watch, result)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let own = tokio::task::spawn_blocking(move || {
+        own.stop_losing_data();
+        own
+    })
+    .await
+    .unwrap();
+    let (mut watch, result) = tokio::time::timeout(Duration::from_secs(30), blocked)
+        .await
+        .expect("a blocking read must fail when Consul goes away")
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+
+    // Back, empty, at a lower index: the next read does not block with the old index.
+    let own = tokio::task::spawn_blocking(move || {
+        own.start_again();
+        own
+    })
+    .await
+    .unwrap();
+    client
+        .put(&format!("{prefix}new"), b"2", None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let update = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("the watch must not block on its old index")
+        .unwrap();
+    eprintln!("the watch answered {:?} after the write", started.elapsed());
+    assert!(update.listing.index < old_index, "{update:?}");
+    assert!(update.reset, "{update:?}");
+    let keys: Vec<String> = update
+        .listing
+        .entries
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    assert_eq!(keys, [format!("{prefix}new")]);
+    drop(own);
+}

@@ -561,6 +561,141 @@ fn consul_going_away_stops_nothing_and_reconciles_resume_after() {
     );
 }
 
+/// `/readyz` of a daemon: the status code and the body, as `503 not ready: ...`.
+fn readyz(w: &World, d: support::Daemon) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", " %{http_code}"])
+        .arg(format!("http://{}/readyz", w.endpoint(d)))
+        .output()
+        .expect("run curl");
+    let out = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match out.rsplit_once(' ') {
+        Some((body, code)) => format!("{code} {}", body.trim()),
+        None => out,
+    }
+}
+
+#[test]
+fn consul_back_without_its_data_is_noticed_at_once_and_a_new_spec_is_acted_on() {
+    // This test stops its own agent, so it does not share one.
+    let own = Box::leak(Box::new(Agent::start()));
+    let w = World::with_agent("consul-empty", own);
+    let d = w.daemon().short_lease().start();
+    w.apply("web", &routed(&w, "web", "cutover-demo:a", 2, FAST));
+    w.wait_available("web");
+    w.eventually("the route", || {
+        w.through_proxy(d, "web") == "version A [200]"
+    });
+    w.eventually("ready", || readyz(&w, d) == "200 ready");
+    let load = Load::start(w.ports.live, w.host("web"), 4);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A -dev agent keeps everything in memory: stopped, it comes back empty, at a lower index.
+    own.stop_losing_data();
+    let mut said = String::new();
+    w.eventually_within(
+        "/readyz to say not ready while Consul is away",
+        Duration::from_secs(20),
+        || {
+            said = readyz(&w, d);
+            said.starts_with("503 ") && said.contains("Consul")
+        },
+    );
+    eprintln!("while Consul was away, /readyz said: {said}");
+    std::thread::sleep(Duration::from_secs(3));
+    own.start_again();
+
+    // A spec written once Consul is back is acted on, not after the old blocking wait.
+    w.apply("new", &routed(&w, "new", "cutover-demo:b", 1, FAST));
+    let took = w.eventually_within(
+        "a container of the spec written after Consul came back empty",
+        Duration::from_secs(30),
+        || w.containers().iter().any(|c| c.starts_with("new-")),
+    );
+    eprintln!("the new spec's first container appeared {took:?} after the write");
+    w.wait_available("new");
+    w.eventually_within("ready again", Duration::from_secs(30), || {
+        readyz(&w, d) == "200 ready"
+    });
+
+    // The live service never stopped serving, and its containers are untouched.
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failures) = load.finish();
+    assert!(ok > 0, "no request went through");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(20)],
+        w.logs()
+    );
+    assert_eq!(w.through_proxy(d, "web"), "version A [200]");
+    // Its spec was lost with Consul's data, not deleted: its containers keep running.
+    let web: Vec<String> = w
+        .containers()
+        .into_iter()
+        .filter(|c| c.starts_with("web-"))
+        .collect();
+    assert_eq!(
+        web,
+        [
+            "web-blue-1 cutover-demo:a running",
+            "web-blue-2 cutover-demo:a running"
+        ]
+    );
+}
+
+#[test]
+fn a_lost_status_or_route_table_entry_fails_no_request_and_is_rebuilt() {
+    let w = World::new("lost-status");
+    let d = w.daemon().short_lease().resync("3s").start();
+    w.apply("web", &routed(&w, "web", "cutover-demo:a", 2, FAST));
+    w.wait_available("web");
+    w.eventually("the route", || {
+        w.through_proxy(d, "web") == "version A [200]"
+    });
+    let status_key = format!("status/{}", w.svc("web"));
+    let routes_key = format!("routes/{}", w.svc("web"));
+    assert!(w.kv_get(&routes_key).is_some(), "no route table entry");
+    let load = Load::start(w.ports.live, w.host("web"), 4);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The status alone, then the status and the route table entry (as after Consul came
+    // back empty): each time the routes must come from what runs, never from what is lost.
+    for keys in [vec![&status_key], vec![&status_key, &routes_key]] {
+        for key in &keys {
+            w.kv_delete(key);
+        }
+        for key in &keys {
+            w.eventually_within(&format!("{key} rebuilt"), Duration::from_secs(30), || {
+                w.kv_get(key).is_some()
+            });
+        }
+        w.wait_available("web");
+        std::thread::sleep(Duration::from_secs(4));
+    }
+
+    let (ok, failures) = load.finish();
+    assert!(ok > 0, "no request went through");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(20)],
+        w.logs()
+    );
+    assert_eq!(w.through_proxy(d, "web"), "version A [200]");
+    assert_eq!(
+        w.containers(),
+        [
+            "web-blue-1 cutover-demo:a running",
+            "web-blue-2 cutover-demo:a running"
+        ]
+    );
+}
+
 #[test]
 fn twenty_services_converge_together_and_a_missing_image_delays_none() {
     let w = World::new("twenty");

@@ -213,6 +213,7 @@ impl Client {
             query: Vec::new(),
             body: None,
             attempt_timeout: self.retry_timeout.max(Duration::from_secs(1)),
+            once: false,
         }
     }
 

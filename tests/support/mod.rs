@@ -16,8 +16,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -53,8 +53,12 @@ stop
 
 /// A `consul agent -dev` on loopback, on ports nobody else uses.
 pub struct Agent {
-    watchdog: Child,
+    /// `None` while stopped by [`Agent::stop_losing_data`].
+    watchdog: Mutex<Option<Child>>,
     http_port: u16,
+    /// HTTP, Serf LAN, Serf WAN and server RPC.
+    ports: [u16; 4],
+    extra_args: Vec<String>,
     data_dir: PathBuf,
 }
 
@@ -84,14 +88,29 @@ impl Agent {
     }
 
     fn try_start(consul: &Path, extra_args: &[&str]) -> Result<Agent, String> {
-        let [http, serf_lan, serf_wan, server] = free_ports();
+        let ports = free_ports();
         let data_dir = unique_temp_path("consul");
-        std::fs::create_dir_all(&data_dir).expect("create the agent's data directory");
+        let agent = Agent {
+            watchdog: Mutex::new(None),
+            http_port: ports[0],
+            ports,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            data_dir,
+        };
+        agent.spawn(consul)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent (under its watchdog) on the agent's ports and data directory, and
+    /// waits until it has a leader.
+    fn spawn(&self, consul: &Path) -> Result<(), String> {
+        let [http, serf_lan, serf_wan, server] = self.ports;
+        std::fs::create_dir_all(&self.data_dir).expect("create the agent's data directory");
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
             .arg("consul-watchdog")
-            .arg(&data_dir)
+            .arg(&self.data_dir)
             .arg(std::process::id().to_string())
             .arg(consul)
             .args([
@@ -108,34 +127,57 @@ impl Agent {
             .args(["-serf-wan-port", &serf_wan.to_string()])
             .args(["-server-port", &server.to_string()])
             .arg("-data-dir")
-            .arg(&data_dir)
-            .args(extra_args)
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("start sh for the consul watchdog");
-        let mut agent = Agent {
-            watchdog,
-            http_port: http,
-            data_dir,
-        };
+        *self.watchdog.lock().unwrap() = Some(watchdog);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = agent.watchdog.try_wait() {
-                return Err(format!("it exited early; its log:\n{}", agent.log()));
+            let exited = self
+                .watchdog
+                .lock()
+                .unwrap()
+                .as_mut()
+                .is_some_and(|w| matches!(w.try_wait(), Ok(Some(_))));
+            if exited {
+                return Err(format!("it exited early; its log:\n{}", self.log()));
             }
             if let Some(body) = http_get(http, "/v1/status/leader") {
                 let leader = body.trim().trim_matches('"');
                 if !leader.is_empty() {
-                    return Ok(agent);
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let log = agent.log();
-        drop(agent);
+        let log = self.log();
+        self.stop_losing_data();
         Err(format!(
             "no leader within {STARTUP_TIMEOUT:?}; its log:\n{log}"
         ))
+    }
+
+    /// Stops the agent; a `-dev` agent keeps its data in memory, so everything it held is
+    /// gone (as for a Consul restarted without its data). Its ports are free until
+    /// [`Agent::start_again`].
+    pub fn stop_losing_data(&self) {
+        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
+            // SIGTERM lets the watchdog stop the agent and remove the data directory.
+            let _ = Command::new("kill")
+                .args(["-TERM", &watchdog.id().to_string()])
+                .status();
+            let _ = watchdog.wait();
+        }
+    }
+
+    /// Starts a stopped agent again, empty, on the same ports; waits for its leader.
+    pub fn start_again(&self) {
+        let consul = which("consul").expect("consul on PATH");
+        if let Err(failure) = self.spawn(&consul) {
+            panic!("the Consul agent did not start again: {failure}");
+        }
     }
 
     /// Waits until the agent accepts `token` (a master token from `-hcl` becomes valid only
@@ -180,7 +222,7 @@ impl Agent {
         String::from_utf8_lossy(&output.stdout)
             .split_whitespace()
             .filter_map(|pid| pid.parse().ok())
-            .find(|pid: &u32| *pid != self.watchdog.id())
+            .find(|pid: &u32| Some(*pid) != self.watchdog.lock().unwrap().as_ref().map(Child::id))
             .expect("the consul agent's process")
     }
 
@@ -227,11 +269,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SIGTERM lets the watchdog stop the agent and remove the data directory.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.watchdog.id().to_string()])
-            .status();
-        let _ = self.watchdog.wait();
+        self.stop_losing_data();
     }
 }
 

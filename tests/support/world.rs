@@ -381,6 +381,24 @@ spec:
         self.agent.kv_put_file(&self.key(path), &file);
     }
 
+    /// `consul kv delete <prefix>/<path>`.
+    pub fn kv_delete(&self, path: &str) {
+        let output = Command::new("consul")
+            .args([
+                "kv",
+                "delete",
+                &format!("-http-addr={}", self.agent.address()),
+                &self.key(path),
+            ])
+            .output()
+            .expect("run consul kv delete");
+        assert!(
+            output.status.success(),
+            "consul kv delete failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// `consul kv get <prefix>/<path>`.
     pub fn kv_get(&self, path: &str) -> Option<String> {
         self.agent.kv_get(&self.key(path))
