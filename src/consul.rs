@@ -510,6 +510,32 @@ impl Client {
         self.decode_bool(&Method::DELETE, key, &answer.body)
     }
 
+    /// Deletes `key` only if its ModifyIndex is still `index`, and writes `other` = `value`,
+    /// in one transaction (`PUT /v1/txn`): both happen or neither. Returns `false` when the
+    /// check failed (the key changed meanwhile) and nothing was written.
+    pub async fn delete_cas_and_put(
+        &self,
+        key: &str,
+        index: u64,
+        other: &str,
+        value: &[u8],
+    ) -> Result<bool, ConsulError> {
+        use base64::Engine as _;
+        let mut call = self.api_call(Method::PUT, key, &["txn"]);
+        let ops = serde_json::json!([
+            {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}},
+            {"KV": {"Verb": "set", "Key": other,
+                    "Value": base64::engine::general_purpose::STANDARD.encode(value)}},
+        ]);
+        call.body = Some(ops.to_string().into_bytes());
+        match self.send(call).await {
+            Ok(_) => Ok(true),
+            // The transaction was rolled back: the check-and-set failed.
+            Err(ConsulError::Http { status: 409, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Like [`Client::get`], but Consul holds the request until the key changes past `index`
     /// or `wait` passes (at most [`MAX_WAIT`]). With `index` 0 it answers at once.
     ///

@@ -153,14 +153,32 @@ struct Shared {
     lost_specs: BTreeSet<String>,
     /// A full read of the specs succeeded once (a Consul away at start loses nothing).
     specs_read: bool,
+    /// Services deleted on purpose (`cutover delete`, `sync --prune`): the deletion intents
+    /// under `<prefix>/control/deleted/`, when each was made. The guard lets them go.
+    intended: BTreeMap<String, u64>,
 }
 
 impl Shared {
     /// The services the guard protects (known) and those with a spec (present), once both
     /// are known.
+    ///
+    /// A service deleted on purpose (a deletion intent that still counts) is not guarded:
+    /// it is left out of both.
     fn guard_sets(&self) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
         let present: BTreeSet<String> = self.desired.as_ref()?.keys().cloned().collect();
-        let known = present.union(self.managed.as_ref()?).cloned().collect();
+        let now = now_ms();
+        let intended = |s: &String| {
+            !present.contains(s)
+                && self
+                    .intended
+                    .get(s)
+                    .is_some_and(|at| crate::status::DeletionIntent { at_ms: *at }.counts(now))
+        };
+        let known = (present.iter())
+            .chain(self.managed.as_ref()?)
+            .filter(|s| !intended(s))
+            .cloned()
+            .collect();
         Some((known, present))
     }
 
@@ -478,6 +496,7 @@ impl Controller {
 
     /// One reconcile of one service. Returns when to look again, if the plan asked for it.
     async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>, ReconcileError> {
+        self.read_deletion_intent(name).await?;
         let (stored, refused) = {
             let shared = lock(&self.shared);
             shared.guard_sets().ok_or(ReconcileError::DesiredUnknown)?;
@@ -655,8 +674,38 @@ impl Controller {
             info!(service = %name, "service removed");
         }
         self.consume_confirmation(name).await?;
+        if lock(&self.shared).intended.remove(name).is_some() {
+            self.store.delete_deletion_intent(name).await?;
+        }
         self.publish_refusal().await?;
         Ok(None)
+    }
+
+    /// Keeps the deletion intent of `name` current before the guard judges it: a service
+    /// without a spec may have been deleted on purpose a moment ago (the intent arrives with
+    /// the deletion, in the same Consul transaction, but the control folder's watch may not
+    /// have seen it yet); a service whose spec is back has no use for its old intent.
+    async fn read_deletion_intent(&self, name: &str) -> Result<(), ReconcileError> {
+        let (has_spec, known) = {
+            let shared = lock(&self.shared);
+            let has_spec = shared
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.contains_key(name));
+            (has_spec, shared.intended.contains_key(name))
+        };
+        if has_spec && known && self.leadership.check().is_ok() {
+            self.store.delete_deletion_intent(name).await?;
+            lock(&self.shared).intended.remove(name);
+        } else if !has_spec && !known {
+            let intents = self.store.list_deletion_intents().await?;
+            if let Some(intent) = intents.get(name) {
+                lock(&self.shared)
+                    .intended
+                    .insert(name.to_owned(), intent.at_ms);
+            }
+        }
+        Ok(())
     }
 
     /// Marks the containers with a stop or removal under way.
@@ -1055,6 +1104,12 @@ impl Controller {
                                     self.queue.add(name);
                                 }
                             }
+                        }
+                        Folder::Control => {
+                            let intents = self.store.intents_from_entries(&update.listing.entries);
+                            lock(&self.shared).intended =
+                                intents.into_iter().map(|(n, i)| (n, i.at_ms)).collect();
+                            self.queue_missing();
                         }
                         _ => self.queue_missing(),
                     }

@@ -205,6 +205,27 @@ impl PruneConfirmation {
     }
 }
 
+/// A deliberate deletion of a spec (`cutover delete`, `cutover sync --prune`), stored at
+/// `<prefix>/control/deleted/<name>` in the same transaction as the deletion. The
+/// mass-deletion guard lets such a service go; the daemon removes the key with the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionIntent {
+    /// When it was deleted (milliseconds since the Unix epoch, by the CLI's clock).
+    pub at_ms: u64,
+}
+
+impl DeletionIntent {
+    /// How long an intent counts: a service whose containers are still there an hour after
+    /// its deletion is guarded again.
+    pub const VALID_MS: u64 = 60 * 60 * 1000;
+
+    /// Whether it still counts at `now_ms`.
+    pub fn counts(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.at_ms) < Self::VALID_MS
+    }
+}
+
 /// The deletion the guard refuses now, stored at `<prefix>/control/deletion-refused` by the
 /// leader so that `cutover prune` can show and confirm exactly it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

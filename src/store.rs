@@ -86,6 +86,21 @@ pub fn deletion_refused_key(prefix: &str) -> String {
     key_for(prefix, Folder::Control, "deletion-refused")
 }
 
+/// `<prefix>/control/deleted/<name>`: a [`crate::status::DeletionIntent`], written in the same
+/// transaction as a deliberate deletion of the spec.
+pub fn deletion_intent_key(prefix: &str, name: &str) -> String {
+    format!(
+        "{}/deleted/{name}",
+        folder_prefix(prefix, Folder::Control).trim_end_matches('/')
+    )
+}
+
+/// The service a [`deletion_intent_key`] is about.
+pub fn name_from_intent_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(&deletion_intent_key(prefix, ""))?;
+    (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+}
+
 /// Cleans a user-given prefix: no leading or trailing slashes, not empty.
 pub fn normalize_prefix(prefix: &str) -> Result<String, StoreError> {
     let trimmed = prefix.trim().trim_matches('/');
@@ -344,11 +359,64 @@ impl Store {
 
     /// Deletes a manifest if the key's ModifyIndex is still `cas`. Returns whether it was
     /// deleted. The status key is left to the daemon, which removes it after tearing down.
+    ///
+    /// A deliberate deletion: in the same Consul transaction it records a
+    /// [`DeletionIntent`](crate::status::DeletionIntent), so that the daemon removes the service
+    /// at once instead of taking it for part of a mass deletion.
     pub async fn delete_service(&self, name: &str, cas: u64) -> Result<bool, StoreError> {
+        let intent = crate::status::DeletionIntent {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let value = serde_json::to_vec(&intent).unwrap_or_default();
         Ok(self
             .client
-            .delete(&self.service_key(name), Some(cas))
+            .delete_cas_and_put(
+                &self.service_key(name),
+                cas,
+                &deletion_intent_key(&self.prefix, name),
+                &value,
+            )
             .await?)
+    }
+
+    /// The deletion intents under `<prefix>/control/deleted/`, by service; one that does not
+    /// decode counts as none.
+    pub async fn list_deletion_intents(
+        &self,
+    ) -> Result<BTreeMap<String, crate::status::DeletionIntent>, StoreError> {
+        let listing = self
+            .client
+            .list(&format!(
+                "{}/",
+                deletion_intent_key(&self.prefix, "").trim_end_matches('/')
+            ))
+            .await?;
+        Ok(self.intents_from_entries(&listing.entries))
+    }
+
+    /// The deletion intents among `entries` (a listing of the control folder or below).
+    pub fn intents_from_entries(
+        &self,
+        entries: &[crate::consul::KvEntry],
+    ) -> BTreeMap<String, crate::status::DeletionIntent> {
+        entries
+            .iter()
+            .filter_map(|e| {
+                let name = name_from_intent_key(&self.prefix, &e.key)?;
+                let intent = serde_json::from_slice(&e.value).ok()?;
+                Some((name.to_owned(), intent))
+            })
+            .collect()
+    }
+
+    /// Removes the deletion intent of `name` (done with, or the spec is back).
+    pub async fn delete_deletion_intent(&self, name: &str) -> Result<(), StoreError> {
+        self.client
+            .delete(&deletion_intent_key(&self.prefix, name), None)
+            .await?;
+        Ok(())
     }
 
     /// The daemon's status of one service, or `None` when it has written none.

@@ -399,7 +399,9 @@ fn delete_removes_and_complains_about_missing_services() {
         cutover().args(["delete", "books"]).succeeds().stdout,
         "service/books deleted\n"
     );
-    assert!(snapshot(&prefix).is_empty());
+    // Only the intent the deletion recorded for the daemon's guard is left.
+    let keys: Vec<String> = snapshot(&prefix).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, [format!("{prefix}/control/deleted/books")]);
     let run = cutover().args(["delete", "books"]).fails();
     assert!(
         run.stderr.contains("service books not found"),
@@ -684,7 +686,16 @@ fn sync_refuses_to_prune_most_services_without_force() {
         "{}",
         run.stdout
     );
-    assert_eq!(snapshot(&prefix).len(), 1);
+    // a's spec, and the intents of the two deletions.
+    let keys: Vec<String> = snapshot(&prefix).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}/control/deleted/b"),
+            format!("{prefix}/control/deleted/c"),
+            format!("{prefix}/services/a"),
+        ]
+    );
 }
 
 #[test]

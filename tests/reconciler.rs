@@ -531,6 +531,44 @@ fn every_spec_vanishing_at_once_is_refused_until_confirmed() {
     w.eventually("the confirmed removal", || w.containers().is_empty());
 }
 
+/// A deletion made on purpose goes through the guard at once, the last service included;
+/// the intent it recorded goes with the service.
+#[test]
+fn deletes_made_on_purpose_delete_even_the_last_service() {
+    let w = World::new("purpose");
+    w.daemon().short_lease().start();
+    for name in ["a", "b", "c"] {
+        w.apply(name, &routed(&w, name, "cutover-demo:a", 1, FAST));
+    }
+    for name in ["a", "b", "c"] {
+        w.wait_available(name);
+    }
+    // `delete a`, then a sync of a directory with only c: b is pruned. Two of three gone,
+    // which the guard alone would refuse.
+    let run = w.cutover(&["delete", &w.svc("a")]);
+    assert!(run.status.success(), "{run}");
+    let dir = support::TempDir::new();
+    dir.write("c.yaml", &routed(&w, "c", "cutover-demo:a", 1, FAST));
+    let run = w.cutover(&["sync", dir.path().to_str().unwrap(), "--prune"]);
+    assert!(run.status.success(), "{run}");
+    w.eventually("a and b removed", || {
+        w.containers().iter().all(|c| c.starts_with("c-"))
+    });
+    assert!(w.kv_get(&format!("status/{}", w.svc("c"))).is_some());
+    // The last one.
+    let run = w.cutover(&["delete", &w.svc("c")]);
+    assert!(run.status.success(), "{run}");
+    w.eventually("every container removed", || w.containers().is_empty());
+    w.eventually("the statuses and the intents gone", || {
+        ["a", "b", "c"].iter().all(|n| {
+            w.kv_get(&format!("status/{}", w.svc(n))).is_none()
+                && w.kv_get(&format!("control/deleted/{}", w.svc(n))).is_none()
+        })
+    });
+    let logs = w.logs();
+    assert!(!logs.contains("refusing to remove"), "a refusal:\n{logs}");
+}
+
 #[test]
 fn consul_going_away_stops_nothing_and_reconciles_resume_after() {
     // This test freezes its own agent, so it does not share one.
