@@ -377,6 +377,31 @@ fn kill_9_at_any_point_of_a_rollout_then_restart_converges_without_duplicates() 
             "{point:?}: the old revision is kept once: {:?}",
             w.containers()
         );
+        // The history agrees with the containers: the live revision is not retired, the
+        // kept one is, once.
+        let status = w.status("web");
+        let history = status["revisionHistory"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let live = status["colors"]["green"]["revision"].clone();
+        let records = |image: &str| {
+            history
+                .iter()
+                .filter(|r| r["image"] == image)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            records("cutover-demo:b")
+                .iter()
+                .all(|r| r["revision"] == live && r["retiredAt"].is_null()),
+            "{point:?}: the live revision is not retired: {history:?}"
+        );
+        let old = records("cutover-demo:a");
+        assert!(
+            old.len() == 1 && !old[0]["retiredAt"].is_null(),
+            "{point:?}: the kept revision is retired, once: {history:?}"
+        );
     }
 }
 
