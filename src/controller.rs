@@ -538,11 +538,17 @@ impl Controller {
             containers,
             images_present: BTreeSet::new(),
         };
+        // An image one of the service's containers runs is on the engine: no need to ask at
+        // every reconcile. Such an image is checked only if the plan creates from it (below).
+        let mut assumed: Vec<String> = Vec::new();
         if let Some(service) = service {
             let images = std::iter::once(&service.spec.image)
                 .chain(service.spec.side_targets.iter().map(|s| &s.image));
             for image in images {
-                if self.docker.image_present(image).await? {
+                if observed.containers.iter().any(|c| &c.image == image) {
+                    assumed.push(image.clone());
+                    observed.images_present.insert(image.clone());
+                } else if self.docker.image_present(image).await? {
                     observed.images_present.insert(image.clone());
                 }
             }
@@ -575,30 +581,53 @@ impl Controller {
             (None, _) => Desired::Absent,
         };
 
-        let plan = plan::plan(&Input {
-            name,
-            desired,
-            observed: &observed,
-            status: stored_status.as_ref(),
-            unreadable: Unreadable {
-                status: status_error.as_deref(),
-                request: request_error
-                    .as_ref()
-                    .map(|(index, e)| (*index, e.as_str())),
-            },
-            request: request.as_ref(),
-            now_ms: now_ms(),
-            policy: Policy {
-                allowances: *self.docker.allowances(),
-                prune_orphans: self.settings.prune_orphans,
-                allow_mass_deletion: self.settings.allow_mass_deletion,
-            },
-            deletion: Deletion {
-                refused: refused.as_deref(),
-                confirmed,
-            },
-            proxy: proxy.as_ref(),
+        let plan_with = |observed: &Observed| {
+            plan::plan(&Input {
+                name,
+                desired,
+                observed,
+                status: stored_status.as_ref(),
+                unreadable: Unreadable {
+                    status: status_error.as_deref(),
+                    request: request_error
+                        .as_ref()
+                        .map(|(index, e)| (*index, e.as_str())),
+                },
+                request: request.as_ref(),
+                now_ms: now_ms(),
+                policy: Policy {
+                    allowances: *self.docker.allowances(),
+                    prune_orphans: self.settings.prune_orphans,
+                    allow_mass_deletion: self.settings.allow_mass_deletion,
+                },
+                deletion: Deletion {
+                    refused: refused.as_deref(),
+                    confirmed,
+                },
+                proxy: proxy.as_ref(),
+            })
+        };
+        let mut plan = plan_with(&observed);
+        // A plan that creates from an assumed image: make sure it is still there (`docker rmi
+        // -f` untags an image in use), and plan again with what is true.
+        let creates = plan.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::CreateReplica { .. } | Step::CreateSideTarget { .. }
+            )
         });
+        if creates && !assumed.is_empty() {
+            let mut missing = false;
+            for image in &assumed {
+                if !self.docker.image_present(image).await? {
+                    observed.images_present.remove(image);
+                    missing = true;
+                }
+            }
+            if missing {
+                plan = plan_with(&observed);
+            }
+        }
         for warning in &plan.warnings {
             warn!(service = %name, "{warning}");
         }

@@ -551,7 +551,7 @@ fn every_spec_vanishing_at_once_is_refused_until_confirmed() {
         w.containers()
     );
 
-    let confirmed = std::time::Instant::now();
+    let confirmed = tokio::time::Instant::now();
     let run = w.cutover(&["prune", "--confirm"]);
     assert!(run.status.success(), "{run}");
     w.eventually("the confirmed removal", || w.containers().is_empty());

@@ -453,3 +453,47 @@ fn a_rejected_revision_is_retried_with_cutover_retry() {
     assert_eq!(run.status.code(), Some(1), "{run}");
     assert!(run.stderr.contains("Stale"), "{run}");
 }
+
+/// The daemon does not ask Docker about an image its replicas run at every reconcile; when
+/// it is about to create from one, it checks that the image is still there. An image untagged
+/// under running replicas (`docker rmi -f`) is reported, not created from, and the live color
+/// keeps serving.
+#[test]
+fn an_image_removed_under_running_replicas_is_noticed_before_creating_from_it() {
+    let w = World::new("rmi");
+    w.daemon().short_lease().no_proxy().start();
+    let image = format!("cutover-rmi-{}:1", w.tag);
+    docker(&["tag", "cutover-demo:a", &image]);
+    let _untag = Untag(image.clone());
+    w.apply("web", &w.demo("web", &image, 1, FAST));
+    w.wait_available("web");
+    docker(&["rmi", "-f", &image]);
+    let run = w.cutover(&["scale", &w.svc("web"), "2"]);
+    assert!(run.status.success(), "{run}");
+    w.eventually("the missing image reported", || {
+        w.status("web")["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && (c["reason"] == "ImageNotFound" || c["reason"] == "ImagePullFailed")
+            })
+        })
+    });
+    // (Docker lists the replica by its image's id now that the tag is gone.)
+    let running = w.running();
+    assert!(
+        running.len() == 1 && running[0].starts_with("web-blue-1 "),
+        "nothing created from the missing image, the live replica runs: {running:?}"
+    );
+}
+
+/// Removes a tag made for a test, also when the test fails.
+struct Untag(String);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
