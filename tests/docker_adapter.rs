@@ -5,6 +5,8 @@
 //! CLI, so that cleanup also runs when an assertion failed. The images `cutover-demo:a` and
 //! `cutover-demo:b` come from `scripts/test-images`; nothing is pulled.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -788,11 +790,7 @@ async fn security_fields_reach_the_engine_only_when_allowed() {
 #[tokio::test]
 async fn a_replica_on_the_host_network_is_reached_on_loopback() {
     // A free loopback port: the replica binds it on the host's own network stack.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::unused_port();
     let command =
         format!(r#"[sh, -c, "trap 'exit 0' TERM; httpd -f -p 127.0.0.1:{port} -h /www & wait"]"#);
     let extra = format!("  port: {port}\n  networkMode: host\n  strategy: {{recreate: {{}}}}\n");

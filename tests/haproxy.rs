@@ -13,6 +13,8 @@
 //! every response: a request succeeds only with status 200 and a body of `version A\n` or
 //! `version B\n`; connect errors, resets, timeouts and any other status are failures.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,11 +84,7 @@ fn docker_quietly(args: &[&str]) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::unused_port()
 }
 
 /// The master CLI, blocking, for cleanup in `Drop`.

@@ -453,22 +453,31 @@ fn unique_temp_path(kind: &str) -> PathBuf {
 
 /// Four distinct ports that were free a moment ago.
 fn free_ports() -> [u16; 4] {
-    let listeners: Vec<TcpListener> = (0..4)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound address").port())
-        .collect();
-    [ports[0], ports[1], ports[2], ports[3]]
+    [unused_port(), unused_port(), unused_port(), unused_port()]
 }
 
-/// A port nobody listens on, for "Consul is unreachable" tests.
+/// A loopback port that was free a moment ago, for a listener a test starts (Consul,
+/// HAProxy, a daemon) or for "nothing listens there". Never one of the kernel's ephemeral
+/// ports: those are the source ports of every client connection the tests open (thousands
+/// under load), and one of them could take the port before the listener binds it. Never the
+/// same port twice in one test binary.
 pub fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    // The ephemeral range starts at 32768 unless the machine says otherwise.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .clamp(12_000, 32_768);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        let port = rand::random_range(10_000..ephemeral_low);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
 }
 
 /// A minimal HTTP/1.0 GET on loopback; `None` on any failure or non-200 answer.
