@@ -113,15 +113,28 @@ pub enum OutputFormat {
     Json,
 }
 
+/// A blocking read of `prefix` past `index` (at most `wait`). A blocking read is sent once:
+/// after a transient failure (Consul restarting) it reads again without blocking, with the
+/// client's retries, which also notices a Consul that came back empty (a lower index).
+pub async fn list_after(
+    store: &Store,
+    prefix: &str,
+    index: u64,
+    wait: Duration,
+) -> Result<crate::consul::Listing, CliError> {
+    match store.client().list_blocking(prefix, index, wait).await {
+        Ok(listing) => Ok(listing),
+        Err(e) if index > 0 && e.is_transient() => Ok(store.client().list(prefix).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// For `--watch`: returns once something under `prefix` changed since `index` (a blocking
 /// query; Consul's wake-ups for nothing are waited past), and moves `index` on. With index
 /// 0 (the first call), it starts from the current index.
 pub async fn wait_for_change(store: &Store, prefix: &str, index: &mut u64) -> Result<(), CliError> {
     loop {
-        let listing = store
-            .client()
-            .list_blocking(prefix, *index, Duration::from_secs(300))
-            .await?;
+        let listing = list_after(store, prefix, *index, crate::consul::WATCH_WAIT).await?;
         let changed = *index != 0 && listing.index != *index;
         *index = listing.index;
         if changed {

@@ -104,21 +104,9 @@ async fn wait_for_ack(
     let wait = async {
         let mut index = 0;
         loop {
-            let listing = match store
-                .client()
-                .list_blocking(&key, index, Duration::from_secs(30))
-                .await
-            {
-                Ok(listing) => listing,
-                // A blocking read is sent once: read again without blocking (with the
-                // client's retries), which also notices a Consul that came back empty.
-                Err(e) if index > 0 && e.is_transient() => {
-                    index = 0;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            index = listing.index;
+            index = super::list_after(store, &key, index, Duration::from_secs(30))
+                .await?
+                .index;
             // An unreadable status holds no acknowledgement; the daemon rewrites it.
             if let Some(ack) = store
                 .get_status(name)

@@ -468,21 +468,9 @@ async fn wait_for_outcome(
                     None => {}
                 }
             }
-            let listing = match store
-                .client()
-                .list_blocking(&watched, index, std::time::Duration::from_secs(30))
-                .await
-            {
-                Ok(listing) => listing,
-                // A blocking read is sent once: read again without blocking (with the
-                // client's retries), which also notices a Consul that came back empty.
-                Err(e) if index > 0 && e.is_transient() => {
-                    index = 0;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            index = listing.index;
+            index = super::list_after(store, &watched, index, std::time::Duration::from_secs(30))
+                .await?
+                .index;
         }
     };
     tokio::time::timeout(timeout, wait)
