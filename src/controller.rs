@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::observed::{Container, Observed};
 use crate::plan::{self, Deletion, Desired, Input, Policy, Step, Unreadable};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
-use crate::status::{PruneConfirmation, RefusedDeletion, Status};
+use crate::status::{PruneConfirmation, RefusedDeletion, Status, now_ms};
 use crate::store::{Folder, Store, StoreError, Stored, StoredService};
 use crate::traffic::{self, Traffic};
 
@@ -238,12 +238,6 @@ pub struct Controller {
     /// Debug builds only: the service whose reconciles panic on purpose
     /// (`CUTOVER_DEBUG_PANIC_SERVICE`), so that tests can prove a panic wedges nothing.
     panic_on: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The text of a panic's payload.

@@ -271,13 +271,22 @@ async fn read_services(store: &Store) -> Result<Vec<ServiceView>, StoreError> {
 }
 
 async fn services(State(daemon): State<Arc<Daemon>>) -> Response {
-    let error = match tokio::time::timeout(CONSUL_TIMEOUT, read_services(&daemon.store)).await {
-        Ok(Ok(services)) => {
-            return (
-                [(header::CACHE_CONTROL, "no-store")],
-                Json(ServicesBody { services }),
-            )
-                .into_response();
+    from_consul(&daemon, read_services(&daemon.store), |services| {
+        ServicesBody { services }
+    })
+    .await
+}
+
+/// A JSON answer read from Consul: `body` of what `read` returns, or `503` with the reason
+/// when Consul fails or does not answer within [`CONSUL_TIMEOUT`].
+async fn from_consul<T, B: Serialize>(
+    daemon: &Daemon,
+    read: impl std::future::Future<Output = Result<T, StoreError>>,
+    body: impl FnOnce(T) -> B,
+) -> Response {
+    let error = match tokio::time::timeout(CONSUL_TIMEOUT, read).await {
+        Ok(Ok(value)) => {
+            return ([(header::CACHE_CONTROL, "no-store")], Json(body(value))).into_response();
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!(
@@ -305,29 +314,18 @@ pub async fn read_proxies(store: &Store) -> Result<Vec<crate::fleet::ProxyRow>, 
         .await?;
     let (table, _) = store.routes_from_entries(&table.entries);
     let reports = store.list_reports().await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Ok(crate::fleet::proxy_rows(&table, &reports, now))
+    Ok(crate::fleet::proxy_rows(
+        &table,
+        &reports,
+        crate::status::now_ms(),
+    ))
 }
 
 async fn proxies(State(daemon): State<Arc<Daemon>>) -> Response {
-    let error = match tokio::time::timeout(CONSUL_TIMEOUT, read_proxies(&daemon.store)).await {
-        Ok(Ok(proxies)) => {
-            return (
-                [(header::CACHE_CONTROL, "no-store")],
-                Json(ProxiesBody { proxies }),
-            )
-                .into_response();
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!(
-            "Consul at {} did not answer within {} s",
-            daemon.store.client().address(),
-            CONSUL_TIMEOUT.as_secs()
-        ),
-    };
-    (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response()
+    from_consul(&daemon, read_proxies(&daemon.store), |proxies| {
+        ProxiesBody { proxies }
+    })
+    .await
 }
 
 /// `/api/v1/daemon`.

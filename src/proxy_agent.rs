@@ -24,13 +24,14 @@
 //!   a start, servers may not be UP yet, and a table read then proves nothing).
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::fleet::{Applied, ProxyReport};
 use crate::metrics::Metrics;
+use crate::status::now_ms;
 use crate::store::{Folder, Store};
 use crate::traffic::Traffic;
 
@@ -110,12 +111,6 @@ pub struct ProxyAgent {
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     wake: Notify,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl ProxyAgent {

@@ -359,6 +359,14 @@ impl Status {
 }
 
 /// A time in milliseconds since the Unix epoch as RFC 3339 with seconds.
+/// The wall clock in milliseconds since the Unix epoch, as statuses, intents and route
+/// tables record time.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub fn rfc3339(ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(time).to_string()

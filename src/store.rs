@@ -365,9 +365,7 @@ impl Store {
     /// at once instead of taking it for part of a mass deletion.
     pub async fn delete_service(&self, name: &str, cas: u64) -> Result<bool, StoreError> {
         let intent = crate::status::DeletionIntent {
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            at_ms: crate::status::now_ms(),
         };
         let value = serde_json::to_vec(&intent).unwrap_or_default();
         Ok(self

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::run::ProxyArgs;
 use super::{CliError, Context};
@@ -94,17 +94,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             "cutover proxy needs a proxy: remove --no-proxy".to_owned(),
         ));
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| CliError::Listen {
-            address: args.listen,
-            source,
-        })?;
-    let listening = listener.local_addr().unwrap_or(args.listen);
-    if !listening.ip().is_loopback() {
-        warn!(address = %listening, "the HTTP endpoints are reachable from other hosts and have no authentication");
-    }
-    info!(address = %listening, "HTTP endpoints listening (status page at http://{listening}/)");
+    let listener = super::run::listen(args.listen).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.set_leader(false);
     let local = LocalProxy::start(&store, settings, &metrics).await?;

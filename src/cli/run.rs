@@ -179,17 +179,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     };
     // Listen first: a taken port fails at once, and /healthz and /readyz answer while the
     // daemon waits for Docker.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| CliError::Listen {
-            address: args.listen,
-            source,
-        })?;
-    let listening = listener.local_addr().unwrap_or(args.listen);
-    if !listening.ip().is_loopback() {
-        warn!(address = %listening, "the HTTP endpoints are reachable from other hosts and have no authentication");
-    }
-    info!(address = %listening, "HTTP endpoints listening (status page at http://{listening}/)");
+    let listener = listen(args.listen).await?;
     let metrics = Arc::new(Metrics::new());
     let daemon = Arc::new(http::Daemon::new(
         store.clone(),
@@ -287,6 +277,20 @@ pub(crate) async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
     }
+}
+
+/// Binds the daemon's HTTP endpoints (a taken port fails at once) and says where they are,
+/// warning when other hosts can reach them.
+pub async fn listen(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, CliError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| CliError::Listen { address, source })?;
+    let listening = listener.local_addr().unwrap_or(address);
+    if !listening.ip().is_loopback() {
+        warn!(address = %listening, "the HTTP endpoints are reachable from other hosts and have no authentication");
+    }
+    info!(address = %listening, "HTTP endpoints listening (status page at http://{listening}/)");
+    Ok(listener)
 }
 
 #[cfg(test)]
