@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::catalog;
 use crate::docker::{ContainerEventKind, Docker, DockerError, ExecContext, PullFailure, Scope};
-use crate::fleet::{self, Fleet, PublishedRoutes};
+use crate::fleet::{self, Fleet, PublishedRoutes, Watch};
 use crate::haproxy::ProxyError;
 use crate::haproxy::ServiceRoutes;
 use crate::health::{HealthMonitor, ReadinessChange};
@@ -785,7 +785,8 @@ impl Controller {
         let version = match (exec.service, absent) {
             (Some(service), _) => {
                 let routes = traffic::routes(service, live, preview, containers, &leaving);
-                Some(self.publish(name, Some(routes)).await)
+                let watch = traffic::watch(service, status);
+                Some(self.publish(name, Some((routes, watch))).await)
             }
             (None, true) if !plan.steps.is_empty() => Some(self.publish(name, None).await),
             (None, _) => None,
@@ -841,30 +842,48 @@ impl Controller {
     async fn publish(
         &self,
         name: &str,
-        routes: Option<ServiceRoutes>,
+        routes: Option<(ServiceRoutes, Option<Watch>)>,
     ) -> Result<u64, ReconcileError> {
-        let current = lock(&self.shared).fleet.published.get(name).cloned();
+        let (current, current_watch) = {
+            let shared = lock(&self.shared);
+            (
+                shared.fleet.published.get(name).cloned(),
+                shared.fleet.watches.get(name).copied(),
+            )
+        };
         match (routes, current) {
-            (Some(routes), Some((version, published))) if published == routes => Ok(version),
-            (Some(routes), _) => {
+            (Some((routes, watch)), Some((version, published)))
+                if published == routes && current_watch == watch =>
+            {
+                Ok(version)
+            }
+            (Some((routes, watch)), _) => {
                 self.leadership.check()?;
                 let entry = PublishedRoutes {
                     routes: routes.clone(),
                     written_ms: now_ms(),
+                    watch,
                 };
                 let version = self.store.put_routes(name, &entry).await?;
                 debug!(service = %name, version, live = ?routes.live, "routes published");
-                lock(&self.shared)
+                let mut shared = lock(&self.shared);
+                shared
                     .fleet
                     .published
                     .insert(name.to_owned(), (version, routes));
+                match watch {
+                    Some(watch) => shared.fleet.watches.insert(name.to_owned(), watch),
+                    None => shared.fleet.watches.remove(name),
+                };
                 Ok(version)
             }
             (None, None) => Ok(0),
             (None, Some(_)) => {
                 self.leadership.check()?;
                 self.store.delete_routes(name).await?;
-                lock(&self.shared).fleet.published.remove(name);
+                let mut shared = lock(&self.shared);
+                shared.fleet.published.remove(name);
+                shared.fleet.watches.remove(name);
                 Ok(0)
             }
         }
@@ -1287,6 +1306,10 @@ impl Controller {
                                     shared.desired.as_ref().is_some_and(|d| d.contains_key(*s))
                                 })
                                 .cloned()
+                                .collect();
+                            shared.fleet.watches = table
+                                .iter()
+                                .filter_map(|(name, (_, p))| Some((name.clone(), p.watch?)))
                                 .collect();
                             shared.fleet.published = table
                                 .into_iter()

@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::haproxy::ServiceRoutes;
+use crate::haproxy::runtime::Counters;
 use crate::plan::ProxyView;
-use crate::status::Color;
+use crate::status::{Color, TrafficFigures};
 
 /// One service's entry in the route table, as the leader writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,60 @@ pub struct PublishedRoutes {
     /// When the leader wrote it (milliseconds since the Unix epoch), so that proxies can
     /// tell how long the table took to reach them.
     pub written_ms: u64,
+    /// A bake window whose traffic every proxy counts, if one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Watch>,
+}
+
+/// A bake window (`analysis` in the spec): every proxy counts the requests of `color`'s
+/// backend from the switch at `since_ms` until `until_ms`, reading its HAProxy's counters
+/// every `interval_ms`, and reports them as a [`TrafficSample`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watch {
+    pub color: Color,
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub interval_ms: u64,
+}
+
+/// What one proxy counted for a [`Watch`] since it applied the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficSample {
+    /// The watch it counts for (its color and switch time).
+    pub color: Color,
+    pub since_ms: u64,
+    pub requests: u64,
+    /// 5xx responses, connection errors and response errors.
+    pub errors: u64,
+    /// HAProxy's average response time of the backend (ms); `None` before any response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_time_ms: Option<u64>,
+}
+
+impl TrafficSample {
+    /// What a backend's counters moved by from `baseline` (read when the proxy applied the
+    /// switch) to `current`. A request counts as failed when it got a 5xx response (the
+    /// app's, or HAProxy's own 502/503/504 when the replica failed it) or its response
+    /// broke off; a failed connection HAProxy retried elsewhere is not a failed request.
+    pub fn between(watch: &Watch, baseline: &Counters, current: &Counters) -> TrafficSample {
+        let requests = current.requests.saturating_sub(baseline.requests);
+        TrafficSample {
+            color: watch.color,
+            since_ms: watch.since_ms,
+            requests,
+            errors: current
+                .responses_5xx
+                .saturating_sub(baseline.responses_5xx)
+                .min(requests),
+            response_time_ms: (requests > 0).then_some(current.response_time_ms),
+        }
+    }
+
+    fn counts_for(&self, watch: &Watch) -> bool {
+        self.color == watch.color && self.since_ms == watch.since_ms
+    }
 }
 
 /// The table version a proxy applied for one service, and when.
@@ -53,6 +108,9 @@ pub struct ProxyReport {
     /// Per service, why the last table could not be applied.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, String>,
+    /// Per service with an open bake window, what it counted since the switch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, TrafficSample>,
     /// When it wrote this report (milliseconds since the Unix epoch).
     #[serde(default)]
     pub updated_ms: u64,
@@ -81,6 +139,8 @@ pub struct Fleet {
     /// A proxy that must be counted even before it reported (the leader's own, which starts
     /// with the daemon).
     pub required: Option<String>,
+    /// The open bake windows of the published table, by service.
+    pub watches: BTreeMap<String, Watch>,
 }
 
 impl Fleet {
@@ -138,7 +198,34 @@ impl Fleet {
             live: published.and_then(|r| r.live),
             up: up.unwrap_or_default(),
             lagging: self.lagging(service, version),
+            traffic: self.traffic(service),
         })
+    }
+
+    /// The traffic the proxies counted for `service`'s open bake window, summed; `None`
+    /// when no window is open. The response time is weighted by each proxy's requests.
+    pub fn traffic(&self, service: &str) -> Option<TrafficFigures> {
+        let watch = self.watches.get(service)?;
+        let mut figures = TrafficFigures::default();
+        let mut weighted: u128 = 0;
+        let mut timed: u64 = 0;
+        for sample in self.proxies.values().filter_map(|r| r.traffic.get(service)) {
+            if !sample.counts_for(watch) {
+                continue;
+            }
+            figures.proxies = figures.proxies.saturating_add(1);
+            figures.requests = figures.requests.saturating_add(sample.requests);
+            figures.errors = figures.errors.saturating_add(sample.errors);
+            if let Some(ms) = sample.response_time_ms {
+                let weight = sample.requests.max(1);
+                weighted = weighted.saturating_add(u128::from(ms) * u128::from(weight));
+                timed = timed.saturating_add(weight);
+            }
+        }
+        if timed > 0 {
+            figures.response_time_ms = u64::try_from(weighted / u128::from(timed)).ok();
+        }
+        Some(figures)
     }
 }
 
@@ -226,6 +313,7 @@ pub fn changed_services(
                 != b.applied.get(service).map(|x| x.version)
                 || a.up.get(service) != b.up.get(service)
                 || a.errors.get(service) != b.errors.get(service)
+                || a.traffic.get(service) != b.traffic.get(service)
                 || old.contains_key(id) != new.contains_key(id)
             {
                 changed.insert(service.clone());
@@ -298,6 +386,7 @@ mod tests {
                 ),
             ]),
             required: Some("a".into()),
+            watches: BTreeMap::new(),
         };
         let view = fleet.view("web").unwrap();
         assert!(view.known);
@@ -315,10 +404,124 @@ mod tests {
             published: BTreeMap::from([("web".to_owned(), (3, routes(None)))]),
             proxies: BTreeMap::new(),
             required: Some("me".into()),
+            watches: BTreeMap::new(),
         };
         let view = fleet.view("web").unwrap();
         assert!(view.up.is_empty());
         assert_eq!(view.lagging, ["me (not reporting yet)"]);
+    }
+
+    #[test]
+    fn traffic_is_summed_over_the_proxies_that_count_the_open_window() {
+        let watch = Watch {
+            color: Color::Green,
+            since_ms: 1_000,
+            until_ms: 31_000,
+            interval_ms: 250,
+        };
+        let baseline = Counters {
+            requests: 100,
+            responses_5xx: 3,
+            ..Counters::default()
+        };
+        let sample = |requests: u64, errors_5xx: u64, rtime: u64| {
+            let current = Counters {
+                requests: 100 + requests,
+                responses_5xx: 3 + errors_5xx,
+                response_time_ms: rtime,
+                ..Counters::default()
+            };
+            TrafficSample::between(&watch, &baseline, &current)
+        };
+        let with = |sample: TrafficSample| ProxyReport {
+            traffic: BTreeMap::from([("web".to_owned(), sample)]),
+            ..report(7, &[])
+        };
+        // A sample of an older window (another switch) does not count.
+        let stale = TrafficSample {
+            since_ms: 1,
+            ..sample(1_000, 1_000, 900)
+        };
+        let fleet = Fleet {
+            published: BTreeMap::from([("web".to_owned(), (7, routes(Some(Color::Green))))]),
+            proxies: BTreeMap::from([
+                ("a".to_owned(), with(sample(300, 30, 10))),
+                ("b".to_owned(), with(sample(100, 0, 50))),
+                ("c".to_owned(), with(stale)),
+                ("d".to_owned(), report(7, &[])),
+            ]),
+            required: None,
+            watches: BTreeMap::from([("web".to_owned(), watch)]),
+        };
+        let figures = fleet.view("web").unwrap().traffic.unwrap();
+        assert_eq!(
+            figures,
+            TrafficFigures {
+                requests: 400,
+                errors: 30,
+                // (300 x 10 + 100 x 50) / 400
+                response_time_ms: Some(20),
+                proxies: 2,
+            }
+        );
+        assert!((figures.error_ratio() - 0.075).abs() < 1e-9);
+        assert_eq!(
+            figures.to_string(),
+            "30 of 400 requests failed (7.5%), average response time 20 ms, counted by 2 proxies"
+        );
+        // No window, no figures; a window nobody counted yet: zeros.
+        let mut closed = fleet.clone();
+        closed.watches.clear();
+        assert_eq!(closed.view("web").unwrap().traffic, None);
+        let mut quiet = fleet.clone();
+        quiet.proxies.clear();
+        quiet.required = Some("a".into());
+        assert_eq!(
+            quiet.view("web").unwrap().traffic,
+            Some(TrafficFigures::default())
+        );
+    }
+
+    #[test]
+    fn a_sample_counts_what_moved_since_the_switch() {
+        let watch = Watch {
+            color: Color::Blue,
+            since_ms: 5,
+            until_ms: 10,
+            interval_ms: 1,
+        };
+        let before = Counters {
+            requests: 50,
+            responses_5xx: 5,
+            connection_errors: 2,
+            response_errors: 1,
+            response_time_ms: 7,
+        };
+        let same = TrafficSample::between(&watch, &before, &before);
+        assert_eq!(
+            (same.requests, same.errors, same.response_time_ms),
+            (0, 0, None)
+        );
+        let after = Counters {
+            requests: 60,
+            responses_5xx: 9,
+            connection_errors: 20,
+            ..before
+        };
+        let moved = TrafficSample::between(&watch, &before, &after);
+        // A retried connection error is not a failed request; 5xx responses are.
+        assert_eq!(
+            (moved.requests, moved.errors, moved.response_time_ms),
+            (10, 4, Some(7))
+        );
+        // Never more failures than requests, never a negative count.
+        let odd = Counters {
+            requests: 51,
+            responses_5xx: 50,
+            ..before
+        };
+        assert_eq!(TrafficSample::between(&watch, &before, &odd).errors, 1);
+        assert_eq!(TrafficSample::between(&watch, &after, &before).requests, 0);
     }
 
     #[test]

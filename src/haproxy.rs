@@ -753,6 +753,25 @@ impl Proxy {
             .sum())
     }
 
+    /// The traffic counters of every color backend of the table on the current worker, by
+    /// service and color (one `show stat`).
+    pub async fn backend_counters(
+        &self,
+    ) -> Result<BTreeMap<(String, Color), runtime::Counters>, ProxyError> {
+        let rows = runtime::parse_show_stat(&self.command("show stat").await?);
+        Ok(rows
+            .into_iter()
+            .filter(|row| row.name == "BACKEND")
+            .filter_map(|row| {
+                let (service, color) = row.proxy.strip_prefix("be_")?.rsplit_once('_')?;
+                let color = Color::parse(color)?;
+                self.table
+                    .contains_key(service)
+                    .then(|| ((service.to_owned(), color), row.counters))
+            })
+            .collect())
+    }
+
     /// Per service and color, the server slots HAProxy's own checks see UP on the current
     /// worker (see [`runtime::StatRow::checked_up`]).
     pub async fn servers_up_all(

@@ -35,8 +35,8 @@ use crate::revision;
 use crate::security::{self, Allowances};
 use crate::spec::{Diagnostics, Service};
 use crate::status::{
-    Acknowledgement, Action, Color, ColorStatus, Phase, Rejected, Request, RevisionRecord, Rollout,
-    Status, rfc3339,
+    Acknowledgement, Action, AnalysisResult, AnalysisStatus, Color, ColorStatus, Phase, Rejected,
+    Request, RevisionRecord, Rollout, Status, TrafficFigures, rfc3339,
 };
 
 /// How often to look again while waiting for something no event announces (the proxy's
@@ -170,6 +170,8 @@ pub struct ProxyView {
     /// a status message. While any lags, no replica in play is retired: a lagging proxy may
     /// still send it requests.
     pub lagging: Vec<String>,
+    /// What the proxies counted in the open bake window (`analysis`), if one is open.
+    pub traffic: Option<TrafficFigures>,
 }
 
 /// Keys that exist in KV but could not be read; the message says which and why.
@@ -570,6 +572,8 @@ impl<'a> Planner<'a> {
                 message,
             });
         }
+
+        self.judge_analysis(service, live.as_ref(), &desired, index);
 
         // The revision that should be live: the spec's, unless it was rejected; then the one
         // serving now, or after a rollback the newest one kept.
@@ -1057,14 +1061,22 @@ impl<'a> Planner<'a> {
         true
     }
 
-    /// When the current drain ends, if the service switched colors recently.
+    /// When the current drain ends, if the service switched colors recently: after
+    /// `scaleDownDelay`, and not before an open bake window ends (the color switched away
+    /// from stays ready to take the traffic back).
     fn drain_until(&self, service: &Service) -> Option<u64> {
         let delay = service
             .blue_green()
             .map_or(0, |bg| bg.scale_down_delay.as_millis());
+        let analysing = self
+            .status
+            .analysis
+            .as_ref()
+            .filter(|a| a.result == AnalysisResult::Running)
+            .map_or(0, |a| a.until_ms);
         self.status
             .switched_at_ms
-            .map(|at| at.saturating_add(delay))
+            .map(|at| at.saturating_add(delay).max(analysing))
     }
 
     /// Brings `revision` up in the non-live color (or the live one for `recreate`, or a free
@@ -1190,6 +1202,11 @@ impl<'a> Planner<'a> {
         if auto && (wanted == replicas || revive) {
             if live_color != Some(color) || recreate || self.routed_elsewhere(color) {
                 self.steps.push(Step::Switch { to: color });
+                // A new revision replacing a live one is judged by its traffic; a revision
+                // brought back has been judged before.
+                if live_color.is_some_and(|l| l != color) && !revive {
+                    self.start_analysis(service, color, revision);
+                }
             }
             self.switched(service, color, revision);
             return;
@@ -1428,14 +1445,22 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// `Available`, once every proxy serves the latest route table: a switch planned now,
-    /// or one a proxy has not applied yet, is still `Progressing` (`WaitingForProxies`), so
-    /// that whoever waits for `Available` finds every proxy serving the new color.
+    /// `Available`, once every proxy serves the latest route table and the bake window (if
+    /// any) is over: a switch planned now, or one a proxy has not applied yet, is still
+    /// `Progressing` (`WaitingForProxies`), so that whoever waits for `Available` finds
+    /// every proxy serving the new color; a revision being judged by its traffic is
+    /// `Progressing` (`Analyzing`) until its window ends.
     fn available_once_proxies_serve(&mut self, color: Color) {
         let switching = self.steps.iter().any(|s| matches!(s, Step::Switch { .. }));
         let lagging = self.input.proxy.map(|p| p.lagging.join(", "));
-        match lagging {
-            Some(lagging) if switching || !lagging.is_empty() => {
+        let analysing = self
+            .status
+            .analysis
+            .as_ref()
+            .filter(|a| a.result == AnalysisResult::Running)
+            .map(|a| a.message.clone());
+        match (lagging, analysing) {
+            (Some(lagging), _) if switching || !lagging.is_empty() => {
                 let message = if switching {
                     format!("switching to {color}; waiting for every proxy to serve it")
                 } else {
@@ -1444,8 +1469,139 @@ impl<'a> Planner<'a> {
                 self.progressing("WaitingForProxies", message);
                 self.requeue_after(PROXY_POLL_MS);
             }
+            (_, Some(message)) => self.progressing("Analyzing", message),
             _ => self.set_phase(Phase::Available),
         }
+    }
+
+    /// Opens the bake window of `revision`, switched to in `color` by this plan, when the
+    /// spec asks for one (see [`Planner::judge_analysis`]).
+    fn start_analysis(&mut self, service: &Service, color: Color, revision: &str) {
+        let Some(config) = service.blue_green().and_then(|bg| bg.analysis.as_ref()) else {
+            return;
+        };
+        let now = self.now();
+        let until = now.saturating_add(config.window.as_millis());
+        self.status.analysis = Some(AnalysisStatus {
+            revision: revision.to_owned(),
+            color,
+            started_ms: now,
+            until_ms: until,
+            result: AnalysisResult::Running,
+            figures: TrafficFigures::default(),
+            message: format!(
+                "judging revision {revision} by its traffic for {} after the switch",
+                config.window
+            ),
+        });
+        self.event(
+            "AnalysisStarted",
+            format!(
+                "judging revision {revision} by its traffic until {}",
+                rfc3339(until)
+            ),
+        );
+        self.requeue_at(until);
+    }
+
+    /// Judges the open bake window of the live revision against the spec's limits, with
+    /// what the proxies counted since the switch. A breach rejects the revision with reason
+    /// `AnalysisFailed` (the goal then becomes the kept revision: traffic switches back in
+    /// this very plan); the end of the window passes it; a newer spec, a rollback or an
+    /// abort cancels it. Fewer requests than `minRequests` are not judged.
+    fn judge_analysis(
+        &mut self,
+        service: &Service,
+        live: Option<&(Color, String)>,
+        desired: &str,
+        index: u64,
+    ) {
+        let Some(mut analysis) = self
+            .status
+            .analysis
+            .clone()
+            .filter(|a| a.result == AnalysisResult::Running)
+        else {
+            return;
+        };
+        let now = self.now();
+        let config = service.blue_green().and_then(|bg| bg.analysis.as_ref());
+        let current = live.is_some_and(|(c, r)| *c == analysis.color && *r == analysis.revision)
+            && desired == analysis.revision
+            && self.status.rejected.is_none();
+        let Some(config) = config.filter(|_| current) else {
+            analysis.result = AnalysisResult::Cancelled;
+            analysis.message = format!(
+                "the analysis of revision {} stopped: a newer spec, a rollback or an abort came first",
+                analysis.revision
+            );
+            self.event("AnalysisCancelled", analysis.message.clone());
+            self.status.analysis = Some(analysis);
+            return;
+        };
+        let figures = self.input.proxy.and_then(|p| p.traffic);
+        if let Some(figures) = figures {
+            analysis.figures = figures;
+        }
+        let f = analysis.figures;
+        let enough = f.requests >= u64::from(config.min_requests);
+        let mut breaches = Vec::new();
+        if enough {
+            if let Some(max) = config.max_error_ratio
+                && f.error_ratio() > max
+            {
+                breaches.push(format!(
+                    "error ratio {:.1}% above maxErrorRatio {:.1}%",
+                    f.error_ratio() * 100.0,
+                    max * 100.0
+                ));
+            }
+            if let (Some(max), Some(ms)) = (config.max_response_time, f.response_time_ms)
+                && ms > max.as_millis()
+            {
+                breaches.push(format!(
+                    "average response time {ms} ms above maxResponseTime {max}"
+                ));
+            }
+        }
+        let after = crate::spec::Duration::from_millis(now.saturating_sub(analysis.started_ms));
+        let revision = analysis.revision.clone();
+        if !breaches.is_empty() {
+            analysis.result = AnalysisResult::Failed;
+            analysis.message = format!(
+                "revision {revision} failed its analysis {after} after the switch: {}; {f}",
+                breaches.join(" and ")
+            );
+            let message = analysis.message.clone();
+            self.status.analysis = Some(analysis);
+            self.reject(&revision, index, "AnalysisFailed", &message);
+            return;
+        }
+        if now >= analysis.until_ms {
+            analysis.result = AnalysisResult::Passed;
+            analysis.message = match (figures, enough) {
+                (None, _) => format!(
+                    "revision {revision} passed its analysis unjudged: no proxy counted its \
+                     traffic (the daemon runs without one)"
+                ),
+                (Some(_), false) => format!(
+                    "revision {revision} passed its analysis unjudged: {f}, fewer than \
+                     minRequests ({})",
+                    config.min_requests
+                ),
+                (Some(_), true) => format!("revision {revision} passed its analysis: {f}"),
+            };
+            self.event("AnalysisPassed", analysis.message.clone());
+            self.status.analysis = Some(analysis);
+            return;
+        }
+        analysis.message = format!(
+            "judging revision {revision} by its traffic until {} ({after} so far): {f}",
+            rfc3339(analysis.until_ms)
+        );
+        self.status.analysis = Some(analysis);
+        let until = self.status.analysis.as_ref().map_or(now, |a| a.until_ms);
+        self.requeue_at(until);
     }
 
     /// Puts `revision` in `color` at the head of the revision history, with the switch time,

@@ -29,7 +29,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::fleet::{Applied, ProxyReport};
+use crate::fleet::{Applied, ProxyReport, TrafficSample, Watch};
+use crate::haproxy::runtime::Counters;
 use crate::metrics::Metrics;
 use crate::status::now_ms;
 use crate::store::{Folder, Store};
@@ -101,6 +102,15 @@ struct State {
     listed: std::collections::BTreeSet<String>,
     /// Services in HAProxy that the table does not list, kept for now.
     kept: std::collections::BTreeMap<String, Kept>,
+    /// The open bake windows whose traffic it counts, by service.
+    counting: std::collections::BTreeMap<String, Counting>,
+}
+
+/// A bake window being counted, and the backend's counters when the switch was applied
+/// (`None` until they could be read).
+struct Counting {
+    watch: Watch,
+    baseline: Option<Counters>,
 }
 
 /// The agent. Cheap to share.
@@ -111,6 +121,8 @@ pub struct ProxyAgent {
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     wake: Notify,
+    /// Wakes the counting task when a bake window opens.
+    count_wake: Notify,
 }
 
 impl ProxyAgent {
@@ -135,6 +147,7 @@ impl ProxyAgent {
                 ..State::default()
             }),
             wake: Notify::new(),
+            count_wake: Notify::new(),
         })
     }
 
@@ -169,8 +182,10 @@ impl ProxyAgent {
     pub async fn run(self: Arc<Self>) {
         info!(id = %self.identity.id, "proxy agent following the route table");
         let watch = tokio::spawn(Arc::clone(&self).follow_table());
+        let count = tokio::spawn(Arc::clone(&self).count_traffic());
         self.report_loop().await;
         watch.abort();
+        count.abort();
     }
 
     /// Applies every change of the table.
@@ -219,7 +234,13 @@ impl ProxyAgent {
         for problem in bad {
             warn!("proxy: ignoring a route table entry that does not decode: {problem}");
         }
+        let watched: Vec<String> = self.lock().counting.keys().cloned().collect();
+        for service in watched.iter().filter(|s| !table.contains_key(*s)) {
+            self.follow_watch(service, None).await;
+        }
         for (service, (version, published)) in &table {
+            // Before the switch it comes with: the counters now are the baseline.
+            self.follow_watch(service, published.watch).await;
             let current = self.lock().report.applied.get(service).map(|a| a.version);
             if current == Some(*version) {
                 continue;
@@ -287,6 +308,98 @@ impl ProxyAgent {
         self.wake.notify_one();
     }
 
+    /// Starts counting a new bake window of `service` (its backend's counters now are the
+    /// baseline: call it before applying the switch the window comes with), or stops
+    /// counting once the table has no window for it.
+    async fn follow_watch(&self, service: &str, watch: Option<Watch>) {
+        let same = |c: &Counting| {
+            watch.is_some_and(|w| (w.color, w.since_ms) == (c.watch.color, c.watch.since_ms))
+        };
+        if self.lock().counting.get(service).is_some_and(same) {
+            return;
+        }
+        let Some(watch) = watch else {
+            let mut state = self.lock();
+            if state.counting.remove(service).is_some()
+                | state.report.traffic.remove(service).is_some()
+            {
+                state.dirty = true;
+            }
+            return;
+        };
+        // A backend HAProxy does not have yet counts from zero; a failed read waits for the
+        // first sample.
+        let baseline = match self.traffic.backend_counters().await {
+            Ok(counters) => Some(
+                counters
+                    .get(&(service.to_owned(), watch.color))
+                    .copied()
+                    .unwrap_or_default(),
+            ),
+            Err(_) => None,
+        };
+        self.lock()
+            .counting
+            .insert(service.to_owned(), Counting { watch, baseline });
+        self.count_wake.notify_one();
+    }
+
+    /// While a bake window is open, reads HAProxy's counters every window's interval and
+    /// puts what moved since the switch in the report (written at once when it changed).
+    async fn count_traffic(self: Arc<Self>) {
+        loop {
+            let interval = {
+                let now = now_ms();
+                self.lock()
+                    .counting
+                    .values()
+                    .filter(|c| now <= c.watch.until_ms.saturating_add(c.watch.interval_ms))
+                    .map(|c| c.watch.interval_ms)
+                    .min()
+            };
+            let Some(interval) = interval else {
+                tokio::select! {
+                    _ = self.count_wake.notified() => {}
+                    _ = tokio::time::sleep(LOOK_SLOW) => {}
+                }
+                continue;
+            };
+            tokio::time::sleep(Duration::from_millis(interval)).await;
+            let Ok(counters) = self.traffic.backend_counters().await else {
+                continue;
+            };
+            let now = now_ms();
+            let mut state = self.lock();
+            let state = &mut *state;
+            let mut changed = false;
+            for (service, counting) in &mut state.counting {
+                let open = now
+                    <= counting
+                        .watch
+                        .until_ms
+                        .saturating_add(counting.watch.interval_ms);
+                let current = counters.get(&(service.clone(), counting.watch.color));
+                let Some(current) = current.filter(|_| open) else {
+                    continue;
+                };
+                let baseline = counting.baseline.get_or_insert(*current);
+                if current.requests < baseline.requests {
+                    // HAProxy reloaded: its counters started again from zero.
+                    *baseline = Counters::default();
+                }
+                let sample = TrafficSample::between(&counting.watch, baseline, current);
+                if state.report.traffic.get(service) != Some(&sample) {
+                    state.report.traffic.insert(service.clone(), sample);
+                    changed = true;
+                }
+            }
+            if changed {
+                state.dirty = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+
     /// Removes the kept services (see the module's guarantees) none of whose servers is UP:
     /// at once if they were dropped, after [`KEPT_IDLE`] otherwise.
     async fn drop_kept_when_idle(&self) {
@@ -328,6 +441,8 @@ impl ProxyAgent {
                 state.report.applied.remove(service);
                 state.report.up.remove(service);
                 state.report.errors.remove(service);
+                state.report.traffic.remove(service);
+                state.counting.remove(service);
                 state.kept.remove(service);
                 state.listed.remove(service);
                 state.dirty = true;

@@ -335,6 +335,34 @@ pub struct BlueGreen {
     /// How many old revisions are kept as stopped containers for rollback.
     #[serde(default = "defaults::revision_history_limit")]
     pub revision_history_limit: u32,
+    /// Judge the new revision by its real traffic after the switch, and switch back by
+    /// itself on a breach (see `docs/traffic.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+}
+
+/// The bake window after a switch: every proxy reads HAProxy's counters of the new color's
+/// backend, and the leader compares their sum with the limits. The old color stays ready
+/// (drained) until the window ends; a breach switches back to it at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Analysis {
+    /// How long after the switch the new revision's traffic is judged.
+    pub window: Duration,
+    /// How often each proxy reads its counters.
+    #[serde(default = "defaults::analysis_interval")]
+    pub interval: Duration,
+    /// Fewer requests than this since the switch are not judged (too few to tell).
+    #[serde(default = "defaults::analysis_min_requests")]
+    pub min_requests: u32,
+    /// The largest share of failed requests (5xx responses, connection and response errors)
+    /// tolerated, from 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_ratio: Option<f64>,
+    /// The largest average response time tolerated (HAProxy's `rtime`, over the last 1024
+    /// requests of the color).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_time: Option<Duration>,
 }
 
 impl Default for BlueGreen {
@@ -345,6 +373,7 @@ impl Default for BlueGreen {
             scale_down_delay: defaults::scale_down_delay(),
             progress_deadline: defaults::progress_deadline(),
             revision_history_limit: defaults::revision_history_limit(),
+            analysis: None,
         }
     }
 }
@@ -451,6 +480,12 @@ pub mod defaults {
     }
     pub fn revision_history_limit() -> u32 {
         2
+    }
+    pub fn analysis_interval() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn analysis_min_requests() -> u32 {
+        20
     }
     /// `spec.stopSignal` when not written, as Docker's own default.
     pub const STOP_SIGNAL: &str = "SIGTERM";

@@ -137,6 +137,83 @@ pub struct Rejected {
     pub message: String,
 }
 
+/// What the proxies counted on one color's backend since a switch, summed over the proxies
+/// that reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficFigures {
+    /// HTTP requests the backend handled.
+    pub requests: u64,
+    /// Of those, the ones that failed: 5xx responses, connection and response errors.
+    pub errors: u64,
+    /// The average response time in milliseconds (HAProxy's `rtime`, weighted by each
+    /// proxy's requests); `None` before a request was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_time_ms: Option<u64>,
+    /// How many proxies' counters are in the sum.
+    pub proxies: u32,
+}
+
+impl TrafficFigures {
+    /// The share of failed requests, 0 without requests.
+    pub fn error_ratio(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors.min(self.requests) as f64 / self.requests as f64
+        }
+    }
+}
+
+impl std::fmt::Display for TrafficFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} requests failed ({:.1}%)",
+            self.errors.min(self.requests),
+            self.requests,
+            self.error_ratio() * 100.0
+        )?;
+        if let Some(ms) = self.response_time_ms {
+            write!(f, ", average response time {ms} ms")?;
+        }
+        let s = if self.proxies == 1 { "" } else { "ies" };
+        write!(f, ", counted by {} prox{s}", self.proxies)
+    }
+}
+
+/// How the analysis of a revision stands or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnalysisResult {
+    /// The window is open: its traffic is being judged.
+    Running,
+    /// The window ended within the limits.
+    Passed,
+    /// A limit was breached: traffic went back to the previous revision.
+    Failed,
+    /// A newer spec, a rollback or an abort came before the window ended.
+    Cancelled,
+}
+
+/// The judgement of a revision by its traffic after a switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    pub revision: String,
+    /// The color it serves from: the backend whose counters are read.
+    pub color: Color,
+    /// The window, in milliseconds since the Unix epoch: from the switch to its end.
+    pub started_ms: u64,
+    pub until_ms: u64,
+    pub result: AnalysisResult,
+    /// The figures the last judgement saw.
+    #[serde(default)]
+    pub figures: TrafficFigures,
+    /// The judgement in words (which limit, by how much).
+    #[serde(default)]
+    pub message: String,
+}
+
 /// Something that happened, for people reading `cutover status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -263,6 +340,10 @@ pub struct Status {
     pub revision_history: Vec<RevisionRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Rejected>,
+    /// The judgement of the live revision by its traffic (`analysis` in the spec): running
+    /// during the window after a switch, then how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,15 +19,16 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::fleet::Watch;
 use crate::haproxy::{
     ApplyOutcome, Check, CheckTiming, Proxy, ProxyError, ProxyMetrics, SUPERVISE_EVERY, Server,
-    ServerState, ServiceRoutes, Supervision, slots_for,
+    ServerState, ServiceRoutes, Supervision, runtime::Counters, slots_for,
 };
 use crate::metrics::Metrics;
 use crate::observed::Container;
 use crate::plan::Step;
 use crate::spec::Service;
-use crate::status::Color;
+use crate::status::{AnalysisResult, Color, Status};
 
 /// How long a replica may take to finish its requests before it is stopped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,6 +101,22 @@ pub fn routes(
         slots: slots_for(service.spec.replicas.max(highest)),
         servers: in_rotation(ServiceRoutes::servers_from(&kept)),
     }
+}
+
+/// The bake window the proxies must count traffic for, from the status a plan reports:
+/// while the analysis of the live revision runs (see `analysis` in the spec).
+pub fn watch(service: &Service, status: Option<&Status>) -> Option<Watch> {
+    let config = service.blue_green()?.analysis.as_ref()?;
+    let analysis = status?
+        .analysis
+        .as_ref()
+        .filter(|a| a.result == AnalysisResult::Running)?;
+    Some(Watch {
+        color: analysis.color,
+        since_ms: analysis.started_ms,
+        until_ms: analysis.until_ms,
+        interval_ms: config.interval.as_millis(),
+    })
 }
 
 /// Every running replica takes traffic as far as cutover is concerned; HAProxy's own checks
@@ -216,6 +233,13 @@ impl Traffic {
                 (name.to_owned(), by_color)
             })
             .collect()
+    }
+
+    /// The traffic counters of every color backend, by service and color.
+    pub async fn backend_counters(
+        &self,
+    ) -> Result<BTreeMap<(String, Color), Counters>, ProxyError> {
+        self.proxy.lock().await.backend_counters().await
     }
 
     /// Like [`Traffic::servers_up_all`], or why HAProxy cannot be asked.

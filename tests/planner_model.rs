@@ -47,7 +47,7 @@ fn manifest(body: &str) -> String {
 
 impl Pool {
     fn new() -> Pool {
-        let texts: [(&str, &str); 10] = [
+        let texts: [(&str, &str); 12] = [
             ("  image: books:1\n  replicas: 2\n", "v1 x2"),
             ("  image: books:2\n  replicas: 2\n", "v2 x2"),
             ("  image: books:2\n  replicas: 3\n", "v2 x3"),
@@ -73,6 +73,14 @@ impl Pool {
                 "v3 recreate",
             ),
             ("  image: books:1\n  replica: 2\n", "invalid"),
+            (
+                "  image: books:2\n  replicas: 2\n  strategy: {blueGreen: {scaleDownDelay: 1s, analysis: {window: 10s, maxErrorRatio: 0.1}}}\n",
+                "v2 judged by its traffic",
+            ),
+            (
+                "  image: books:1\n  replicas: 2\n  strategy: {blueGreen: {analysis: {window: 30s, maxResponseTime: 300ms}}}\n",
+                "v1 judged by its traffic",
+            ),
         ];
         Pool {
             specs: texts
@@ -119,11 +127,14 @@ enum Event {
     CorruptRequest,
     /// Time passes.
     Later(u64),
+    /// The proxies count the new color's traffic in an open bake window: good, or half of
+    /// it failing and slow.
+    Traffic(bool),
 }
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        4 => (0usize..10).prop_map(Event::Apply),
+        4 => (0usize..12).prop_map(Event::Apply),
         1 => Just(Event::Delete),
         4 => (0usize..8).prop_map(Event::Heal),
         1 => (0usize..8).prop_map(Event::Sicken),
@@ -156,6 +167,7 @@ fn event() -> impl Strategy<Value = Event> {
             Just(121 * SECOND)
         ]
         .prop_map(Event::Later),
+        2 => any::<bool>().prop_map(Event::Traffic),
     ]
 }
 
@@ -378,6 +390,19 @@ impl<'p> Sim<'p> {
                 self.request = Some(Err("junk".to_owned()));
             }
             Event::Later(ms) => self.now_ms += ms,
+            Event::Traffic(bad) => {
+                // Counters exist only while a window is open (the route table's watch).
+                let open = self
+                    .status()
+                    .and_then(|s| s.analysis.as_ref())
+                    .is_some_and(|a| a.result == cutover::status::AnalysisResult::Running);
+                self.proxy.traffic = open.then_some(cutover::status::TrafficFigures {
+                    requests: 400,
+                    errors: if *bad { 200 } else { 0 },
+                    response_time_ms: Some(if *bad { 900 } else { 10 }),
+                    proxies: 1,
+                });
+            }
         }
     }
 
@@ -791,7 +816,7 @@ fn describe(plan: &Plan) -> Vec<String> {
 
 /// Runs one sequence: after each event the daemon reconciles until it has no foreground
 /// step left (at most a few passes), then everything settles.
-fn run(pool: &Pool, events: &[Event]) -> Result<(), String> {
+fn run<'p>(pool: &'p Pool, events: &[Event]) -> Result<Sim<'p>, String> {
     let trace = std::env::var_os("CUTOVER_MODEL_TRACE").is_some();
     let mut sim = Sim::new(pool);
     for (n, event) in events.iter().enumerate() {
@@ -816,7 +841,8 @@ fn run(pool: &Pool, events: &[Event]) -> Result<(), String> {
             }
         }
     }
-    sim.settle().map_err(|e| format!("settling: {e}"))
+    sim.settle().map_err(|e| format!("settling: {e}"))?;
+    Ok(sim)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -837,7 +863,9 @@ fn campaign(cases: u32, seed: u64, events: std::ops::Range<usize>) {
     };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&proptest::collection::vec(event(), events), |events| {
-        run(&pool, &events).map_err(proptest::test_runner::TestCaseError::fail)
+        run(&pool, &events)
+            .map(drop)
+            .map_err(proptest::test_runner::TestCaseError::fail)
     });
     match result {
         Ok(()) => {}
@@ -917,6 +945,7 @@ fn parse_event(text: &str) -> Event {
         "CorruptStatus" => Event::CorruptStatus,
         "CorruptRequest" => Event::CorruptRequest,
         "Later" => Event::Later(args.trim().parse().expect("milliseconds")),
+        "Traffic" => Event::Traffic(args.trim() == "true"),
         "Request" => {
             let (action, stale) = args.split_once(',').expect("Request(action, stale)");
             let action = match action.trim() {
@@ -929,6 +958,28 @@ fn parse_event(text: &str) -> Event {
         }
         other => panic!("unknown event {other:?}"),
     }
+}
+
+#[test]
+fn a_release_failing_its_analysis_goes_back_to_the_previous_revision() {
+    let pool = Pool::new();
+    let events = [
+        Event::Apply(0), // v1
+        Event::HealAll,
+        Event::ProxyChecks,
+        Event::Later(11 * SECOND),
+        Event::Apply(10), // v2, judged by its traffic
+        Event::HealAll,
+        Event::ProxyChecks,
+        Event::Traffic(true),
+        Event::Later(200),
+    ];
+    let sim = run(&pool, &events).unwrap();
+    let status = sim.status().unwrap();
+    let rejected = status.rejected.as_ref().expect("v2 rejected");
+    assert_eq!(rejected.reason, "AnalysisFailed", "{status:#?}");
+    let live = status.active_color.expect("a live color");
+    assert_eq!(status.colors[&live].image, "books:1", "{status:#?}");
 }
 
 #[test]

@@ -269,6 +269,24 @@ pub struct StatRow {
     /// The last health check's result: `L7OK`, `L7STS` (a bad status), `L4CON`, `INI`
     /// (none yet), ...; empty without checks.
     pub check_status: String,
+    /// The traffic counters (cumulative since the worker started).
+    pub counters: Counters,
+}
+
+/// A row's traffic counters, cumulative since the HAProxy worker started (a reload starts
+/// them again from zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `req_tot`: HTTP requests.
+    pub requests: u64,
+    /// `hrsp_5xx`: responses with a 5xx status, HAProxy's own (502, 503, 504) included.
+    pub responses_5xx: u64,
+    /// `econ`: requests that failed to connect to a server.
+    pub connection_errors: u64,
+    /// `eresp`: responses that failed (the server closed or timed out mid-response).
+    pub response_errors: u64,
+    /// `rtime`: the average response time of the last 1024 requests, in ms.
+    pub response_time_ms: u64,
 }
 
 impl StatRow {
@@ -298,11 +316,20 @@ pub fn parse_show_stat(reply: &str) -> Vec<StatRow> {
         return Vec::new();
     };
     let check_status = index("check_status");
+    let [
+        requests,
+        responses_5xx,
+        connection_errors,
+        response_errors,
+        response_time,
+    ] = ["req_tot", "hrsp_5xx", "econ", "eresp", "rtime"].map(index);
     lines
         .filter(|l| !l.trim().is_empty())
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(',').collect();
             let number = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
+            let counter =
+                |i: Option<usize>| i.and_then(|i| fields.get(i)?.parse().ok()).unwrap_or(0u64);
             Some(StatRow {
                 proxy: (*fields.get(px)?).to_owned(),
                 name: (*fields.get(sv)?).to_owned(),
@@ -314,6 +341,13 @@ pub fn parse_show_stat(reply: &str) -> Vec<StatRow> {
                     .map_or("", |s| s)
                     .trim_start_matches(['*', ' '])
                     .to_owned(),
+                counters: Counters {
+                    requests: counter(requests),
+                    responses_5xx: counter(responses_5xx),
+                    connection_errors: counter(connection_errors),
+                    response_errors: counter(response_errors),
+                    response_time_ms: counter(response_time),
+                },
             })
         })
         .collect()
@@ -408,10 +442,10 @@ mod tests {
 
     #[test]
     fn show_stat_rows() {
-        let reply = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\n\
-            be_a,s1,0,0,3,5,,0,0,0,,0,,0,0,0,0,UP\n\
-            be_a,s2,1,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT\n\
-            be_a,BACKEND,1,0,3,0,1,0,0,0,0,0,,0,0,0,0,UP\n\n";
+        let reply = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,hrsp_5xx,req_tot,rtime\n\
+            be_a,s1,0,0,3,5,,0,0,0,,0,,0,0,0,0,UP,,,\n\
+            be_a,s2,1,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,,,\n\
+            be_a,BACKEND,1,0,3,0,1,0,0,0,0,0,,4,2,0,0,UP,7,120,35\n\n";
         let rows = parse_show_stat(reply);
         assert_eq!(rows.len(), 3);
         assert_eq!(
@@ -423,11 +457,22 @@ mod tests {
                 qcur: 0,
                 status: "UP".into(),
                 check_status: String::new(),
+                counters: Counters::default(),
             }
         );
         assert!(!rows[0].checked_up(), "UP without a check that passed");
         assert_eq!(rows[1].status, "MAINT");
         assert_eq!(rows[2].qcur, 1);
+        assert_eq!(
+            rows[2].counters,
+            Counters {
+                requests: 120,
+                responses_5xx: 7,
+                connection_errors: 4,
+                response_errors: 2,
+                response_time_ms: 35,
+            }
+        );
     }
 
     #[test]

@@ -1107,3 +1107,179 @@ fn mass_deletion_is_refused() {
         );
     }
 }
+
+const ANALYSIS: &str = "  strategy:\n    blueGreen:\n      scaleDownDelay: 1s\n      analysis: {window: 30s, minRequests: 20, maxErrorRatio: 0.05, maxResponseTime: 500ms}\n";
+
+/// Converges v1, then rolls v2 (with an analysis) up to its switch, applied.
+fn switched_to_v2_under_analysis() -> (World, Service) {
+    let v1 = service(ANALYSIS);
+    let v2 = with_image("books:2", ANALYSIS);
+    let mut world = World::new();
+    world.proxy = Some(ProxyView::default());
+    world.converge(&v1, 1);
+    let p = world.plan(&v2, 2);
+    world.apply(&v2, 2, &p);
+    world.all_ready();
+    let p = world.plan(&v2, 2);
+    assert_eq!(describe(&p), ["switch traffic to green"]);
+    let analysis = p.status.as_ref().unwrap().analysis.clone().unwrap();
+    assert_eq!(analysis.result, AnalysisResult::Running);
+    assert_eq!(analysis.color, Color::Green);
+    assert_eq!(analysis.until_ms, world.now_ms + 30 * SECOND);
+    world.apply(&v2, 2, &p);
+    (world, v2)
+}
+
+fn traffic(requests: u64, errors: u64, response_time_ms: u64) -> Option<TrafficFigures> {
+    Some(TrafficFigures {
+        requests,
+        errors,
+        response_time_ms: Some(response_time_ms),
+        proxies: 1,
+    })
+}
+
+#[test]
+fn a_release_under_analysis_keeps_the_old_color_ready_until_its_window_ends() {
+    let (mut world, v2) = switched_to_v2_under_analysis();
+    world.proxy.as_mut().unwrap().traffic = traffic(500, 1, 20);
+    // Past scaleDownDelay, inside the window: blue stays, and the service is not Available.
+    world.later(5 * SECOND);
+    let p = world.plan(&v2, 2);
+    assert!(p.steps.is_empty(), "{:?}", describe(&p));
+    assert_eq!(p.requeue_after_ms, Some(25 * SECOND));
+    assert_eq!(phase(&p), Some(Phase::Progressing));
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(status.condition("Progressing").unwrap().reason, "Analyzing");
+    assert!(
+        status
+            .condition("Progressing")
+            .unwrap()
+            .message
+            .contains("1 of 500 requests failed"),
+        "{:?}",
+        status.condition("Progressing")
+    );
+    world.apply(&v2, 2, &p);
+    // The window ends within the limits: the analysis passes, blue retires.
+    world.later(25 * SECOND);
+    let p = world.plan(&v2, 2);
+    assert_eq!(phase(&p), Some(Phase::Available));
+    let analysis = p.status.as_ref().unwrap().analysis.clone().unwrap();
+    assert_eq!(analysis.result, AnalysisResult::Passed);
+    assert_eq!(analysis.figures.requests, 500);
+    assert!(
+        describe(&p)
+            .iter()
+            .any(|s| s.starts_with("rename books-blue-1"))
+    );
+    assert!(
+        p.status
+            .as_ref()
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| e.reason == "AnalysisPassed"),
+        "told"
+    );
+}
+
+#[test]
+fn a_breach_switches_back_at_once_and_rejects_the_revision_with_its_figures() {
+    let (mut world, v2) = switched_to_v2_under_analysis();
+    // Too few requests to judge, even all failed.
+    world.later(200);
+    world.proxy.as_mut().unwrap().traffic = traffic(10, 10, 20);
+    let p = world.plan(&v2, 2);
+    assert!(p.steps.is_empty(), "{:?}", describe(&p));
+    world.apply(&v2, 2, &p);
+    // 30 of 100 failed: back to blue in the same plan.
+    world.later(300);
+    world.proxy.as_mut().unwrap().traffic = traffic(100, 30, 20);
+    let p = world.plan(&v2, 2);
+    assert_eq!(describe(&p), ["switch traffic to blue"]);
+    let status = p.status.as_ref().unwrap();
+    let rejected = status.rejected.as_ref().unwrap();
+    assert_eq!(rejected.reason, "AnalysisFailed");
+    assert_eq!(rejected.revision, rev(&v2));
+    assert!(
+        rejected
+            .message
+            .contains("error ratio 30.0% above maxErrorRatio 5.0%")
+            && rejected.message.contains("30 of 100 requests failed"),
+        "{}",
+        rejected.message
+    );
+    let analysis = status.analysis.as_ref().unwrap();
+    assert_eq!(analysis.result, AnalysisResult::Failed);
+    assert_eq!(analysis.figures.errors, 30);
+    world.apply(&v2, 2, &p);
+    assert_eq!(world.status().active_color, Some(Color::Blue));
+    // The rejected revision is not tried again, and goes once blue's drain is over.
+    world.proxy.as_mut().unwrap().traffic = None;
+    world.later(2 * SECOND);
+    let p = world.plan(&v2, 2);
+    assert_eq!(phase(&p), Some(Phase::Degraded));
+    assert!(
+        describe(&p).iter().all(|s| !s.starts_with("create")),
+        "{:?}",
+        describe(&p)
+    );
+    assert!(
+        describe(&p)
+            .iter()
+            .any(|s| s == "remove books-green-1" || s.starts_with("rename books-green-1"))
+    );
+}
+
+#[test]
+fn a_slow_release_is_rolled_back_on_its_response_time() {
+    let (mut world, v2) = switched_to_v2_under_analysis();
+    world.later(1_000);
+    world.proxy.as_mut().unwrap().traffic = traffic(100, 0, 900);
+    let p = world.plan(&v2, 2);
+    assert_eq!(describe(&p), ["switch traffic to blue"]);
+    let message = &p
+        .status
+        .as_ref()
+        .unwrap()
+        .rejected
+        .as_ref()
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("average response time 900 ms above maxResponseTime 500ms"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_new_spec_during_the_window_cancels_the_analysis_and_nothing_is_judged_without_traffic() {
+    let (mut world, v2) = switched_to_v2_under_analysis();
+    let v3 = with_image("books:3", ANALYSIS);
+    world.observed.images_present.insert("books:3".to_owned());
+    world.later(1_000);
+    let p = world.plan(&v3, 3);
+    let analysis = p.status.as_ref().unwrap().analysis.clone().unwrap();
+    assert_eq!(analysis.result, AnalysisResult::Cancelled);
+    assert!(
+        describe(&p)
+            .iter()
+            .any(|s| s.starts_with("create blue replica 1")),
+        "{:?}",
+        describe(&p)
+    );
+    // Back to v2's window: without counters (no proxy), the window passes unjudged.
+    let (mut world, v2b) = switched_to_v2_under_analysis();
+    assert_eq!(v2, v2b);
+    world.proxy.as_mut().unwrap().traffic = None;
+    world.later(30 * SECOND);
+    let p = world.plan(&v2, 2);
+    let analysis = p.status.as_ref().unwrap().analysis.clone().unwrap();
+    assert_eq!(analysis.result, AnalysisResult::Passed);
+    assert!(
+        analysis.message.contains("unjudged"),
+        "{}",
+        analysis.message
+    );
+}

@@ -326,6 +326,40 @@ const BLUE_GREEN: &[Field] = &[
         },
     ),
     optional("revisionHistoryLimit", Kind::Integer { min: 0, max: 10 }),
+    optional("analysis", Kind::Object(ANALYSIS)),
+];
+
+const ANALYSIS: &[Field] = &[
+    required(
+        "window",
+        Kind::Duration {
+            min: Duration::from_millis(1_000),
+            max: Duration::from_millis(3_600_000),
+        },
+        "window: 30s",
+    ),
+    optional(
+        "interval",
+        Kind::Duration {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(10_000),
+        },
+    ),
+    optional(
+        "minRequests",
+        Kind::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    optional("maxErrorRatio", Kind::Number { min: 0.0, max: 1.0 }),
+    optional(
+        "maxResponseTime",
+        Kind::Duration {
+            min: Duration::from_millis(1),
+            max: Duration::from_millis(60_000),
+        },
+    ),
 ];
 
 const SIDE_TARGET: &[Field] = &[

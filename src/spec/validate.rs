@@ -948,6 +948,25 @@ fn cross_field_diagnostics(
                 report("spec.health.startPeriod", message);
             }
         }
+        if let Some(analysis) = &blue_green.analysis {
+            let path = "spec.strategy.blueGreen.analysis";
+            if analysis.max_error_ratio.is_none() && analysis.max_response_time.is_none() {
+                report(
+                    path,
+                    "judges nothing: set maxErrorRatio (such as 0.05) or maxResponseTime (such \
+                     as 500ms), or remove analysis"
+                        .to_owned(),
+                );
+            }
+            if analysis.interval >= analysis.window {
+                let message = format!(
+                    "must be shorter than {path}.window ({}), found {}; the counters would be \
+                     read once at most",
+                    analysis.window, analysis.interval
+                );
+                report(&format!("{path}.interval"), message);
+            }
+        }
     }
 
     // On the host's network every replica listens on the same host port, so two containers
