@@ -177,7 +177,7 @@ impl std::fmt::Display for TrafficFigures {
         if let Some(ms) = self.response_time_ms {
             write!(f, ", average response time {ms} ms")?;
         }
-        let s = if self.proxies == 1 { "" } else { "ies" };
+        let s = if self.proxies == 1 { "y" } else { "ies" };
         write!(f, ", counted by {} prox{s}", self.proxies)
     }
 }

@@ -317,6 +317,12 @@ pub fn render_details(report: &Report) -> String {
             &rows,
         )));
     }
+    if let Some(analysis) = &status.analysis {
+        out.push_str(&format!(
+            "\nAnalysis: {:?}: {}\n",
+            analysis.result, analysis.message
+        ));
+    }
     if let Some(rejected) = &status.rejected {
         out.push_str(&format!(
             "\nRejected: revision {} (spec index {}): {}: {}\n",

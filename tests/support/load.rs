@@ -21,6 +21,11 @@ pub struct Load {
 impl Load {
     /// `threads` threads sending `GET /` with `Host: host` to `127.0.0.1:port`.
     pub fn start(port: u16, host: String, threads: usize) -> Load {
+        Load::start_on(port, host, "/", threads)
+    }
+
+    /// Like [`Load::start`], with requests for `path`.
+    pub fn start_on(port: u16, host: String, path: &'static str, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let first_seen = Arc::new(Mutex::new(BTreeMap::new()));
         let threads = (0..threads)
@@ -32,7 +37,7 @@ impl Load {
                     let (mut ok, mut failures) = (0, Vec::new());
                     let deadline = Instant::now() + Duration::from_secs(300);
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match request(port, &host) {
+                        match request_path(port, &host, path) {
                             Ok(body) if body.starts_with("version ") => {
                                 ok += 1;
                                 first_seen
@@ -99,8 +104,14 @@ impl Load {
     }
 }
 
-/// One HTTP/1.0 request on a new connection: the body of a 200, or what went wrong.
+/// One HTTP/1.0 request for `/` on a new connection: the body of a 200, or what went
+/// wrong.
 pub fn request(port: u16, host: &str) -> Result<String, String> {
+    request_path(port, host, "/")
+}
+
+/// Like [`request`], for `path`.
+pub fn request_path(port: u16, host: &str, path: &str) -> Result<String, String> {
     let mut stream =
         std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -108,7 +119,7 @@ pub fn request(port: u16, host: &str) -> Result<String, String> {
         .unwrap();
     write!(
         stream,
-        "GET / HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("write: {e}"))?;
     let mut response = String::new();
