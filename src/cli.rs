@@ -371,6 +371,20 @@ fn unreadable_statuses(details: &[String]) -> String {
     )
 }
 
+/// The spec of `name` in KV.
+///
+/// # Errors
+/// [`CliError::NotFound`] when there is none.
+pub async fn existing_spec(store: &Store, name: &str) -> Result<store::StoredService, CliError> {
+    store
+        .get_service(name)
+        .await?
+        .ok_or_else(|| CliError::NotFound {
+            name: name.to_owned(),
+            key: store.service_key(name),
+        })
+}
+
 /// Checks a service name given on the command line before it becomes part of a KV key.
 pub fn check_name(name: &str) -> Result<(), CliError> {
     let valid = !name.is_empty()

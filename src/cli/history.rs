@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{CliError, Context, OutputFormat, check_name, table};
+use super::{CliError, Context, OutputFormat, check_name, existing_spec, table};
 use crate::history::{self, Cause, Entry};
 use crate::status::{Action, Status, rfc3339};
 use crate::store::{Store, Stored};
@@ -130,7 +130,7 @@ pub async fn diff(ctx: &Context, args: DiffArgs) -> Result<(), CliError> {
             (label, to.spec.clone())
         }
         None => {
-            let current = current_spec(&store, &args.name).await?;
+            let current = existing_spec(&store, &args.name).await?;
             let label = format!(
                 "{} current spec (index {})",
                 args.name, current.modify_index
@@ -155,7 +155,7 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<(), CliError>
     let store = ctx.store()?;
     let entries = kept(&store, &name).await?;
     let entry = find(&entries, &name, &to)?;
-    let current = current_spec(&store, &name).await?;
+    let current = existing_spec(&store, &name).await?;
     if current.text == entry.spec {
         println!(
             "{name}: the spec (index {}) is already that of revision {}; nothing written",
@@ -204,16 +204,6 @@ async fn kept(store: &Store, name: &str) -> Result<Vec<Entry>, CliError> {
 
 fn find<'a>(entries: &'a [Entry], name: &str, wanted: &str) -> Result<&'a Entry, CliError> {
     history::find(entries, wanted).map_err(|e| CliError::Usage(format!("{name}: {e}")))
-}
-
-async fn current_spec(store: &Store, name: &str) -> Result<crate::store::StoredService, CliError> {
-    store
-        .get_service(name)
-        .await?
-        .ok_or_else(|| CliError::NotFound {
-            name: name.to_owned(),
-            key: store.service_key(name),
-        })
 }
 
 #[cfg(test)]

@@ -198,13 +198,7 @@ async fn desired_specs(store: &Store, args: &Args) -> Result<Vec<StoredService>,
     match &args.name {
         Some(name) => {
             check_name(name)?;
-            let stored = store
-                .get_service(name)
-                .await?
-                .ok_or_else(|| CliError::NotFound {
-                    name: name.clone(),
-                    key: store.service_key(name),
-                })?;
+            let stored = super::existing_spec(store, name).await?;
             report_invalid(&stored);
             Ok(vec![stored])
         }
