@@ -187,9 +187,6 @@ pub enum Exit {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<Exit, CliError> {
     let ctx = Context { global: cli.global };
-    if let Command::Plan(args) = cli.command {
-        return plan::run(&ctx, args).await;
-    }
     let result = match cli.command {
         Command::Validate(args) => validate::run(&ctx, args).await,
         Command::Apply(args) => apply::run(&ctx, args).await,
@@ -205,7 +202,8 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
         Command::Retry(args) => request::run(&ctx, Action::Retry, args).await,
         Command::Prune(args) => prune::run(&ctx, args).await,
-        Command::Plan(_) => Ok(()),
+        // The one command whose success has two outcomes.
+        Command::Plan(args) => return plan::run(&ctx, args).await,
         Command::History(args) => history::run(&ctx, args).await,
         Command::Diff(args) => history::diff(&ctx, args).await,
     };

@@ -956,7 +956,7 @@ impl Controller {
     /// Keeps the service's revision history (see [`crate::history`]): an entry for the spec
     /// the status says the daemon acted on, once per spec index (the older ones beyond
     /// [`history::KEEP`] are forgotten, unless the status still names them), and the reason
-    /// when a revision was rejected.
+    /// when a revision was rejected, until it serves again.
     async fn record_history(
         &self,
         name: &str,
@@ -975,6 +975,15 @@ impl Controller {
                 reason: rejected.reason.clone(),
                 message: rejected.message.clone(),
             });
+            self.leadership.check()?;
+            self.store.put_history_entry(name, &entry).await?;
+        }
+        // A rejected revision that serves again (`cutover retry`) is no longer rejected.
+        if let Some(live) = history::live_revision(after)
+            && before.and_then(history::live_revision) != Some(live)
+            && let Some(mut entry) = self.store.get_history_entry(name, live).await?
+            && entry.rejected.take().is_some()
+        {
             self.leadership.check()?;
             self.store.put_history_entry(name, &entry).await?;
         }

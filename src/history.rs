@@ -67,10 +67,7 @@ pub fn cause_of(spec_index: u64, stored: Option<(&Cause, u64)>) -> String {
 pub fn outcome(entry: &Entry, status: Option<&Status>) -> String {
     let revision = entry.revision.as_str();
     if let Some(status) = status {
-        let live = (status.active_color)
-            .and_then(|c| status.colors.get(&c))
-            .is_some_and(|c| c.revision == revision);
-        if live {
+        if live_revision(status) == Some(revision) {
             return "serving".to_owned();
         }
         if status
@@ -96,6 +93,13 @@ pub fn outcome(entry: &Entry, status: Option<&Status>) -> String {
     } else {
         "superseded".to_owned()
     }
+}
+
+/// The revision the live color runs, if any.
+pub fn live_revision(status: &Status) -> Option<&str> {
+    (status.active_color)
+        .and_then(|c| status.colors.get(&c))
+        .map(|c| c.revision.as_str())
 }
 
 /// The revisions the status still names: serving, rolling out, kept for a rollback.
