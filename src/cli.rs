@@ -14,7 +14,9 @@ pub mod apply;
 pub mod cas;
 pub mod delete;
 pub mod get;
+pub mod history;
 pub mod manifests;
+pub mod plan;
 pub mod proxy;
 pub mod prune;
 pub mod request;
@@ -44,9 +46,13 @@ Examples:
   cutover get books -o json
   cutover scale books +2
   cutover sync manifests/ --prune --dry-run
+  cutover plan -f books.yaml
   cutover status books
   cutover status books --wait --timeout 5m
   cutover promote books
+  cutover history books
+  cutover diff books 3f2a9c01d4
+  cutover rollback books --to 3f2a9c01d4
   cutover run
   CONSUL_HTTP_ADDR=consul.internal:8500 cutover --prefix teams/web get
 
@@ -96,14 +102,16 @@ pub enum Command {
     Proxy(Box<proxy::Args>),
     /// Promote the revision waiting in preview: scale it to full and switch traffic to it.
     Promote(request::Args),
-    /// Switch back to the newest kept revision and reject the live one.
-    Rollback(request::Args),
+    Rollback(history::RollbackArgs),
     /// Remove the rollout in progress and reject its revision.
     Abort(request::Args),
     /// Try the rejected revision again (after a failed rollout, an abort or a rollback),
     /// without changing the spec.
     Retry(request::Args),
     Prune(prune::Args),
+    Plan(plan::Args),
+    History(history::Args),
+    Diff(history::DiffArgs),
 }
 
 /// `-o yaml|json` for the commands that can print machine-readable output.
@@ -167,10 +175,19 @@ impl Context {
     }
 }
 
+/// How a command that succeeded ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit status 0.
+    Success,
+    /// Exit status 2: `cutover plan` found something the daemon would change.
+    Changes,
+}
+
 /// Runs the parsed command line.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+pub async fn run(cli: Cli) -> Result<Exit, CliError> {
     let ctx = Context { global: cli.global };
-    match cli.command {
+    let result = match cli.command {
         Command::Validate(args) => validate::run(&ctx, args).await,
         Command::Apply(args) => apply::run(&ctx, args).await,
         Command::Get(args) => get::run(&ctx, args).await,
@@ -181,11 +198,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run::run(&ctx, *args).await,
         Command::Proxy(args) => proxy::run(&ctx, *args).await,
         Command::Promote(args) => request::run(&ctx, Action::Promote, args).await,
-        Command::Rollback(args) => request::run(&ctx, Action::Rollback, args).await,
+        Command::Rollback(args) => history::rollback(&ctx, args).await,
         Command::Abort(args) => request::run(&ctx, Action::Abort, args).await,
         Command::Retry(args) => request::run(&ctx, Action::Retry, args).await,
         Command::Prune(args) => prune::run(&ctx, args).await,
-    }
+        // The one command whose success has two outcomes.
+        Command::Plan(args) => return plan::run(&ctx, args).await,
+        Command::History(args) => history::run(&ctx, args).await,
+        Command::Diff(args) => history::diff(&ctx, args).await,
+    };
+    result.map(|()| Exit::Success)
 }
 
 /// Prints a failure to stderr: the diagnostics first, one per line, then the error on one line.
@@ -294,6 +316,18 @@ pub enum CliError {
     #[error("cannot start the proxy: {0}")]
     Proxy(crate::haproxy::ProxyError),
 
+    #[error(
+        "cannot reach the Docker engine ({source}); cutover plan reads the containers there: \
+         run it where the daemon runs, or set DOCKER_HOST as for the docker CLI"
+    )]
+    DockerUnreachable {
+        #[source]
+        source: Box<crate::docker::DockerError>,
+    },
+
+    #[error(transparent)]
+    Docker(Box<crate::docker::DockerError>),
+
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
 
@@ -308,6 +342,21 @@ pub enum CliError {
     },
 }
 
+impl From<crate::docker::DockerError> for CliError {
+    fn from(e: crate::docker::DockerError) -> CliError {
+        CliError::Docker(Box::new(e))
+    }
+}
+
+impl From<crate::observe::ObserveError> for CliError {
+    fn from(e: crate::observe::ObserveError) -> CliError {
+        match e {
+            crate::observe::ObserveError::Store(e) => CliError::Store(e),
+            crate::observe::ObserveError::Docker(e) => e.into(),
+        }
+    }
+}
+
 fn unreadable_statuses(details: &[String]) -> String {
     let count = match details.len() {
         1 => "1 status".to_owned(),
@@ -318,6 +367,20 @@ fn unreadable_statuses(details: &[String]) -> String {
          service, or removes it with a deleted service",
         details.join("; ")
     )
+}
+
+/// The spec of `name` in KV.
+///
+/// # Errors
+/// [`CliError::NotFound`] when there is none.
+pub async fn existing_spec(store: &Store, name: &str) -> Result<store::StoredService, CliError> {
+    store
+        .get_service(name)
+        .await?
+        .ok_or_else(|| CliError::NotFound {
+            name: name.to_owned(),
+            key: store.service_key(name),
+        })
 }
 
 /// Checks a service name given on the command line before it becomes part of a KV key.

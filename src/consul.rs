@@ -113,6 +113,11 @@ fn is_true(value: &str) -> bool {
     matches!(value.trim(), "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Turns `CONSUL_HTTP_ADDR` into a base URL the way the `consul` CLI does: a bare `host:port`
 /// gets `http://`, or `https://` when `ssl` is set; an `http(s)://` URL is taken as written.
 pub fn base_url(address: &str, ssl: bool) -> Result<String, ConsulError> {
@@ -520,12 +525,39 @@ impl Client {
         other: &str,
         value: &[u8],
     ) -> Result<bool, ConsulError> {
-        use base64::Engine as _;
+        let first = serde_json::json!({"KV": {"Verb": "delete-cas", "Key": key, "Index": index}});
+        self.txn_then_set(key, first, other, value).await
+    }
+
+    /// Writes `key` = `value` only if its ModifyIndex is still `index` (0: only if it does not
+    /// exist), and `other` = `other_value`, in one transaction: both happen or neither, and
+    /// both keys get the same ModifyIndex. Returns `false` when the check failed.
+    pub async fn put_cas_and_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        index: u64,
+        other: &str,
+        other_value: &[u8],
+    ) -> Result<bool, ConsulError> {
+        let first = serde_json::json!({"KV": {"Verb": "cas", "Key": key, "Index": index,
+                                               "Value": base64_of(value)}});
+        self.txn_then_set(key, first, other, other_value).await
+    }
+
+    /// Runs `first` and a write of `other` = `value` as one transaction; `false` when it was
+    /// rolled back (`first`'s check failed).
+    async fn txn_then_set(
+        &self,
+        key: &str,
+        first: serde_json::Value,
+        other: &str,
+        value: &[u8],
+    ) -> Result<bool, ConsulError> {
         let mut call = self.api_call(Method::PUT, key, &["txn"]);
         let ops = serde_json::json!([
-            {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}},
-            {"KV": {"Verb": "set", "Key": other,
-                    "Value": base64::engine::general_purpose::STANDARD.encode(value)}},
+            first,
+            {"KV": {"Verb": "set", "Key": other, "Value": base64_of(value)}},
         ]);
         call.body = Some(ops.to_string().into_bytes());
         match self.send(call).await {
@@ -534,6 +566,14 @@ impl Client {
             Err(ConsulError::Http { status: 409, .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Deletes every key under `prefix` (`?recurse`); nothing there is not an error.
+    pub async fn delete_tree(&self, prefix: &str) -> Result<(), ConsulError> {
+        let mut call = self.call(Method::DELETE, prefix);
+        call.query.push(("recurse", String::new()));
+        self.send(call).await?;
+        Ok(())
     }
 
     /// Like [`Client::get`], but Consul holds the request until the key changes past `index`

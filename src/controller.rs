@@ -35,9 +35,11 @@ use crate::fleet::{self, Fleet, PublishedRoutes, Watch};
 use crate::haproxy::ProxyError;
 use crate::haproxy::ServiceRoutes;
 use crate::health::{HealthMonitor, ReadinessChange};
+use crate::history;
 use crate::metrics::Metrics;
-use crate::observed::{Container, Observed};
-use crate::plan::{self, Deletion, Desired, Input, Policy, Step, Unreadable};
+use crate::observe::{self, ObserveError};
+use crate::observed::Container;
+use crate::plan::{self, Deletion, Policy, Step};
 use crate::queue::{WorkQueue, backoff_delay, retry_delay};
 use crate::status::{PruneConfirmation, RefusedDeletion, Status, now_ms};
 use crate::store::{Folder, Store, StoreError, Stored, StoredService};
@@ -92,6 +94,15 @@ pub enum ReconcileError {
     NotLeader(#[from] crate::leader::NotLeader),
     #[error("the reconcile panicked: {0}")]
     Panicked(String),
+}
+
+impl From<ObserveError> for ReconcileError {
+    fn from(e: ObserveError) -> ReconcileError {
+        match e {
+            ObserveError::Store(e) => ReconcileError::Store(e),
+            ObserveError::Docker(e) => ReconcileError::Docker(e),
+        }
+    }
 }
 
 impl ReconcileError {
@@ -153,6 +164,8 @@ struct Shared {
     lost_specs: BTreeSet<String>,
     /// A full read of the specs succeeded once (a Consul away at start loses nothing).
     specs_read: bool,
+    /// The spec index whose revision history entry is known to be written, by service.
+    history_recorded: HashMap<String, u64>,
     /// Services deleted on purpose (`cutover delete`, `sync --prune`): the deletion intents
     /// under `<prefix>/control/deleted/`, when each was made. The guard lets them go.
     intended: BTreeMap<String, u64>,
@@ -504,124 +517,46 @@ impl Controller {
         if self.panic_on.as_deref() == Some(name) {
             panic!("injected by CUTOVER_DEBUG_PANIC_SERVICE={name}");
         }
-        // Read everything before acting: a failed read acts on nothing.
+        // Read everything before acting: a failed read acts on nothing. A key that does not
+        // decode never blocks the service: the planner rebuilds an unreadable status and
+        // ignores an unreadable request, and says so once.
         let scope = &self.settings.scope;
-        let observation = self.docker.observe(scope, Some(name)).await?;
-        let mut containers = observation.containers;
-        self.mark_stopping(&mut containers);
-        // A key that does not decode never blocks the service: the planner rebuilds an
-        // unreadable status and ignores an unreadable request, and says so once.
-        let stored_status = self.store.get_status(name).await?;
-        let stored_request = self.store.get_request(name).await?;
-        let status_error = stored_status
-            .as_ref()
-            .and_then(Stored::unreadable)
-            .map(ToString::to_string);
-        let request_error = stored_request
-            .as_ref()
-            .and_then(Stored::unreadable)
-            .map(|bad| (bad.modify_index, bad.to_string()));
-        let stored_status = stored_status
-            .and_then(Stored::into_readable)
-            .map(|v| v.value);
-        let request = stored_request
-            .and_then(Stored::into_readable)
-            .map(|v| v.value);
         let service = stored.as_ref().and_then(|s| s.parsed.as_ref().ok());
-        let mut observed = Observed {
-            containers,
-            images_present: BTreeSet::new(),
-        };
-        // An image one of the service's containers runs is on the engine: no need to ask at
-        // every reconcile. Such an image is checked only if the plan creates from it (below).
-        let mut assumed: Vec<String> = Vec::new();
+        let mut reading = observe::read(&self.docker, &self.store, scope, name, service).await?;
+        self.mark_stopping(&mut reading.observed.containers);
         if let Some(service) = service {
-            let images = std::iter::once(&service.spec.image)
-                .chain(service.spec.side_targets.iter().map(|s| &s.image));
-            for image in images {
-                if observed.containers.iter().any(|c| &c.image == image) {
-                    assumed.push(image.clone());
-                    observed.images_present.insert(image.clone());
-                } else if self.docker.image_present(image).await? {
-                    observed.images_present.insert(image.clone());
-                }
-            }
             self.health.sync(
                 name,
                 &service.spec.health,
                 service.spec.port,
-                &observed.containers,
-                &observation.docker_health,
+                &reading.observed.containers,
+                &reading.docker_health,
             );
-            self.health.mark_ready(&mut observed.containers);
+            self.health.mark_ready(&mut reading.observed.containers);
         }
         let proxy = lock(&self.shared).fleet.view(name);
         let confirmed = match (&stored, &refused) {
             (None, Some(_)) => self.deletion_confirmed(name).await?,
             _ => false,
         };
-        let desired = match (&stored, service) {
-            (Some(s), Some(service)) => Desired::Valid {
-                service,
-                index: s.modify_index,
+        let context = observe::Context {
+            name,
+            desired: observe::desired(stored.as_ref()),
+            policy: self.policy(),
+            deletion: Deletion {
+                refused: refused.as_deref(),
+                confirmed,
             },
-            (Some(s), None) => match &s.parsed {
-                Err(diagnostics) => Desired::Invalid {
-                    diagnostics,
-                    index: s.modify_index,
-                },
-                Ok(_) => Desired::Absent,
-            },
-            (None, _) => Desired::Absent,
+            proxy: proxy.as_ref(),
+            now_ms: now_ms(),
         };
-
-        let plan_with = |observed: &Observed| {
-            plan::plan(&Input {
-                name,
-                desired,
-                observed,
-                status: stored_status.as_ref(),
-                unreadable: Unreadable {
-                    status: status_error.as_deref(),
-                    request: request_error
-                        .as_ref()
-                        .map(|(index, e)| (*index, e.as_str())),
-                },
-                request: request.as_ref(),
-                now_ms: now_ms(),
-                policy: Policy {
-                    allowances: *self.docker.allowances(),
-                    prune_orphans: self.settings.prune_orphans,
-                    allow_mass_deletion: self.settings.allow_mass_deletion,
-                },
-                deletion: Deletion {
-                    refused: refused.as_deref(),
-                    confirmed,
-                },
-                proxy: proxy.as_ref(),
-            })
-        };
-        let mut plan = plan_with(&observed);
-        // A plan that creates from an assumed image: make sure it is still there (`docker rmi
-        // -f` untags an image in use), and plan again with what is true.
-        let creates = plan.steps.iter().any(|s| {
-            matches!(
-                s,
-                Step::CreateReplica { .. } | Step::CreateSideTarget { .. }
-            )
-        });
-        if creates && !assumed.is_empty() {
-            let mut missing = false;
-            for image in &assumed {
-                if !self.docker.image_present(image).await? {
-                    observed.images_present.remove(image);
-                    missing = true;
-                }
-            }
-            if missing {
-                plan = plan_with(&observed);
-            }
-        }
+        let plan = observe::plan(&self.docker, &mut reading, &context).await?;
+        let observe::Reading {
+            observed,
+            status: stored_status,
+            status_error,
+            ..
+        } = reading;
         for warning in &plan.warnings {
             warn!(service = %name, "{warning}");
         }
@@ -664,6 +599,14 @@ impl Controller {
             self.leadership.check()?;
             self.write_status(name, status, stored_status.as_ref())
                 .await?;
+            // The history is for people: a failure to write it is logged, and the next
+            // reconcile tries again.
+            if let Err(e) = self
+                .record_history(name, stored.as_ref(), stored_status.as_ref(), status)
+                .await
+            {
+                warn!(service = %name, error = %e, "cannot record the revision history");
+            }
         }
         if let Some(e) = failed {
             return Err(e);
@@ -693,6 +636,8 @@ impl Controller {
         if had_status {
             self.leadership.check()?;
             self.store.delete_status(name).await?;
+            self.store.delete_history(name).await?;
+            lock(&self.shared).history_recorded.remove(name);
             self.metrics.forget(name);
             info!(service = %name, "service removed");
         }
@@ -729,6 +674,15 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// What the planner may do on its own, as the daemon was started.
+    fn policy(&self) -> Policy {
+        Policy {
+            allowances: *self.docker.allowances(),
+            prune_orphans: self.settings.prune_orphans,
+            allow_mass_deletion: self.settings.allow_mass_deletion,
+        }
     }
 
     /// Marks the containers with a stop or removal under way.
@@ -1018,6 +972,77 @@ impl Controller {
     }
 
     /// Writes the status when it differs from what is stored.
+    /// Keeps the service's revision history (see [`crate::history`]): an entry for the spec
+    /// the status says the daemon acted on, once per spec index (the older ones beyond
+    /// [`history::KEEP`] are forgotten, unless the status still names them), and the reason
+    /// when a revision was rejected, until it serves again.
+    async fn record_history(
+        &self,
+        name: &str,
+        stored: Option<&StoredService>,
+        before: Option<&Status>,
+        after: &Status,
+    ) -> Result<(), ReconcileError> {
+        if let Some(rejected) = &after.rejected
+            && before.and_then(|b| b.rejected.as_ref()) != Some(rejected)
+            && let Some(mut entry) = self
+                .store
+                .get_history_entry(name, &rejected.revision)
+                .await?
+        {
+            entry.rejected = Some(history::Rejection {
+                reason: rejected.reason.clone(),
+                message: rejected.message.clone(),
+            });
+            self.leadership.check()?;
+            self.store.put_history_entry(name, &entry).await?;
+        }
+        // A rejected revision that serves again (`cutover retry`) is no longer rejected.
+        if let Some(live) = history::live_revision(after)
+            && before.and_then(history::live_revision) != Some(live)
+            && let Some(mut entry) = self.store.get_history_entry(name, live).await?
+            && entry.rejected.take().is_some()
+        {
+            self.leadership.check()?;
+            self.store.put_history_entry(name, &entry).await?;
+        }
+        let Some((stored, service)) = stored.and_then(|s| Some((s, s.parsed.as_ref().ok()?)))
+        else {
+            return Ok(());
+        };
+        let index = stored.modify_index;
+        let recorded = lock(&self.shared).history_recorded.get(name) == Some(&index);
+        if recorded || after.observed_index != index {
+            return Ok(());
+        }
+        let revision = crate::revision::of_service(service);
+        let kept = self.store.get_history_entry(name, &revision).await?;
+        if kept.is_none_or(|e| e.spec_index != index) {
+            let cause = self.store.get_history_cause(name).await?;
+            let entry = history::Entry {
+                revision,
+                image: service.spec.image.clone(),
+                spec_index: index,
+                recorded_ms: now_ms(),
+                cause: history::cause_of(index, cause.as_ref().map(|(c, i)| (c, *i))),
+                spec: stored.text.clone(),
+                rejected: None,
+            };
+            self.leadership.check()?;
+            self.store.put_history_entry(name, &entry).await?;
+            let entries = self.store.list_history(name).await?;
+            let in_use = history::in_use(after);
+            for revision in history::to_forget(&entries, &in_use, history::KEEP) {
+                self.leadership.check()?;
+                self.store.delete_history_entry(name, &revision).await?;
+            }
+        }
+        lock(&self.shared)
+            .history_recorded
+            .insert(name.to_owned(), index);
+        Ok(())
+    }
+
     async fn write_status(
         &self,
         name: &str,
@@ -1307,14 +1332,7 @@ impl Controller {
                                 })
                                 .cloned()
                                 .collect();
-                            shared.fleet.watches = table
-                                .iter()
-                                .filter_map(|(name, (_, p))| Some((name.clone(), p.watch?)))
-                                .collect();
-                            shared.fleet.published = table
-                                .into_iter()
-                                .map(|(name, (version, p))| (name, (version, p.routes)))
-                                .collect();
+                            shared.fleet.set_table(table);
                             lost
                         } else {
                             let reports = self.store.reports_from_entries(&entries);

@@ -144,6 +144,18 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Takes the published table as read from Consul: routes and bake windows.
+    pub fn set_table(&mut self, table: BTreeMap<String, (u64, PublishedRoutes)>) {
+        self.watches = table
+            .iter()
+            .filter_map(|(name, (_, p))| Some((name.clone(), p.watch?)))
+            .collect();
+        self.published = table
+            .into_iter()
+            .map(|(name, (version, p))| (name, (version, p.routes)))
+            .collect();
+    }
+
     /// The table version of `service` (0 when it is not in the table).
     pub fn version(&self, service: &str) -> u64 {
         self.published.get(service).map_or(0, |(v, _)| *v)

@@ -262,6 +262,66 @@ pub fn combined_ready(probe_ready: bool, docker_health: Option<DockerHealth>) ->
     probe_ready && docker_health.is_none_or(|health| health == DockerHealth::Healthy)
 }
 
+/// How `container` of `service` is probed: its own revision's check (its health and port
+/// labels), else `health` and `port` (the current spec's, for containers made before those
+/// labels); the `Host` header is the check's `host`, else the service's name, as HAProxy's
+/// check sends it. `None` for a container of another service, not running or without an
+/// address.
+fn probe_config(
+    service: &str,
+    health: &Health,
+    port: u16,
+    container: &Container,
+) -> Option<ProbeConfig> {
+    if container.service != service || !container.running {
+        return None;
+    }
+    let address = container.address.clone()?;
+    let health = container.health.as_ref().unwrap_or(health);
+    Some(ProbeConfig {
+        target: ProbeTarget {
+            address,
+            port: container.port.unwrap_or(port),
+            path: health.path.clone(),
+            host: health
+                .host
+                .clone()
+                .or_else(|| (!service.is_empty()).then(|| service.to_owned())),
+            timeout: health.timeout.as_std(),
+        },
+        interval: health.interval.as_std(),
+        thresholds: Thresholds::from_spec(health),
+    })
+}
+
+/// Probes each running replica of `service` once, all at once, and sets its `ready`: the
+/// probe passed and Docker's `HEALTHCHECK` (in `docker_health`, where the image has one)
+/// says healthy. For `cutover plan`, which has no history of probes: where the daemon
+/// wants `healthyThreshold` successes in a row, one is taken as enough.
+pub async fn probe_once(
+    service: &str,
+    health: &Health,
+    port: u16,
+    containers: &mut [Container],
+    docker_health: &BTreeMap<String, DockerHealth>,
+) {
+    let prober = Prober::new();
+    let probes = containers.iter().map(|c| {
+        let config = probe_config(service, health, port, c);
+        let prober = prober.clone();
+        async move {
+            match config {
+                Some(config) => prober.probe(&config.target).await.is_success(),
+                None => false,
+            }
+        }
+    });
+    let results = futures::future::join_all(probes).await;
+    for (container, passed) in containers.iter_mut().zip(results) {
+        container.ready = combined_ready(passed, docker_health.get(&container.id).copied());
+    }
+}
+
 /// A container's readiness flipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadinessChange {
@@ -370,26 +430,7 @@ impl HealthMonitor {
     ) {
         let wanted: HashMap<&str, ProbeConfig> = containers
             .iter()
-            .filter(|c| c.service == service && c.running)
-            .filter_map(|c| {
-                let address = c.address.clone()?;
-                let health = c.health.as_ref().unwrap_or(health);
-                let config = ProbeConfig {
-                    target: ProbeTarget {
-                        address,
-                        port: c.port.unwrap_or(port),
-                        path: health.path.clone(),
-                        host: health
-                            .host
-                            .clone()
-                            .or_else(|| (!service.is_empty()).then(|| service.to_owned())),
-                        timeout: health.timeout.as_std(),
-                    },
-                    interval: health.interval.as_std(),
-                    thresholds: Thresholds::from_spec(health),
-                };
-                Some((c.id.as_str(), config))
-            })
+            .filter_map(|c| Some((c.id.as_str(), probe_config(service, health, port, c)?)))
             .collect();
 
         let mut changes = Vec::new();

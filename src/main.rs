@@ -34,7 +34,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(cli::Exit::Success) => ExitCode::SUCCESS,
+        Ok(cli::Exit::Changes) => ExitCode::from(2),
         Err(error) => {
             cli::report(&error);
             ExitCode::FAILURE

@@ -101,6 +101,22 @@ pub fn name_from_intent_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     (!rest.is_empty() && !rest.contains('/')).then_some(rest)
 }
 
+/// `<prefix>/history/<name>/`: everything kept of a service's past revisions.
+pub fn history_prefix(prefix: &str, name: &str) -> String {
+    format!("{prefix}/history/{name}/")
+}
+
+/// `<prefix>/history/<name>/rev/<revision>`: a [`crate::history::Entry`].
+pub fn history_entry_key(prefix: &str, name: &str, revision: &str) -> String {
+    format!("{}rev/{revision}", history_prefix(prefix, name))
+}
+
+/// `<prefix>/history/<name>/cause`: a [`crate::history::Cause`], written in the same
+/// transaction as the spec it explains.
+pub fn history_cause_key(prefix: &str, name: &str) -> String {
+    format!("{}cause", history_prefix(prefix, name))
+}
+
 /// Cleans a user-given prefix: no leading or trailing slashes, not empty.
 pub fn normalize_prefix(prefix: &str) -> Result<String, StoreError> {
     let trimmed = prefix.trim().trim_matches('/');
@@ -355,6 +371,89 @@ impl Store {
         let key = self.service_key(name);
         check_size(&key, text.len())?;
         Ok(self.client.put(&key, text.as_bytes(), Some(cas)).await?)
+    }
+
+    /// Writes a manifest if the key's ModifyIndex is still `cas`, and in the same transaction
+    /// (so with the same ModifyIndex) who asked for it, which the daemon records in the
+    /// service's history. Returns whether it was written.
+    pub async fn put_service_with_cause(
+        &self,
+        name: &str,
+        text: &str,
+        cas: u64,
+        cause: &crate::history::Cause,
+    ) -> Result<bool, StoreError> {
+        let key = self.service_key(name);
+        check_size(&key, text.len())?;
+        let cause = serde_json::to_vec(cause).unwrap_or_default();
+        let cause_key = history_cause_key(&self.prefix, name);
+        Ok(self
+            .client
+            .put_cas_and_put(&key, text.as_bytes(), cas, &cause_key, &cause)
+            .await?)
+    }
+
+    /// The kept revisions of a service, in no particular order; an entry that does not
+    /// decode is skipped.
+    pub async fn list_history(&self, name: &str) -> Result<Vec<crate::history::Entry>, StoreError> {
+        let prefix = history_entry_key(&self.prefix, name, "");
+        let listing = self.client.list(&prefix).await?;
+        Ok(listing
+            .entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect())
+    }
+
+    /// One kept revision, if it is kept and decodes.
+    pub async fn get_history_entry(
+        &self,
+        name: &str,
+        revision: &str,
+    ) -> Result<Option<crate::history::Entry>, StoreError> {
+        let entry = (self.client)
+            .get(&history_entry_key(&self.prefix, name, revision))
+            .await?;
+        Ok(entry.and_then(|e| serde_json::from_slice(&e.value).ok()))
+    }
+
+    /// Keeps (or replaces) one revision of a service.
+    pub async fn put_history_entry(
+        &self,
+        name: &str,
+        entry: &crate::history::Entry,
+    ) -> Result<(), StoreError> {
+        let key = history_entry_key(&self.prefix, name, &entry.revision);
+        self.put_json(&key, entry, None).await?;
+        Ok(())
+    }
+
+    /// Forgets one revision of a service.
+    pub async fn delete_history_entry(&self, name: &str, revision: &str) -> Result<(), StoreError> {
+        (self.client)
+            .delete(&history_entry_key(&self.prefix, name, revision), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Who asked for the spec written last with a cause, and that spec's ModifyIndex.
+    pub async fn get_history_cause(
+        &self,
+        name: &str,
+    ) -> Result<Option<(crate::history::Cause, u64)>, StoreError> {
+        let entry = self
+            .client
+            .get(&history_cause_key(&self.prefix, name))
+            .await?;
+        Ok(entry.and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.modify_index))))
+    }
+
+    /// Forgets a deleted service's history.
+    pub async fn delete_history(&self, name: &str) -> Result<(), StoreError> {
+        (self.client)
+            .delete_tree(&history_prefix(&self.prefix, name))
+            .await?;
+        Ok(())
     }
 
     /// Deletes a manifest if the key's ModifyIndex is still `cas`. Returns whether it was

@@ -445,6 +445,23 @@ fn a_rejected_revision_is_retried_with_cutover_retry() {
     let status = w.status("web");
     assert!(status["rejected"].is_null(), "{status}");
     assert_eq!(status["lastRequest"]["action"], "retry");
+    // Its history entry is no longer rejected: once a newer release retires it, it is
+    // retired like any other.
+    w.apply(
+        "web",
+        &spec("cutover-demo:a").replace("RELEASE: \"1\"", "RELEASE: \"2\""),
+    );
+    w.wait_available("web");
+    let run = w.cutover(&["history", &w.svc("web"), "-o", "json"]);
+    assert!(run.status.success(), "{run}");
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).expect("history JSON");
+    let row_b = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["revision"] == b)
+        .unwrap_or_else(|| panic!("no history of {b}: {run}"));
+    assert_eq!(row_b["outcome"], "retired", "{run}");
 
     // Nothing rejected: nothing to retry, and a stale revision is refused.
     let run = w.cutover(&["retry", &w.svc("web")]);

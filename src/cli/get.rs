@@ -102,14 +102,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     loop {
         let services = match &args.name {
             Some(name) => {
-                let stored = store
-                    .get_service(name)
-                    .await?
-                    .ok_or_else(|| CliError::NotFound {
-                        name: name.clone(),
-                        key: store.service_key(name),
-                    })?;
-                vec![stored]
+                vec![super::existing_spec(&store, name).await?]
             }
             None => store.list_services().await?.0,
         };

@@ -71,6 +71,15 @@ pub struct Args {
         default_value = "127.0.0.1:9090"
     )]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub allow: AllowArgs,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// The daemon's `--allow-*` flags, which decide whether a privileged spec may run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AllowArgs {
     /// Run replicas of specs with `privileged: true` (otherwise such a spec is refused with
     /// ForbiddenBySecurityPolicy and nothing of it runs).
     #[arg(long, env = "CUTOVER_ALLOW_PRIVILEGED")]
@@ -89,8 +98,19 @@ pub struct Args {
     /// ForbiddenBySecurityPolicy).
     #[arg(long, env = "CUTOVER_ALLOW_SHARED_VOLUMES")]
     pub allow_shared_volumes: bool,
-    #[command(flatten)]
-    pub proxy: ProxyArgs,
+}
+
+impl AllowArgs {
+    /// What the flags permit.
+    pub fn allowances(&self) -> Allowances {
+        Allowances {
+            privileged: self.allow_privileged,
+            host_network: self.allow_host_network,
+            cap_add: self.allow_cap_add,
+            host_mounts: self.allow_host_mounts,
+            shared_volumes: self.allow_shared_volumes,
+        }
+    }
 }
 
 /// Where traffic goes: our own HAProxy (the default), one someone else runs, or none.
@@ -148,21 +168,8 @@ impl ProxyArgs {
     }
 }
 
-impl Args {
-    /// What the `--allow-*` flags permit.
-    pub fn allowances(&self) -> Allowances {
-        Allowances {
-            privileged: self.allow_privileged,
-            host_network: self.allow_host_network,
-            cap_add: self.allow_cap_add,
-            host_mounts: self.allow_host_mounts,
-            shared_volumes: self.allow_shared_volumes,
-        }
-    }
-}
-
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
-    let allowances = args.allowances();
+    let allowances = args.allow.allowances();
     if !allowances.flags().is_empty() {
         warn!(
             allowed = %allowances.flags().join(" "),
@@ -310,7 +317,7 @@ mod tests {
     }
 
     fn allowances(flags: &[&str]) -> Allowances {
-        run_args(flags).allowances()
+        run_args(flags).allow.allowances()
     }
 
     /// Unreleased revisions are not public unless the operator says so.

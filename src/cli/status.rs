@@ -438,13 +438,7 @@ async fn wait_for_outcome(
         let mut index = 0;
         let mut said_unreadable = false;
         loop {
-            let spec = store
-                .get_service(name)
-                .await?
-                .ok_or_else(|| CliError::NotFound {
-                    name: name.to_owned(),
-                    key: store.service_key(name),
-                })?;
+            let spec = super::existing_spec(store, name).await?;
             let status = match store.get_status(name).await? {
                 Some(Stored::Readable(status)) => Some(status),
                 Some(Stored::Unreadable(bad)) => {
