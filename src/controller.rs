@@ -45,6 +45,9 @@ use crate::status::{PruneConfirmation, RefusedDeletion, Status, now_ms};
 use crate::store::{Folder, Store, StoreError, Stored, StoredService};
 use crate::traffic::{self, Traffic};
 
+mod listing;
+use listing::Listings;
+
 /// How many background stops and removals run at once, across services.
 const PARALLEL_STOPS: usize = 64;
 
@@ -169,6 +172,8 @@ struct Shared {
     /// Services deleted on purpose (`cutover delete`, `sync --prune`): the deletion intents
     /// under `<prefix>/control/deleted/`, when each was made. The guard lets them go.
     intended: BTreeMap<String, u64>,
+    /// The resync's container list, shared out to the reconciles it queues.
+    listings: Listings,
 }
 
 impl Shared {
@@ -310,6 +315,12 @@ impl Controller {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// How many replicas the daemon probes itself, and how many it leaves to the proxies'
+    /// checks.
+    pub fn replicas_probed(&self) -> (usize, usize) {
+        self.health.probed()
     }
 
     /// How many services wait in the work queue.
@@ -521,8 +532,10 @@ impl Controller {
         // decode never blocks the service: the planner rebuilds an unreadable status and
         // ignores an unreadable request, and says so once.
         let scope = &self.settings.scope;
+        let listed = lock(&self.shared).listings.take(name);
         let service = stored.as_ref().and_then(|s| s.parsed.as_ref().ok());
-        let mut reading = observe::read(&self.docker, &self.store, scope, name, service).await?;
+        let mut reading =
+            observe::read(&self.docker, &self.store, scope, name, service, listed).await?;
         self.mark_stopping(&mut reading.observed.containers);
         if let Some(service) = service {
             self.health.sync(
@@ -532,6 +545,10 @@ impl Controller {
                 &reading.observed.containers,
                 &reading.docker_health,
             );
+            let checks = lock(&self.shared)
+                .fleet
+                .checks(name, &reading.observed.containers);
+            self.health.follow_proxies(name, &checks);
             self.health.mark_ready(&mut reading.observed.containers);
         }
         let proxy = lock(&self.shared).fleet.view(name);
@@ -576,10 +593,13 @@ impl Controller {
             service,
             spec_index: stored.as_ref().map_or(0, |s| s.modify_index),
         };
-        let failed = match self
+        let executed = self
             .execute(&exec, &plan, stored.is_none(), &observed.containers)
-            .await
-        {
+            .await;
+        if !plan.steps.is_empty() {
+            lock(&self.shared).listings.changed(name);
+        }
+        let failed = match executed {
             // Not a failure of the service: another daemon carries on.
             Err(ReconcileError::NotLeader(e)) => return Err(e.into()),
             result => result.err(),
@@ -901,6 +921,7 @@ impl Controller {
                 }
             }
             lock(&this.stopping).remove(&id);
+            lock(&this.shared).listings.changed(&name);
             this.queue.add(&name);
         });
     }
@@ -1201,6 +1222,7 @@ impl Controller {
                     Ok(event) => {
                         failures = 0;
                         debug!(service = %event.service, container = %event.container_name, kind = ?event.kind, "docker event");
+                        lock(&self.shared).listings.changed(&event.service);
                         self.queue.add(&event.service);
                         if matches!(
                             event.kind,
@@ -1222,6 +1244,7 @@ impl Controller {
                 }
             }
             failures += 1;
+            lock(&self.shared).listings.forget();
             tokio::time::sleep(retry_delay(failures)).await;
             // Events may have been missed meanwhile.
             self.queue_all();
@@ -1243,10 +1266,12 @@ impl Controller {
     async fn resync_loop(self: Arc<Self>) {
         let mut failures = 0;
         loop {
+            let asked = lock(&self.shared).listings.asking();
             match self.docker.observe(&self.settings.scope, None).await {
                 Ok(observation) => {
                     failures = 0;
                     let mut shared = lock(&self.shared);
+                    shared.listings.store(asked, &observation);
                     let first = shared.managed.is_none();
                     shared.managed = Some(
                         observation

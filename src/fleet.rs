@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::haproxy::ServiceRoutes;
 use crate::haproxy::runtime::Counters;
+use crate::haproxy::{ServerState, ServiceRoutes};
+use crate::observed::Container;
 use crate::plan::ProxyView;
 use crate::status::{Color, TrafficFigures};
 
@@ -238,6 +239,32 @@ impl Fleet {
             figures.response_time_ms = u64::try_from(weighted / u128::from(timed)).ok();
         }
         Some(figures)
+    }
+}
+
+impl Fleet {
+    /// The running replicas of `service` that every proxy health-checks, by container id,
+    /// with whether every proxy's check sees them UP: those whose server (color, slot and
+    /// address) is in rotation in the table version every proxy serves. Empty without a
+    /// proxy, and while one lags behind the table (its UP may be an earlier replica's).
+    pub fn checks(&self, service: &str, containers: &[Container]) -> BTreeMap<String, bool> {
+        let Some(view) = self.view(service).filter(|v| v.lagging.is_empty()) else {
+            return BTreeMap::new();
+        };
+        let Some((_, routes)) = self.published.get(service) else {
+            return BTreeMap::new();
+        };
+        containers
+            .iter()
+            .filter(|c| c.service == service && c.running)
+            .filter_map(|c| {
+                let (color, slot, address) = (c.color()?, c.slot()?, c.address.as_deref()?);
+                let in_rotation = routes.servers.get(&color)?.iter().any(|s| {
+                    s.slot == slot && s.address == address && s.state == ServerState::Ready
+                });
+                in_rotation.then(|| (c.id.clone(), view.up.contains(&(color, slot))))
+            })
+            .collect()
     }
 }
 

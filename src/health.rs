@@ -353,6 +353,9 @@ struct Entry {
     last_failure: Option<ProbeFailure>,
     /// The combined readiness last reported.
     ready: bool,
+    /// Ready, and every proxy's own check sees it UP: not probed by us until a proxy sees it
+    /// DOWN or stops checking it (see [`HealthMonitor::follow_proxies`]).
+    delegated: bool,
     task: Option<JoinHandle<()>>,
 }
 
@@ -480,6 +483,7 @@ impl HealthMonitor {
                         docker_health,
                         last_failure: None,
                         ready: was_ready,
+                        delegated: false,
                         task: Some(task),
                     },
                 );
@@ -494,6 +498,62 @@ impl HealthMonitor {
             // Nobody listening is not an error: the controller may be shutting down.
             let _ = self.changes.send(change);
         }
+    }
+
+    /// Leaves to the proxies the checks of `service`'s replicas they already make, so that
+    /// the daemon does not probe a replica a second time at rest. `checks` holds the
+    /// replicas every proxy health-checks, by container id, and whether every proxy sees
+    /// them UP ([`crate::fleet::Fleet::checks`]). Call it after [`HealthMonitor::sync`].
+    ///
+    /// # Guarantees
+    /// - A replica is handed over only once our own probe made it ready and every proxy
+    ///   sees it UP; readiness before a switch is never decided by the proxies alone.
+    /// - A handed-over replica that a proxy sees DOWN (HAProxy's `fall` failures in a row)
+    ///   is not ready at once, and our probe starts again from scratch.
+    /// - One that no proxy checks any more (out of the routes, `--no-proxy`, a proxy that
+    ///   lags) stays ready and is probed by us again, with the usual thresholds.
+    pub fn follow_proxies(&self, service: &str, checks: &BTreeMap<String, bool>) {
+        let mut changes = Vec::new();
+        let mut guard = self.lock();
+        let shared = &mut *guard;
+        for (id, entry) in shared.entries.iter_mut() {
+            if entry.service != service {
+                continue;
+            }
+            match (entry.delegated, checks.get(id).copied()) {
+                (false, Some(true)) if entry.ready => {
+                    if let Some(task) = entry.task.take() {
+                        task.abort();
+                    }
+                    entry.delegated = true;
+                }
+                (true, up) if up != Some(true) => {
+                    let mut probe = ProbeState::new(Instant::now());
+                    if up.is_none() {
+                        probe.ready = entry.probe.ready;
+                    }
+                    entry.probe = probe;
+                    entry.delegated = false;
+                    shared.next_generation += 1;
+                    entry.generation = shared.next_generation;
+                    entry.task = Some(self.spawn_probes(id, entry.generation, &entry.config));
+                    changes.extend(entry.update(id));
+                }
+                _ => {}
+            }
+        }
+        drop(guard);
+        for change in changes {
+            let _ = self.changes.send(change);
+        }
+    }
+
+    /// How many replicas are probed by the daemon itself, and how many are left to the
+    /// proxies' checks (for the metrics).
+    pub fn probed(&self) -> (usize, usize) {
+        let shared = self.lock();
+        let delegated = shared.entries.values().filter(|e| e.delegated).count();
+        (shared.entries.len() - delegated, delegated)
     }
 
     /// Records a `HEALTHCHECK` change from the Docker events stream without waiting for the

@@ -144,6 +144,11 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 
 async fn metrics_text(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
     daemon.metrics.set_queue_depth(daemon.queue_depth());
+    if let Some(controller) = daemon.controller.get() {
+        daemon
+            .metrics
+            .set_replicas_probed(controller.replicas_probed());
+    }
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
     let (content_type, body) = daemon.metrics.negotiate(accept);
     ([(header::CONTENT_TYPE, content_type)], body).into_response()

@@ -159,6 +159,11 @@ struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: &'static str,
 }
@@ -222,6 +227,7 @@ pub struct Metrics {
     reconcile_duration: Family<ResultLabel, Histogram, fn() -> Histogram>,
     reconcile_errors: Family<ReasonLabel, Counter>,
     queue_depth: Gauge,
+    replicas_probed: Family<ByLabel, Gauge>,
     services: Family<PhaseLabel, Gauge>,
     rollouts: Family<OutcomeLabel, Counter>,
     steps: Family<StepLabels, Counter>,
@@ -317,6 +323,12 @@ impl Metrics {
             "queue_depth",
             "Services waiting in the work queue",
             queue_depth.clone(),
+        );
+        let replicas_probed = Family::<ByLabel, Gauge>::default();
+        registry.register(
+            "replicas_probed",
+            "Replicas whose health the daemon follows, by who checks them: the daemon's own probe, or the proxies' checks (at rest)",
+            replicas_probed.clone(),
         );
         let services = Family::<PhaseLabel, Gauge>::default();
         registry.register(
@@ -458,6 +470,7 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             queue_depth,
+            replicas_probed,
             services,
             rollouts,
             steps,
@@ -627,6 +640,15 @@ impl Metrics {
 
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.set(depth as i64);
+    }
+
+    /// How many replicas the daemon probes itself, and how many it leaves to the proxies.
+    pub fn set_replicas_probed(&self, (daemon, proxy): (usize, usize)) {
+        for (by, count) in [("daemon", daemon), ("proxy", proxy)] {
+            self.replicas_probed
+                .get_or_create(&ByLabel { by })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Every metric in the OpenMetrics text format (see [`OPENMETRICS`]).

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::docker::{Docker, DockerError, DockerHealth, Scope};
+use crate::docker::{Docker, DockerError, DockerHealth, Observation, Scope};
 use crate::observed::Observed;
 use crate::plan::{self, Deletion, Desired, Input, Policy, ProxyView, Step, Unreadable};
 use crate::spec::Service;
@@ -72,8 +72,9 @@ pub fn desired(stored: Option<&StoredService>) -> Desired<'_> {
     }
 }
 
-/// Reads the containers of `name`, which of `service`'s images the engine has, the stored
-/// status and the pending request. A key that does not decode is a result, not an error.
+/// Reads the containers of `name` (or takes `listed`, this service's share of a container
+/// list just made), which of `service`'s images the engine has, the stored status and the
+/// pending request. A key that does not decode is a result, not an error.
 ///
 /// # Errors
 /// When Docker or Consul cannot be read: the caller acts on nothing.
@@ -83,8 +84,12 @@ pub async fn read(
     scope: &Scope,
     name: &str,
     service: Option<&Service>,
+    listed: Option<Observation>,
 ) -> Result<Reading, ObserveError> {
-    let observation = docker.observe(scope, Some(name)).await?;
+    let observation = match listed {
+        Some(listed) => listed,
+        None => docker.observe(scope, Some(name)).await?,
+    };
     let stored_status = store.get_status(name).await?;
     let stored_request = store.get_request(name).await?;
     let mut reading = Reading {

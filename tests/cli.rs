@@ -1108,3 +1108,78 @@ fn get_and_status_watch_print_again_on_every_change() {
     let _ = status.kill();
     let _ = status.wait();
 }
+
+/// `status --wait` without a name waits for every service and, off a terminal, says how far
+/// it got on a plain line at each change: how many are Available, which still progress and
+/// why.
+#[test]
+fn status_wait_without_a_name_shows_progress_as_plain_lines() {
+    let prefix = unique_prefix("status-progress");
+    let cutover = || agent().cutover(&prefix);
+    let dir = TempDir::new();
+    for name in ["books", "users"] {
+        let file = dir.write(&format!("{name}.yaml"), &manifest(name, "books:1", 1));
+        cutover().arg("apply").arg("-f").arg(&file).succeeds();
+    }
+    let index = |name: &str| {
+        let key = format!("{prefix}/services/{name}");
+        snapshot(&prefix)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, index)| index)
+            .expect("the spec's key")
+    };
+    let status = |name: &str, phase: &str, reason: &str| {
+        let file = dir.write(
+            &format!("{name}-status.json"),
+            &format!(
+                r#"{{"observedIndex": {}, "phase": "{phase}", "activeColor": "blue",
+                    "conditions": [{{"type": "Progressing", "status": "True", "reason": "{reason}",
+                                     "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}}]}}"#,
+                index(name)
+            ),
+        );
+        agent().kv_put_file(&format!("{prefix}/status/{name}"), &file);
+    };
+    // sync --wait: written, then waited on, before any daemon reported.
+    let run = cutover()
+        .args([
+            "sync",
+            &dir.path().to_string_lossy(),
+            "--wait",
+            "--timeout",
+            "2s",
+        ])
+        .fails();
+    assert_eq!(
+        run.stderr.lines().next(),
+        Some("0/2 Available; progressing: books (not reconciled yet), users (not reconciled yet)"),
+        "{run}"
+    );
+    status("books", "Available", "RolloutComplete");
+    status("users", "Progressing", "WaitingForHealthy");
+    let run = cutover()
+        .args(["status", "--wait", "--timeout", "2s"])
+        .fails();
+    assert_eq!(
+        run.stderr.lines().next(),
+        Some("1/2 Available; progressing: users (WaitingForHealthy)"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("timed out waiting for every service"),
+        "{run}"
+    );
+    assert!(
+        !run.stderr.contains('\r'),
+        "no terminal, no rewriting: {run}"
+    );
+
+    status("users", "Available", "RolloutComplete");
+    let run = cutover()
+        .args(["status", "--wait", "-o", "json"])
+        .succeeds();
+    assert_eq!(run.stderr, "2/2 Available\n", "{run}");
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(printed["users"]["phase"], "Available", "{run}");
+}

@@ -671,17 +671,21 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     }
 }
 
-/// At rest the daemon reads and never writes: resyncs of a converged service send Docker no
-/// mutating request and no image inspection. Lists are bounded as they are today: per resync
-/// one list of every container, then one per service (the goal of one list per resync is
-/// not reached yet).
+/// At rest the daemon reads and never writes: resyncs of converged services send Docker no
+/// mutating request and no image inspection, and each resync lists the containers once,
+/// however many services there are (their reconciles take their share of that list).
 #[test]
 fn an_idle_daemon_sends_docker_no_mutating_request() {
     let w = world("http-idle");
     let d = w.daemon().no_proxy().resync("1s").start();
     let addr = w.endpoint(d);
-    w.apply("idle", &demo(&w, "idle", "cutover-demo:a", 2, FAST));
-    w.wait_available("idle");
+    let services = ["idle", "idle2", "idle3"];
+    for name in services {
+        w.apply(name, &demo(&w, name, "cutover-demo:a", 1, FAST));
+    }
+    for name in services {
+        w.wait_available(name);
+    }
     let counts = || {
         let text = get_ok(&addr, "/metrics").body;
         text.lines()
@@ -692,11 +696,12 @@ fn an_idle_daemon_sends_docker_no_mutating_request() {
     };
     // Past the first reconciles' follow-ups.
     std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
     let before = counts();
     assert!(before.contains_key("create_container"), "{before:?}");
-    let window = Duration::from_secs(6);
-    std::thread::sleep(window);
+    std::thread::sleep(Duration::from_secs(6));
     let after = counts();
+    let window = started.elapsed();
     let delta: std::collections::BTreeMap<&str, f64> = after
         .iter()
         .map(|(op, v)| (op.as_str(), v - before.get(op).copied().unwrap_or(0.0)))
@@ -716,12 +721,54 @@ fn an_idle_daemon_sends_docker_no_mutating_request() {
     ] {
         assert_eq!(delta.get(op), None, "{op} at rest: {delta:?}\n{}", w.logs());
     }
-    // Six resyncs (with jitter, perhaps seven) of one service.
+    // A resync starts at least 1 s after the previous one, so the window holds at most
+    // one more resync than whole seconds; each lists once (before: once, then once per
+    // service, 4 here).
     let lists = delta.get("list_containers").copied().unwrap_or(0.0);
+    let resyncs = window.as_secs_f64().floor() + 1.0;
     assert!(
-        lists <= 14.0,
-        "{lists} container lists in {window:?}: {delta:?}"
+        lists >= 1.0 && lists <= resyncs,
+        "{lists} container lists in {window:?}, at most {resyncs} resyncs: {delta:?}"
     );
     // The image its replicas run is not asked about again.
     assert_eq!(delta.get("inspect_image"), None, "{delta:?}");
+}
+
+/// At rest the daemon leaves its replicas' health to HAProxy's own checks of them, and
+/// readiness is no weaker for it: a replica that fails its checks is not ready (the service
+/// is not `Available`) until it passes them again, probed by the daemon itself meanwhile.
+#[test]
+fn at_rest_the_proxy_checks_replicas_and_a_failing_one_is_still_noticed() {
+    let w = world("http-quiet");
+    let d = w.daemon().start();
+    let addr = w.endpoint(d);
+    w.apply("quiet", &demo(&w, "quiet", "cutover-demo:a", 2, FAST));
+    w.wait_available("quiet");
+    let probed = |by: &str| {
+        let text = get_ok(&addr, "/metrics").body;
+        sample(&text, &format!("cutover_replicas_probed{{by=\"{by}\"}}"))
+    };
+    w.eventually("both replicas left to the proxy's checks", || {
+        probed("proxy") == Some(2.0) && probed("daemon") == Some(0.0)
+    });
+    let replica = w
+        .running()
+        .first()
+        .and_then(|line| line.split_whitespace().next().map(str::to_owned))
+        .expect("a running replica");
+    support::docker(&["exec", &replica, "touch", "/tmp/unhealthy"]);
+    let available = |want: bool| {
+        w.try_status("quiet").is_some_and(|s| {
+            s["conditions"].as_array().into_iter().flatten().any(|c| {
+                c["type"] == "Available" && c["status"] == if want { "True" } else { "False" }
+            })
+        })
+    };
+    w.eventually("the failing replica to be not ready", || available(false));
+    assert!(probed("daemon").is_some_and(|n| n >= 1.0), "{}", w.logs());
+    support::docker(&["exec", &replica, "rm", "/tmp/unhealthy"]);
+    w.eventually("the replica to be ready again", || available(true));
+    w.eventually("both replicas left to the proxy's checks again", || {
+        probed("proxy") == Some(2.0) && probed("daemon") == Some(0.0)
+    });
 }

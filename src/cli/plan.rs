@@ -120,7 +120,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<Exit, CliError> {
     for stored in &specs {
         let name = stored.name.as_str();
         let service = stored.parsed.as_ref().ok();
-        let mut reading = observe::read(&docker, &store, &scope, name, service).await?;
+        let mut reading = observe::read(&docker, &store, &scope, name, service, None).await?;
         if let Some(service) = service {
             crate::health::probe_once(
                 name,

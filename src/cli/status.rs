@@ -39,9 +39,11 @@ pub struct Args {
     #[arg(short, long, value_enum)]
     pub output: Option<OutputFormat>,
     /// Wait until the daemon made the current spec Available (exit 0) or gave up on it
-    /// (exit 1): invalid, rejected, or its image cannot be had. Needs NAME. An unreadable
-    /// status is waited past: the daemon rebuilds it.
-    #[arg(long, requires = "name")]
+    /// (exit 1): invalid, rejected, or its image cannot be had. Without NAME, every service
+    /// with a spec, with its progress on stderr (one line, rewritten in place on a terminal;
+    /// a new line at each change otherwise or with -o). An unreadable status is waited
+    /// past: the daemon rebuilds it.
+    #[arg(long)]
     pub wait: bool,
     /// What --wait waits for: `available` (the current spec serves on the live route) or
     /// `preview` (its new color is ready on the preview route, waiting for `cutover
@@ -158,8 +160,14 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         check_name(name)?;
     }
     let store = ctx.store()?;
-    if let (true, Some(name)) = (args.wait, &args.name) {
-        wait_for_outcome(&store, name, args.wait_for, args.timeout).await?;
+    match (args.wait, &args.name) {
+        (true, Some(name)) => wait_for_outcome(&store, name, args.wait_for, args.timeout).await?,
+        (true, None) => {
+            use std::io::IsTerminal as _;
+            let live = args.output.is_none() && std::io::stderr().is_terminal();
+            wait_for_all(&store, args.wait_for, args.timeout, live).await?;
+        }
+        (false, _) => {}
     }
     let watched = format!("{}/status/", store.prefix());
     let mut index = 0;
@@ -425,6 +433,123 @@ pub fn outcome(status: &Status, index: u64, wait_for: WaitFor) -> Option<Result<
     }
 }
 
+/// Where the services with a spec stand, for `status --wait` without NAME.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: usize,
+    pub done: usize,
+    /// Services the daemon still works on, with why (the `Progressing` reason).
+    pub pending: Vec<(String, String)>,
+    /// Services the daemon gave up on: name, spec index, phase and message.
+    pub failed: Vec<(String, u64, String, String)>,
+}
+
+/// How many pending services a progress line names.
+const NAMED_PENDING: usize = 5;
+
+impl Progress {
+    pub fn of(reports: &[Report], wait_for: WaitFor) -> Progress {
+        let mut progress = Progress::default();
+        for report in reports {
+            let Some(spec) = &report.spec else { continue };
+            progress.total += 1;
+            let status = report.readable_status();
+            match status.and_then(|s| outcome(s, spec.modify_index, wait_for)) {
+                Some(Ok(())) => progress.done += 1,
+                Some(Err(message)) => progress.failed.push((
+                    report.name.clone(),
+                    spec.modify_index,
+                    status
+                        .and_then(|s| s.phase)
+                        .map_or_else(String::new, |p| p.to_string()),
+                    message,
+                )),
+                None => {
+                    let why = status
+                        .filter(|s| s.observed_index == spec.modify_index)
+                        .and_then(|s| s.condition("Progressing"))
+                        .map_or_else(|| "not reconciled yet".to_owned(), |c| c.reason.clone());
+                    progress.pending.push((report.name.clone(), why));
+                }
+            }
+        }
+        progress
+    }
+
+    /// `3/5 Available, 1 failed (api); progressing: web (WaitingForHealthy)`.
+    pub fn line(&self) -> String {
+        let mut line = format!("{}/{} Available", self.done, self.total);
+        if !self.failed.is_empty() {
+            let names: Vec<&str> = self.failed.iter().map(|f| f.0.as_str()).collect();
+            line.push_str(&format!(", {} failed ({})", names.len(), names.join(", ")));
+        }
+        if !self.pending.is_empty() {
+            let named: Vec<String> = self
+                .pending
+                .iter()
+                .take(NAMED_PENDING)
+                .map(|(name, why)| format!("{name} ({why})"))
+                .collect();
+            line.push_str(&format!("; progressing: {}", named.join(", ")));
+            if self.pending.len() > NAMED_PENDING {
+                line.push_str(&format!(" and {} more", self.pending.len() - NAMED_PENDING));
+            }
+        }
+        line
+    }
+}
+
+/// Blocks (on Consul blocking queries) until [`outcome`] decides for every service with a
+/// spec, showing the progress on stderr: rewritten in place when `live`, else a line per
+/// change. The first failure is the error.
+pub async fn wait_for_all(
+    store: &Store,
+    wait_for: WaitFor,
+    timeout: std::time::Duration,
+    live: bool,
+) -> Result<(), CliError> {
+    let watched = format!("{}/", store.prefix());
+    let wait = async {
+        let mut index = 0;
+        let mut shown = String::new();
+        loop {
+            let progress = Progress::of(&fetch_reports(store, None).await?, wait_for);
+            let line = progress.line();
+            if live {
+                eprint!("\r\x1b[2K{line}");
+            } else if line != shown {
+                eprintln!("{line}");
+            }
+            shown = line;
+            if progress.pending.is_empty() {
+                if live {
+                    eprintln!();
+                }
+                return match progress.failed.into_iter().next() {
+                    Some((name, index, phase, message)) => Err(CliError::RolloutFailed {
+                        name,
+                        index,
+                        phase,
+                        message,
+                    }),
+                    None => Ok(()),
+                };
+            }
+            index = super::list_after(store, &watched, index, std::time::Duration::from_secs(30))
+                .await?
+                .index;
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| CliError::Timeout {
+            what: match wait_for {
+                WaitFor::Available => "every service to become Available".to_owned(),
+                WaitFor::Preview => "every service to be ready for preview".to_owned(),
+            },
+        })?
+}
+
 /// Blocks (on Consul blocking queries, not polling) until [`outcome`] decides for the
 /// current spec of `name`.
 async fn wait_for_outcome(
@@ -486,6 +611,24 @@ async fn wait_for_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_progress_line_names_failures_and_a_few_pending_services() {
+        let progress = Progress {
+            total: 9,
+            done: 2,
+            pending: (0..6)
+                .map(|i| (format!("s{i}"), "WaitingForHealthy".to_owned()))
+                .collect(),
+            failed: vec![("api".into(), 3, "Degraded".into(), "no".into())],
+        };
+        assert_eq!(
+            progress.line(),
+            "2/9 Available, 1 failed (api); progressing: s0 (WaitingForHealthy), \
+             s1 (WaitingForHealthy), s2 (WaitingForHealthy), s3 (WaitingForHealthy), \
+             s4 (WaitingForHealthy) and 1 more"
+        );
+    }
     use crate::status::{Color, ColorStatus, Condition, Event, Phase};
 
     #[test]

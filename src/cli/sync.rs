@@ -23,6 +23,7 @@ Examples:
   cutover sync manifests/                      # create and update
   cutover sync manifests/ --prune --dry-run    # show what a prune would do
   cutover sync manifests/ --prune              # also delete what is not in the directory
+  cutover sync manifests/ --wait               # then wait until all are Available
 
 Output: '+ NAME created', '~ NAME configured: FIELD: OLD -> NEW', '- NAME deleted',
 '= NAME unchanged', '? NAME is only in KV' (without --prune), then a drift summary. With
@@ -44,6 +45,13 @@ pub struct Args {
     /// Allow a prune that deletes more than half of the services in KV.
     #[arg(long)]
     pub force: bool,
+    /// Then wait until the daemon made every service Available (exit 0) or gave up on one
+    /// (exit 1), showing the progress on stderr as `status --wait` does.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration, requires = "wait")]
+    pub timeout: std::time::Duration,
 }
 
 /// One line of the diff between the directory and KV.
@@ -291,6 +299,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
     }
     println!("{}", drift_summary(&drift, manifests.len(), &args));
+    if args.wait {
+        use std::io::IsTerminal as _;
+        let live = std::io::stderr().is_terminal();
+        super::status::wait_for_all(
+            &store,
+            super::status::WaitFor::Available,
+            args.timeout,
+            live,
+        )
+        .await?;
+    }
     Ok(())
 }
 
