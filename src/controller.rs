@@ -442,6 +442,7 @@ impl Controller {
             }
             let span = info_span!("reconcile", service = %name);
             let started = tokio::time::Instant::now();
+            debug!(service = %name, "reconcile started");
             let result = AssertUnwindSafe(self.reconcile(&name).instrument(span))
                 .catch_unwind()
                 .await
@@ -577,6 +578,13 @@ impl Controller {
         for warning in &plan.warnings {
             warn!(service = %name, "{warning}");
         }
+        debug!(
+            service = %name,
+            steps = plan.steps.len(),
+            phase = ?plan.status.as_ref().map(|s| s.phase),
+            requeue_ms = ?plan.requeue_after_ms,
+            "planned"
+        );
         if plan.deletion_refused {
             self.metrics.deletion_refused();
             self.publish_refusal().await?;
@@ -748,9 +756,11 @@ impl Controller {
                 Step::Switch { .. } => {}
                 step if step.is_background() => background.push(step),
                 step => {
+                    let started = tokio::time::Instant::now();
                     let result = self.docker.execute(exec, step).await;
                     self.metrics.step(step, result.is_ok());
                     result?;
+                    debug!(service = %name, took_ms = started.elapsed().as_millis() as u64, "step done: {step}");
                 }
             }
         }
@@ -1168,6 +1178,7 @@ impl Controller {
             changed
         };
         for name in changed {
+            debug!(service = %name, "spec changed; queued");
             self.queue.add(&name);
         }
     }
@@ -1257,6 +1268,7 @@ impl Controller {
             return;
         };
         while let Some(change) = changes.recv().await {
+            debug!(service = %change.service, ready = change.ready, "readiness changed; queued");
             self.queue.add(&change.service);
         }
     }
@@ -1367,6 +1379,7 @@ impl Controller {
                         }
                     };
                     for name in changed {
+                        debug!(service = %name, folder = folder.as_str(), "fleet changed; queued");
                         self.queue.add(&name);
                     }
                 }

@@ -25,6 +25,26 @@ use tokio::time::Instant;
 /// How often a replica that is not ready is probed, at most.
 pub const FAST_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How often a replica that has never passed a probe is probed, at most (a startup probe):
+/// a replica just started answers within a few tens of milliseconds of its start, and a
+/// release waits for its first success.
+pub const STARTUP_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long to wait before the next probe of a replica probed every `interval`: `interval`
+/// once it is ready; at most [`FAST_INTERVAL`] while it is not (coming up, or going down);
+/// at most [`STARTUP_INTERVAL`] until its first probe ever passes. `healthyThreshold`
+/// still counts successes in a row: only the wait before the first one is shorter.
+pub fn next_probe_in(interval: Duration, ready: bool, passed_once: bool) -> Duration {
+    let every = if ready {
+        interval
+    } else if passed_once {
+        interval.min(FAST_INTERVAL)
+    } else {
+        interval.min(STARTUP_INTERVAL)
+    };
+    every.max(Duration::from_millis(1))
+}
+
 use crate::docker::DockerHealth;
 use crate::observed::Container;
 use crate::spec::Health;
@@ -625,20 +645,15 @@ impl HealthMonitor {
         tokio::spawn(async move {
             let mut first = true;
             let mut ready = false;
+            let mut passed_once = false;
             loop {
-                // Probed every `interval` once ready; a replica coming up (or going down) at
-                // most every `FAST_INTERVAL`, as HAProxy's `fastinter` does, so a slow
-                // interval never delays a rollout.
                 if !first {
-                    let every = if ready {
-                        config.interval
-                    } else {
-                        config.interval.min(FAST_INTERVAL)
-                    };
-                    tokio::time::sleep(every.max(Duration::from_millis(1))).await;
+                    let every = next_probe_in(config.interval, ready, passed_once);
+                    tokio::time::sleep(every).await;
                 }
                 first = false;
                 let result = probe(config.target.clone()).await;
+                passed_once |= result.is_success();
                 let change = {
                     let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
                     let Some(entry) = shared
@@ -872,6 +887,42 @@ mod tests {
         assert!(!change.ready);
         assert!(!monitor.is_ready("c1"));
         assert_eq!(monitor.last_failure("c1"), Some(ProbeFailure::Status(500)));
+    }
+
+    #[test]
+    fn a_replica_is_probed_fast_until_its_first_success() {
+        let second = Duration::from_secs(1);
+        // Never passed yet: the startup interval, unless the spec's own is shorter.
+        assert_eq!(next_probe_in(second, false, false), STARTUP_INTERVAL);
+        assert_eq!(
+            next_probe_in(Duration::from_millis(10), false, false),
+            Duration::from_millis(10)
+        );
+        // Passed once, not ready (a threshold above 1, or going down): FAST_INTERVAL.
+        assert_eq!(next_probe_in(second, false, true), FAST_INTERVAL);
+        // Ready: the spec's interval.
+        assert_eq!(next_probe_in(second, true, true), second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_replica_is_ready_soon_after_it_first_answers_and_the_threshold_holds() {
+        let (probe, healthy, calls) = scripted();
+        healthy.store(false, Ordering::SeqCst);
+        let (monitor, mut changes) = HealthMonitor::with_probe(probe);
+        let containers = [replica("c1", "10.0.0.2")];
+        // Interval 1 s, healthyThreshold 3: the replica answers from 1 s on.
+        monitor.sync("books", &health(3, 1), 80, &containers, &BTreeMap::new());
+        tokio::time::sleep(Duration::from_millis(990)).await;
+        let failed = calls.load(Ordering::SeqCst);
+        assert_eq!(
+            failed, 40,
+            "probed every STARTUP_INTERVAL (0, 25, ... 975 ms)"
+        );
+        healthy.store(true, Ordering::SeqCst);
+        assert!(changes.recv().await.unwrap().ready);
+        // First success within one STARTUP_INTERVAL, then two more FAST_INTERVAL apart:
+        // three in a row, as the threshold says.
+        assert_eq!(calls.load(Ordering::SeqCst), failed + 3);
     }
 
     #[tokio::test(start_paused = true)]

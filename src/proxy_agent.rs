@@ -475,6 +475,7 @@ impl ProxyAgent {
             {
                 let mut state = self.lock();
                 if state.report.up != up {
+                    debug!(up = ?up, "proxy: servers UP changed");
                     state.report.up = up;
                     state.dirty = true;
                 }
@@ -490,6 +491,7 @@ impl ProxyAgent {
             };
             match self.write(&mut session, &report, due).await {
                 Ok(()) => {
+                    debug!("proxy: report written");
                     if due {
                         renewed = tokio::time::Instant::now();
                     }

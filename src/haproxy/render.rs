@@ -17,6 +17,11 @@ use super::{ServerState, ServiceRoutes, Settings};
 /// goes to: a plain-text 503.
 pub const NO_BACKEND: &str = "no_backend";
 
+/// How often HAProxy checks a server it sees DOWN (`downinter`, at most): a new replica's
+/// first check usually finds it not listening yet, and a release waits for the next one. A
+/// replica that stays down costs one small request per this interval and proxy.
+pub const DOWN_INTER_MS: u64 = 50;
+
 /// The body of the 503 page.
 pub const NO_BACKEND_BODY: &str = "no healthy backend for this route";
 
@@ -387,26 +392,32 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
             );
             let _ = writeln!(c, "    http-check expect status 200-399");
             match check.timing {
-                // A server coming up (or going down) is checked at most every 200 ms, so a
-                // new replica is seen UP about as soon as it answers.
+                // A server going up or down is checked at most every 200 ms (`fastinter`),
+                // and a DOWN one, such as a new replica whose first check found it not
+                // listening yet, every `DOWN_INTER_MS` (`downinter`), so a new replica is
+                // seen UP about as soon as it answers.
                 Some(t) => {
                     // However slow the revision's own probe, HAProxy checks at least every
                     // 2 s (a server it has just loaded is checked within one interval).
                     let inter = t.interval_ms.min(2_000);
                     let fast = inter.min(200);
+                    let down = inter.min(DOWN_INTER_MS);
                     let _ = writeln!(c, "    timeout check {}ms", t.timeout_ms);
                     let _ = writeln!(
                         c,
-                        "    default-server check inter {inter}ms fastinter {fast}ms downinter {fast}ms rise {} fall {}",
+                        "    default-server check inter {inter}ms fastinter {fast}ms downinter {down}ms rise {} fall {}",
                         t.rise, t.fall
                     );
                 }
                 None => {
+                    let inter = u64::try_from(settings.check_interval.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
                     let _ = writeln!(
                         c,
-                        "    default-server check inter {} fastinter 250ms downinter {} rise 2 fall 2",
-                        secs(settings.check_interval),
-                        secs(settings.check_interval)
+                        "    default-server check inter {inter}ms fastinter {}ms downinter {}ms rise 2 fall 2",
+                        inter.min(250),
+                        inter.min(DOWN_INTER_MS)
                     );
                 }
             }

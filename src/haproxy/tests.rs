@@ -113,7 +113,7 @@ backend be_books_blue
     option httpchk
     http-check send meth GET uri /health ver HTTP/1.1 hdr Host books
     http-check expect status 200-399
-    default-server check inter 1000ms fastinter 250ms downinter 1000ms rise 2 fall 2
+    default-server check inter 1000ms fastinter 250ms downinter 50ms rise 2 fall 2
     server s1 10.0.0.1:80
     server s2 10.0.0.2:80
     server s3 0.0.0.0:80 disabled
@@ -126,6 +126,33 @@ backend be_books_blue
     server s3 0.0.0.0:80 disabled
 ";
     assert!(config.contains(green), "{config}");
+}
+
+#[test]
+fn a_down_server_is_checked_every_50_ms_so_a_new_replica_is_up_soon_after_it_answers() {
+    let check = |interval_ms| Check {
+        port: 80,
+        path: "/health".into(),
+        host: "books".into(),
+        timing: Some(CheckTiming {
+            interval_ms,
+            timeout_ms: 100,
+            rise: 3,
+            fall: 2,
+        }),
+    };
+    let mut books = service(vec![route(None, Some("/books"))]);
+    books.checks = BTreeMap::from([(Color::Blue, check(250)), (Color::Green, check(5_000))]);
+    let config = render(&settings(), &table(vec![("books", books)]));
+    for line in [
+        // `downinter` for a server DOWN (a new replica not listening yet), `fastinter` while
+        // it rises (3 successes in a row still), `inter` once UP.
+        "    default-server check inter 250ms fastinter 200ms downinter 50ms rise 3 fall 2\n",
+        // However slow the revision's interval.
+        "    default-server check inter 2000ms fastinter 200ms downinter 50ms rise 3 fall 2\n",
+    ] {
+        assert!(config.contains(line), "{line} in {config}");
+    }
 }
 
 #[test]
