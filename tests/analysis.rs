@@ -16,25 +16,12 @@ use support::{Load, World};
 const PATH: &str = "/cgi-bin/version";
 
 fn manifest(w: &World, image: &str, env: &str, analysis: &str) -> String {
-    format!(
-        "apiVersion: cutover.dev/v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  image: {image}
-  replicas: 2
-  port: 80
-  env: {{{env}}}
-  health: {{path: /cgi-bin/health, interval: 200ms, timeout: 150ms}}
-  routes: [{{host: {host}}}]
-  strategy:
-    blueGreen:
-      scaleDownDelay: 1s
-      analysis: {{{analysis}}}
-",
-        name = w.svc("web"),
+    let extra = format!(
+        "  env: {{{env}}}\n  routes: [{{host: {host}}}]\n  strategy:\n    blueGreen:\n      \
+         scaleDownDelay: 1s\n      analysis: {{{analysis}}}\n",
         host = w.host("web"),
-    )
+    );
+    w.demo("web", image, 2, &extra)
 }
 
 /// What a bad release cost, from the load's failures and the status.
