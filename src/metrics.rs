@@ -49,14 +49,17 @@ pub enum Outcome {
     Rejected,
     /// `cutover rollback` rejected the live revision.
     RolledBack,
+    /// The new revision breached its `analysis` limits after the switch; traffic went back.
+    AnalysisFailed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Completed,
         Outcome::Aborted,
         Outcome::Rejected,
         Outcome::RolledBack,
+        Outcome::AnalysisFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Outcome {
             Outcome::Aborted => "aborted",
             Outcome::Rejected => "rejected",
             Outcome::RolledBack => "rolled_back",
+            Outcome::AnalysisFailed => "analysis_failed",
         }
     }
 }
@@ -74,10 +78,10 @@ impl Outcome {
 ///
 /// - A new rejection (a different revision, spec index or reason in `rejected`) is an
 ///   outcome by its reason: `ProgressDeadlineExceeded` → rejected, `Aborted` → aborted,
-///   `RolledBack` → rolled back.
+///   `RolledBack` → rolled back, `AnalysisFailed` → analysis failed.
 /// - A switch (the planner sets `switchedAt` exactly when it records a `Switched` event) is
-///   a completed rollout, except the switch back to a kept revision that a rollback asked
-///   for: that one is part of the rollback.
+///   a completed rollout, except the switch back to a kept revision that a rollback (asked
+///   for, or after a failed analysis) made: that one is part of the rollback.
 ///
 /// Pure, so that each transition is counted once: the controller calls it only when it
 /// writes a status that differs from the stored one.
@@ -90,13 +94,14 @@ pub fn rollout_outcomes(old: &Status, new: &Status) -> Vec<Outcome> {
             "ProgressDeadlineExceeded" => outcomes.push(Outcome::Rejected),
             "Aborted" => outcomes.push(Outcome::Aborted),
             "RolledBack" => outcomes.push(Outcome::RolledBack),
+            "AnalysisFailed" => outcomes.push(Outcome::AnalysisFailed),
             _ => {}
         }
     }
     let rolling_back = new
         .rejected
         .as_ref()
-        .is_some_and(|r| r.reason == "RolledBack");
+        .is_some_and(|r| r.reason == "RolledBack" || r.reason == "AnalysisFailed");
     if new.switched_at_ms.is_some() && new.switched_at_ms != old.switched_at_ms && !rolling_back {
         outcomes.push(Outcome::Completed);
     }
@@ -339,7 +344,7 @@ impl Metrics {
         let rollouts = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "rollouts",
-            "Rollouts that ended, by outcome (completed, aborted, rejected, rolled_back)",
+            "Rollouts that ended, by outcome (completed, aborted, rejected, rolled_back, analysis_failed)",
             rollouts.clone(),
         );
         let steps = Family::<StepLabels, Counter>::default();
@@ -870,6 +875,12 @@ mod tests {
                 vec![Rejected],
             ),
             (
+                "a failed analysis and its switch back: one outcome",
+                status(Some(1), None),
+                status(Some(2), rejected("AnalysisFailed", 7)),
+                vec![AnalysisFailed],
+            ),
+            (
                 "abort",
                 status(Some(1), None),
                 status(Some(1), rejected("Aborted", 7)),
@@ -921,6 +932,7 @@ mod tests {
             "cutover_queue_depth 0",
             "cutover_services{phase=\"Available\"} 0",
             "cutover_rollouts_total{outcome=\"rolled_back\"} 0",
+            "cutover_rollouts_total{outcome=\"analysis_failed\"} 0",
             "cutover_steps_total{kind=\"switch\",result=\"ok\"} 0",
             "cutover_deletions_refused_total 0",
             "cutover_haproxy_reloads_total 0",
