@@ -415,9 +415,10 @@ impl Proxy {
     ///   the same directory gets [`ProxyError::DirInUse`] and changes nothing. The OS
     ///   releases the lock when the process dies, also on `kill -9`.
     /// - Supervised: if `<dir>/master.sock` answers, the running master is adopted (never a
-    ///   second HAProxy) and reloaded once, seamlessly, from the files, so that its state
-    ///   is exactly the table. Otherwise a master is started in its own session; it is
-    ///   never stopped by dropping the `Proxy`.
+    ///   second HAProxy), reloaded once, seamlessly, if it runs other files, and the first
+    ///   apply of each service sends its whole runtime state again, so that a change the
+    ///   dead daemon wrote but never sent is not lost. Otherwise a master is started in its
+    ///   own session; it is never stopped by dropping the `Proxy`.
     /// - External: nothing is started; the files are written, and the running HAProxy is
     ///   reloaded through its master socket if one is given.
     ///
@@ -462,14 +463,13 @@ impl Proxy {
                     proxy.metrics.adoptions += 1;
                     proxy.master = process::Identity::of(processes.master_pid);
                     if previous_config.as_deref() == Some(&render(&proxy.settings, &table)) {
-                        // It runs these very files, and every runtime change was written
-                        // to them before it was sent: no reload, and nothing to re-send
-                        // (re-setting a server's address restarts its health checks, which
-                        // would fail requests). Caveat: a daemon killed between writing the
-                        // files and sending the commands leaves that one change unsent until
-                        // the service changes again.
+                        // It runs the shape of these very files: no reload. Its runtime
+                        // state, though, is unknown: a daemon killed between writing the
+                        // files and sending the commands left that change unsent. So the
+                        // first apply of each service sends every slot and map entry
+                        // again; HAProxy ignores a command that changes nothing (an
+                        // address it already has does not restart the server's checks).
                         proxy.loaded = Some(render::shapes(&proxy.table));
-                        proxy.runtime = proxy.table.clone();
                     } else {
                         proxy.reload(&master).await?;
                     }
@@ -490,7 +490,19 @@ impl Proxy {
         Ok(proxy)
     }
 
+    /// Starts a master from the files. The servers' saved state (`server-state`) is removed
+    /// first: it was saved at the last reload, and runtime changes since then (addresses in
+    /// particular) are only in the configuration.
     async fn launch(&mut self) -> Result<(), ProxyError> {
+        let state = self.settings.dir.join(render::SERVER_STATE_FILE);
+        if let Err(source) = std::fs::remove_file(&state)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ProxyError::Io {
+                path: state,
+                source,
+            });
+        }
         let processes = process::start(&self.settings, &self.settings.config_path()).await?;
         tracing::info!(master_pid = processes.master_pid, "HAProxy started");
         self.metrics.starts += 1;
@@ -504,7 +516,7 @@ impl Proxy {
         // Carry the servers' health over to the new worker (see `server-state-file`).
         if let Ok(state) = self.command("show servers state").await {
             let path = self.settings.dir.join(render::SERVER_STATE_FILE);
-            std::fs::write(&path, render::server_state_for_reload(&state))
+            std::fs::write(&path, render::server_state_for_reload(&state, &self.table))
                 .map_err(|source| ProxyError::Io { path, source })?;
         }
         let processes = process::reload(master).await?;
@@ -645,9 +657,8 @@ impl Proxy {
     ///   without `no-exit-on-failure`: the master stops every other worker and exits; it
     ///   never forks a new worker by itself), so a `kill -9` of the worker is recovered by
     ///   the same restart.
-    /// - The servers' saved state (`server-state`) is removed before a restart: it was
-    ///   saved at the last reload, and runtime changes since then (addresses in particular)
-    ///   are only in the configuration.
+    /// - The servers' saved state (`server-state`) is not loaded by a restarted master
+    ///   (see `launch`).
     ///
     /// # Errors
     /// The files cannot be written or HAProxy does not start (a port taken by another
@@ -676,15 +687,6 @@ impl Proxy {
             master_pid = gone,
             "HAProxy's master is gone; starting it again from the files"
         );
-        let state = self.settings.dir.join(render::SERVER_STATE_FILE);
-        if let Err(source) = std::fs::remove_file(&state)
-            && source.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(ProxyError::Io {
-                path: state,
-                source,
-            });
-        }
         let table = self.table.clone();
         self.write_files(&table).await?;
         self.launch().await?;

@@ -155,9 +155,11 @@ impl Lab {
     /// It answers `/whoami` (and `/<dir>/whoami` for a few route directories) with `name`.
     async fn replica(&self, name: &str, image: &str) -> (String, String) {
         let full = format!("cotest-{}-{name}", self.suffix);
+        // Port 8080 answers `/whoami` with `<name>-8080`.
         let script = "for d in alpha alpha/admin admin; do mkdir -p /www/$d; \
                       cp /www/index.html /www/$d/; echo $WHOAMI > /www/$d/whoami; done; \
-                      echo $WHOAMI > /www/whoami; \
+                      echo $WHOAMI > /www/whoami; cp -r /www /www8080; \
+                      echo $WHOAMI-8080 > /www8080/whoami; httpd -p 8080 -h /www8080; \
                       trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
         let args = [
             "run".to_owned(),
@@ -886,6 +888,79 @@ async fn haproxy_outlives_the_daemon_and_is_adopted() {
     assert_eq!(tally.failures, 0, "failures: {:?}", tally.kinds);
     assert!(tally.version_a > 0 && tally.version_b > 0);
     assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
+}
+
+/// A daemon killed after it wrote the files of a switch but before it sent the commands:
+/// the daemon that adopts the HAProxy sends them when it applies the same table again
+/// (the files alone prove nothing about the running state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_written_but_never_sent_is_sent_by_the_adopting_daemon() {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let blue = lab.replica("web-blue-1", IMAGE_A).await;
+    let green = lab.replica("web-green-1", IMAGE_B).await;
+    let mut routes = web(Color::Blue, vec![ready(1, &blue.1)]);
+    routes
+        .servers
+        .insert(Color::Green, vec![ready(1, &green.1)]);
+    proxy.apply("web", &routes).await.unwrap();
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The commands cannot reach HAProxy: the files are written, nothing is sent.
+    let master = lab.dir.join("master.sock");
+    let away = lab.dir.join("master.sock.away");
+    std::fs::rename(&master, &away).unwrap();
+    routes.live = Some(Color::Green);
+    proxy
+        .apply("web", &routes)
+        .await
+        .expect_err("no command can be sent");
+    drop(proxy);
+    std::fs::rename(&away, &master).unwrap();
+    assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version A\n");
+
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    assert_eq!(proxy.metrics().adoptions, 1);
+    assert_eq!(
+        proxy.metrics().reloads,
+        0,
+        "the files are the running shape"
+    );
+    proxy.apply("web", &routes).await.unwrap();
+    assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tally = load.finish().await;
+    assert_eq!(tally.failures, 0, "failures: {:?}", tally.kinds);
+    proxy.stop().await.unwrap();
+}
+
+/// A reload that also moves the servers' port (a release that changes `spec.port`):
+/// HAProxy 2.6 applies the saved server state's port over the configuration's, so the state
+/// carried over must not hold the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_port_sends_requests_to_the_new_port() {
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let replica = lab.replica("web", IMAGE_A).await;
+    let mut routes = web(Color::Blue, vec![ready(1, &replica.1)]);
+    proxy.apply("web", &routes).await.unwrap();
+    assert_eq!(get(lab.live(), "x", "/whoami").await.unwrap().1, "web\n");
+
+    routes.port = 8080;
+    let outcome = proxy.apply("web", &routes).await.unwrap();
+    assert!(
+        outcome.reloaded,
+        "a new check port is a new shape: {outcome:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            get(lab.live(), "x", "/whoami").await.unwrap().1,
+            "web-8080\n"
+        );
+    }
+    proxy.stop().await.unwrap();
 }
 
 /// The map entries of `show map`, without the entry addresses HAProxy prints first.

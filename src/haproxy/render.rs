@@ -267,25 +267,61 @@ fn secs(d: std::time::Duration) -> String {
 /// The file the servers' state is saved to before a reload.
 pub const SERVER_STATE_FILE: &str = "server-state";
 
-/// `show servers state` as the next worker should load it: operational state (UP/DOWN) and
-/// addresses kept, administrative state (maint/drain set at runtime) cleared, because the
-/// new configuration already says which servers are disabled.
-pub fn server_state_for_reload(show_servers_state: &str) -> String {
+/// `show servers state` as the next worker, configured from `table`, should load it:
+/// operational state (UP/DOWN) kept, administrative state (maint/drain set at runtime)
+/// cleared, because the new configuration already says which servers are disabled. Only
+/// the servers whose address and port the new configuration keeps are carried: HAProxy
+/// applies a state file's address and port over the configuration's, so a stale line would
+/// point a slot back at the replica it had before (the one that moved it starts from the
+/// configuration, checked at once).
+pub fn server_state_for_reload(
+    show_servers_state: &str,
+    table: &BTreeMap<String, ServiceRoutes>,
+) -> String {
+    let mut configured = BTreeMap::new();
+    for (service, routes) in table {
+        for color in [Color::Blue, Color::Green] {
+            let port = routes.check(service, color).port.to_string();
+            let known: BTreeMap<u32, &str> = (routes.servers.get(&color).into_iter().flatten())
+                .map(|s| (s.slot, s.address.as_str()))
+                .collect();
+            for slot in 1..=routes.slots {
+                let address = known.get(&slot).copied().unwrap_or("0.0.0.0");
+                let server = (backend_name(service, color), server_name(slot));
+                configured.insert(server, (address.to_owned(), port.clone()));
+            }
+        }
+    }
     let mut out = String::new();
-    let mut admin_column = None;
+    let mut columns: Option<Vec<String>> = None;
     for line in show_servers_state.lines() {
         if let Some(header) = line.strip_prefix("# ") {
-            admin_column = header.split(' ').position(|c| c == "srv_admin_state");
+            columns = Some(header.split(' ').map(str::to_owned).collect());
             out.push_str(line);
-        } else if let (Some(i), false) = (admin_column, line.trim().is_empty()) {
-            let mut fields: Vec<&str> = line.split(' ').collect();
-            if i < fields.len() {
-                fields[i] = "0";
-            }
-            out.push_str(&fields.join(" "));
-        } else {
-            out.push_str(line);
+            out.push('\n');
+            continue;
         }
+        let Some(columns) = columns.as_ref().filter(|_| !line.trim().is_empty()) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let mut fields: Vec<&str> = line.split(' ').collect();
+        let field = |name: &str| {
+            let i = columns.iter().position(|c| c == name)?;
+            fields.get(i).map(|f| (*f).to_owned())
+        };
+        let server = field("be_name").zip(field("srv_name"));
+        let address = field("srv_addr").zip(field("srv_port"));
+        if server.and_then(|s| configured.get(&s)) != address.as_ref() {
+            continue;
+        }
+        if let Some(i) = columns.iter().position(|c| c == "srv_admin_state")
+            && let Some(admin) = fields.get_mut(i)
+        {
+            *admin = "0";
+        }
+        out.push_str(&fields.join(" "));
         out.push('\n');
     }
     out

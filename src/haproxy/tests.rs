@@ -444,3 +444,40 @@ fn servers_from_containers_skip_archived_stopped_and_addressless_replicas() {
         )])
     );
 }
+
+#[test]
+fn a_reload_carries_the_health_of_servers_whose_address_stays_and_only_theirs() {
+    let header = "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state \
+                  srv_uweight srv_iweight srv_time_since_last_change srv_check_status \
+                  srv_check_result srv_check_health srv_check_state srv_agent_state \
+                  bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord";
+    let line = |server: &str, address: &str, admin: u32, port: u16| {
+        format!("3 be_web_blue 1 {server} {address} 2 {admin} 1 1 7 15 3 3 6 0 0 0 - {port} -")
+    };
+    let state = [
+        "1".to_owned(),
+        header.to_owned(),
+        // Kept: the address and port the new configuration has; drain cleared.
+        line("s1", "10.0.0.1", 8, 80),
+        // Dropped: slot 2 moved to another replica.
+        line("s2", "10.0.0.9", 0, 80),
+        // Dropped: the port moved.
+        line("s3", "0.0.0.0", 1, 8080),
+        // Kept: a spare slot as configured.
+        line("s4", "0.0.0.0", 1, 80),
+        // Dropped: a backend the new configuration does not have.
+        line("s1", "10.0.0.1", 0, 80).replace("be_web_blue", "be_gone_blue"),
+        String::new(),
+    ]
+    .join("\n");
+    let out = server_state_for_reload(&state, &table(vec![("web", service(vec![]))]));
+    let expected = [
+        "1".to_owned(),
+        header.to_owned(),
+        line("s1", "10.0.0.1", 0, 80),
+        line("s4", "0.0.0.0", 0, 80),
+        String::new(),
+    ]
+    .join("\n");
+    assert_eq!(out, expected);
+}
