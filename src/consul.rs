@@ -424,9 +424,11 @@ impl Client {
         self.base.as_str().trim_end_matches('/')
     }
 
-    /// Reads one key; `None` when it does not exist.
+    /// Reads one key; `None` when it does not exist. A consistent read (see
+    /// [`CONSISTENT`]).
     pub async fn get(&self, key: &str) -> Result<Option<KvEntry>, ConsulError> {
-        let call = self.call(Method::GET, key);
+        let mut call = self.call(Method::GET, key);
+        call.query.push((CONSISTENT, String::new()));
         let answer = self.send(call).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -435,7 +437,8 @@ impl Client {
         Ok(entries.pop())
     }
 
-    /// Reads every key under `prefix` (recursively) and the index to block on afterwards.
+    /// Reads every key under `prefix` (recursively) and the index to block on afterwards. A
+    /// consistent read (see [`CONSISTENT`]).
     pub async fn list(&self, prefix: &str) -> Result<Listing, ConsulError> {
         self.list_inner(prefix, None).await
     }
@@ -469,6 +472,8 @@ impl Client {
             // Consul adds up to wait/16 of jitter to the wait.
             call.attempt_timeout = wait + wait / 16 + self.retry_timeout;
             call.once = index > 0;
+        } else {
+            call.query.push((CONSISTENT, String::new()));
         }
         let answer = self.send(call).await?;
         let entries = if answer.status == StatusCode::NOT_FOUND {
@@ -998,6 +1003,15 @@ pub enum IndexStep {
     /// a Consul upgrade): forget what was known and start again from index 0.
     Reset,
 }
+
+/// The query parameter of every read that does not block: Consul answers it only once its
+/// state machine has caught up with its log. A Consul server restarted on its data replays
+/// its log after it elected itself, and meanwhile answers default reads from a state that
+/// goes back in time and then forward through every past write: a proxy that read that
+/// would drive HAProxy through old route tables. Blocking reads follow a consistent one (the
+/// first read of a watch, and every read after an error or an index reset), so they start
+/// from the caught-up state and only move forward.
+pub const CONSISTENT: &str = "consistent";
 
 /// Applies Consul's index rules to the index `returned` by a query that was sent with
 /// `previous` (0 for a plain, non-blocking read).

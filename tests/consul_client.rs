@@ -517,3 +517,164 @@ async fn a_watch_notices_a_consul_back_without_its_data_at_once() {
     assert_eq!(keys, [format!("{prefix}new")]);
     drop(own);
 }
+
+/// A Consul server on a data directory (not `-dev`), killed on drop.
+struct Server {
+    child: std::process::Child,
+    dir: TempDir,
+    ports: [u16; 4],
+}
+
+impl Server {
+    fn start(dir: TempDir, ports: [u16; 4]) -> Server {
+        let [http, serf_lan, serf_wan, server] = ports.map(|p| p.to_string());
+        let child = std::process::Command::new("consul")
+            .args([
+                "agent",
+                "-server",
+                "-bootstrap-expect",
+                "1",
+                "-bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "-client",
+                "127.0.0.1",
+                "-dns-port",
+                "-1",
+                "-grpc-port",
+                "-1",
+            ])
+            .args(["-http-port", &http, "-serf-lan-port", &serf_lan])
+            .args(["-serf-wan-port", &serf_wan, "-server-port", &server])
+            .args(["-hcl", "performance { raft_multiplier = 1 }"])
+            .arg("-data-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("consul on PATH: run scripts/install-deps");
+        Server { child, dir, ports }
+    }
+
+    /// A client that tries each request once (`retry_timeout` zero) or retries it.
+    fn client(&self, retry_timeout: Duration) -> Client {
+        Client::new(&ConsulConfig {
+            address: format!("127.0.0.1:{}", self.ports[0]),
+            retry_timeout,
+            ..ConsulConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// `kill -9`, then the same server again on its data.
+    fn restart(mut self) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir::new());
+        Server::start(dir, self.ports)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Consul server restarted on its data replays its log after it elected itself; default
+/// reads meanwhile see the data go back in time and forward again through every past write.
+/// The reads cutover does without blocking are consistent: a watch (and a plain read)
+/// after the restart sees only the last value, never an older one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_consul_restart_reads_never_go_back_in_time() {
+    let ports = [
+        support::unused_port(),
+        support::unused_port(),
+        support::unused_port(),
+        support::unused_port(),
+    ];
+    let server = Server::start(TempDir::new(), ports);
+    let client = server.client(Duration::from_secs(60));
+    let prefix = format!("{}/", unique_prefix("replay"));
+    let key = format!("{prefix}table");
+    // A log long enough that its replay can be caught: other keys by eight writers, then
+    // the key itself.
+    const WRITES: u32 = 300;
+    let others = unique_prefix("replay-others");
+    let writers = (0..8).map(|w| {
+        let (client, others) = (client.clone(), others.clone());
+        async move {
+            for i in 0..400 {
+                client
+                    .put(&format!("{others}/{w}-{i}"), &[b'x'; 512], None)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    for i in 1..=WRITES {
+        client
+            .put(&key, i.to_string().as_bytes(), None)
+            .await
+            .unwrap();
+    }
+    let mut watch = PrefixWatch::new(client.clone(), prefix.clone(), Duration::from_secs(300));
+    watch.next().await.unwrap();
+    // The watch blocks on its index when the server dies, as the daemon's do.
+    let blocked = tokio::spawn(async move {
+        let result = watch.next().await;
+        (watch, result)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let server = tokio::task::spawn_blocking(move || server.restart())
+        .await
+        .unwrap();
+    let value =
+        |entry: &cutover::consul::KvEntry| String::from_utf8_lossy(&entry.value).into_owned();
+    // Plain reads by four readers as often as Consul answers them, from the moment it
+    // listens again.
+    let once = server.client(Duration::ZERO);
+    let readers = (0..4).map(|_| {
+        let (once, key) = (once.clone(), key.clone());
+        async move {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while seen.len() < 100 && Instant::now() < deadline {
+                match once.get(&key).await {
+                    Ok(Some(entry)) => seen.push(value(&entry)),
+                    Ok(None) => seen.push("(no such key)".to_owned()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+            seen
+        }
+    });
+    let mut seen: Vec<String> = futures::future::join_all(readers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    // And the watch's first read after the restart (its blocking read failed).
+    let (mut watch, result) = blocked.await.unwrap();
+    assert!(
+        result.is_err(),
+        "the blocking read outlived the server: {result:?}"
+    );
+    let update = tokio::time::timeout(Duration::from_secs(90), watch.next())
+        .await
+        .expect("the watch reads within 90 s")
+        .unwrap();
+    seen.extend(update.listing.entries.iter().map(value));
+    drop(server);
+    assert!(!seen.is_empty(), "nothing read after the restart");
+    let expected = WRITES.to_string();
+    assert!(
+        seen.iter().all(|v| *v == expected),
+        "reads after the restart went back in time: {:?}",
+        seen.iter().filter(|v| **v != expected).collect::<Vec<_>>()
+    );
+}
