@@ -508,46 +508,37 @@ pub async fn wait_for_all(
     timeout: std::time::Duration,
     live: bool,
 ) -> Result<(), CliError> {
-    let watched = format!("{}/", store.prefix());
-    let wait = async {
-        let mut index = 0;
-        let mut shown = String::new();
-        loop {
-            let progress = Progress::of(&fetch_reports(store, None).await?, wait_for);
-            let line = progress.line();
-            if live {
-                eprint!("\r\x1b[2K{line}");
-            } else if line != shown {
-                eprintln!("{line}");
-            }
-            shown = line;
-            if progress.pending.is_empty() {
-                if live {
-                    eprintln!();
-                }
-                return match progress.failed.into_iter().next() {
-                    Some((name, index, phase, message)) => Err(CliError::RolloutFailed {
-                        name,
-                        index,
-                        phase,
-                        message,
-                    }),
-                    None => Ok(()),
-                };
-            }
-            index = super::list_after(store, &watched, index, std::time::Duration::from_secs(30))
-                .await?
-                .index;
-        }
+    let what = || match wait_for {
+        WaitFor::Available => "every service to become Available".to_owned(),
+        WaitFor::Preview => "every service to be ready for preview".to_owned(),
     };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .map_err(|_| CliError::Timeout {
-            what: match wait_for {
-                WaitFor::Available => "every service to become Available".to_owned(),
-                WaitFor::Preview => "every service to be ready for preview".to_owned(),
-            },
-        })?
+    let mut shown = String::new();
+    wait_until(store, timeout, what, async || {
+        let progress = Progress::of(&fetch_reports(store, None).await?, wait_for);
+        let line = progress.line();
+        if live {
+            eprint!("\r\x1b[2K{line}");
+        } else if line != shown {
+            eprintln!("{line}");
+        }
+        shown = line;
+        if !progress.pending.is_empty() {
+            return Ok(None);
+        }
+        if live {
+            eprintln!();
+        }
+        match progress.failed.into_iter().next() {
+            Some((name, index, phase, message)) => Err(CliError::RolloutFailed {
+                name,
+                index,
+                phase,
+                message,
+            }),
+            None => Ok(Some(())),
+        }
+    })
+    .await
 }
 
 /// Blocks (on Consul blocking queries, not polling) until [`outcome`] decides for the
@@ -558,40 +549,56 @@ async fn wait_for_outcome(
     wait_for: WaitFor,
     timeout: std::time::Duration,
 ) -> Result<(), CliError> {
+    let what = || match wait_for {
+        WaitFor::Available => format!("{name} to become Available"),
+        WaitFor::Preview => format!("{name} to be ready for preview"),
+    };
+    let mut said_unreadable = false;
+    wait_until(store, timeout, what, async || {
+        let spec = super::existing_spec(store, name).await?;
+        let status = match store.get_status(name).await? {
+            Some(Stored::Readable(status)) => status,
+            Some(Stored::Unreadable(bad)) => {
+                // Not an outcome: the daemon rebuilds it on its next reconcile.
+                if !said_unreadable {
+                    eprintln!("{name}: {bad}; waiting for cutover run to rebuild it");
+                    said_unreadable = true;
+                }
+                return Ok(None);
+            }
+            None => return Ok(None),
+        };
+        match outcome(&status.value, spec.modify_index, wait_for) {
+            Some(Ok(())) => Ok(Some(())),
+            Some(Err(message)) => Err(CliError::RolloutFailed {
+                name: name.to_owned(),
+                index: spec.modify_index,
+                phase: status
+                    .value
+                    .phase
+                    .map_or_else(String::new, |p| p.to_string()),
+                message,
+            }),
+            None => Ok(None),
+        }
+    })
+    .await
+}
+
+/// Runs `decide` now and after every change under the prefix (Consul blocking queries, not
+/// polling) until it returns `Some` or an error; after `timeout`, the error names `what`.
+async fn wait_until<T>(
+    store: &Store,
+    timeout: std::time::Duration,
+    what: impl FnOnce() -> String,
+    mut decide: impl AsyncFnMut() -> Result<Option<T>, CliError>,
+) -> Result<T, CliError> {
     let watched = format!("{}/", store.prefix());
     let wait = async {
         let mut index = 0;
-        let mut said_unreadable = false;
         loop {
-            let spec = super::existing_spec(store, name).await?;
-            let status = match store.get_status(name).await? {
-                Some(Stored::Readable(status)) => Some(status),
-                Some(Stored::Unreadable(bad)) => {
-                    // Not an outcome: the daemon rebuilds it on its next reconcile.
-                    if !said_unreadable {
-                        eprintln!("{name}: {bad}; waiting for cutover run to rebuild it");
-                        said_unreadable = true;
-                    }
-                    None
-                }
-                None => None,
-            };
-            if let Some(status) = status {
-                match outcome(&status.value, spec.modify_index, wait_for) {
-                    Some(Ok(())) => return Ok(()),
-                    Some(Err(message)) => {
-                        return Err(CliError::RolloutFailed {
-                            name: name.to_owned(),
-                            index: spec.modify_index,
-                            phase: status
-                                .value
-                                .phase
-                                .map_or_else(String::new, |p| p.to_string()),
-                            message,
-                        });
-                    }
-                    None => {}
-                }
+            if let Some(done) = decide().await? {
+                return Ok(done);
             }
             index = super::list_after(store, &watched, index, std::time::Duration::from_secs(30))
                 .await?
@@ -600,12 +607,7 @@ async fn wait_for_outcome(
     };
     tokio::time::timeout(timeout, wait)
         .await
-        .map_err(|_| CliError::Timeout {
-            what: match wait_for {
-                WaitFor::Available => format!("{name} to become Available"),
-                WaitFor::Preview => format!("{name} to be ready for preview"),
-            },
-        })?
+        .map_err(|_| CliError::Timeout { what: what() })?
 }
 
 #[cfg(test)]
