@@ -606,8 +606,14 @@ impl Proxy {
             return Ok(outcome);
         };
         let new = self.table[service].clone();
+        let old = self.runtime.get(service);
+        let actual = match old {
+            Some(_) => None,
+            None => self.command("show servers state").await.ok(),
+        }
+        .map(|state| render::server_addresses(&state));
         let commands =
-            render::runtime_commands(&self.settings, service, self.runtime.get(service), &new);
+            render::runtime_commands(&self.settings, service, old, &new, actual.as_ref());
         self.runtime.remove(service);
         let channel = self.settings.channel();
         for command in &commands {

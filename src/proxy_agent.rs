@@ -104,6 +104,10 @@ struct State {
     kept: std::collections::BTreeMap<String, Kept>,
     /// The open bake windows whose traffic it counts, by service.
     counting: std::collections::BTreeMap<String, Counting>,
+    /// Counts the applies: a read of the servers UP pairs with the applied versions only
+    /// if no apply ran while it was read (a slot UP before an apply that gave it another
+    /// replica says nothing about that replica).
+    applies: u64,
 }
 
 /// A bake window being counted, and the backend's counters when the switch was applied
@@ -253,6 +257,7 @@ impl ProxyAgent {
                         .proxy_applied(*version, Duration::from_millis(took));
                     debug!(service = %service, version, took_ms = took, "proxy: routes applied");
                     let mut state = self.lock();
+                    state.applies += 1;
                     state.report.applied.insert(
                         service.clone(),
                         Applied {
@@ -465,6 +470,7 @@ impl ProxyAgent {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}
             }
+            let applies = self.lock().applies;
             let up = self.traffic.servers_up_all().await;
             self.drop_kept_when_idle().await;
             every = if up == self.traffic.servers_in_rotation().await {
@@ -474,6 +480,10 @@ impl ProxyAgent {
             };
             {
                 let mut state = self.lock();
+                if state.applies != applies {
+                    // Read across an apply: read again (its wake-up is pending).
+                    continue;
+                }
                 if state.report.up != up {
                     debug!(up = ?up, "proxy: servers UP changed");
                     state.report.up = up;

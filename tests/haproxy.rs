@@ -936,6 +936,55 @@ async fn a_switch_written_but_never_sent_is_sent_by_the_adopting_daemon() {
     proxy.stop().await.unwrap();
 }
 
+/// The colors and slots of `web` HAProxy's own checks see UP.
+async fn checked(proxy: &Proxy) -> BTreeMap<Color, std::collections::BTreeSet<u32>> {
+    let mut up = proxy.servers_up_all().await.unwrap();
+    up.remove("web").unwrap_or_default()
+}
+
+/// The same, when the unsent change moves a slot to another replica: the adopting daemon
+/// does not know what HAProxy had, asks it, and sends the slot DOWN until HAProxy's own
+/// check of the new replica passes (the slot's last check was of the previous replica: a
+/// switch that trusted it could send requests to a replica no check has seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_by_an_unsent_change_is_not_up_until_checked() {
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let blue = lab.replica("web-blue-1", IMAGE_A).await;
+    let green = lab.replica("web-green-1", IMAGE_B).await;
+    let mut routes = web(Color::Blue, vec![ready(1, &blue.1)]);
+    routes
+        .servers
+        .insert(Color::Green, vec![ready(1, &green.1)]);
+    proxy.apply("web", &routes).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !checked(&proxy).await.contains_key(&Color::Green) {
+        assert!(tokio::time::Instant::now() < deadline, "green never UP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Green's slot moves to an address nothing answers on; the commands are not sent.
+    let master = lab.dir.join("master.sock");
+    let away = lab.dir.join("master.sock.away");
+    std::fs::rename(&master, &away).unwrap();
+    routes
+        .servers
+        .insert(Color::Green, vec![ready(1, "192.0.2.1")]);
+    proxy
+        .apply("web", &routes)
+        .await
+        .expect_err("no command can be sent");
+    drop(proxy);
+    std::fs::rename(&away, &master).unwrap();
+
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    proxy.apply("web", &routes).await.unwrap();
+    let up = checked(&proxy).await;
+    assert!(!up.contains_key(&Color::Green), "{up:?}");
+    assert!(up.contains_key(&Color::Blue), "{up:?}");
+    proxy.stop().await.unwrap();
+}
+
 /// A reload that also moves the servers' port (a release that changes `spec.port`):
 /// HAProxy 2.6 applies the saved server state's port over the configuration's, so the state
 /// carried over must not hold the old one.

@@ -292,37 +292,65 @@ pub fn server_state_for_reload(
             }
         }
     }
+    let carried = server_addresses(show_servers_state);
     let mut out = String::new();
-    let mut columns: Option<Vec<String>> = None;
+    let mut admin_column = None;
+    // `None` before the header (the format version comes first).
+    let mut name_columns: Option<Option<(usize, usize)>> = None;
     for line in show_servers_state.lines() {
         if let Some(header) = line.strip_prefix("# ") {
-            columns = Some(header.split(' ').map(str::to_owned).collect());
-            out.push_str(line);
+            let columns: Vec<&str> = header.split(' ').collect();
+            let at = |name: &str| columns.iter().position(|c| *c == name);
+            admin_column = at("srv_admin_state");
+            name_columns = Some(at("be_name").zip(at("srv_name")));
+        } else if let Some(name_columns) = name_columns
+            && !line.trim().is_empty()
+        {
+            let mut fields: Vec<&str> = line.split(' ').collect();
+            let server = name_columns.and_then(|(b, s)| {
+                Some(((*fields.get(b)?).to_owned(), (*fields.get(s)?).to_owned()))
+            });
+            let stays = server.is_some_and(|s| carried.get(&s) == configured.get(&s));
+            if !stays {
+                continue;
+            }
+            if let Some(admin) = admin_column.and_then(|i| fields.get_mut(i)) {
+                *admin = "0";
+            }
+            out.push_str(&fields.join(" "));
             out.push('\n');
             continue;
         }
-        let Some(columns) = columns.as_ref().filter(|_| !line.trim().is_empty()) else {
-            out.push_str(line);
-            out.push('\n');
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Server addresses and ports (`srv_addr`, `srv_port`) by backend and server name.
+pub type ServerAddresses = BTreeMap<(String, String), (String, String)>;
+
+/// The address and port of every server in `show servers state`, by backend and server
+/// name.
+pub fn server_addresses(show_servers_state: &str) -> ServerAddresses {
+    let mut columns: Vec<&str> = Vec::new();
+    let mut out = BTreeMap::new();
+    for line in show_servers_state.lines() {
+        if let Some(header) = line.strip_prefix("# ") {
+            columns = header.split(' ').collect();
             continue;
-        };
-        let mut fields: Vec<&str> = line.split(' ').collect();
+        }
+        let fields: Vec<&str> = line.split(' ').collect();
         let field = |name: &str| {
-            let i = columns.iter().position(|c| c == name)?;
+            let i = columns.iter().position(|c| *c == name)?;
             fields.get(i).map(|f| (*f).to_owned())
         };
-        let server = field("be_name").zip(field("srv_name"));
-        let address = field("srv_addr").zip(field("srv_port"));
-        if server.and_then(|s| configured.get(&s)) != address.as_ref() {
-            continue;
+        if let (Some(server), Some(address)) = (
+            field("be_name").zip(field("srv_name")),
+            field("srv_addr").zip(field("srv_port")),
+        ) {
+            out.insert(server, address);
         }
-        if let Some(i) = columns.iter().position(|c| c == "srv_admin_state")
-            && let Some(admin) = fields.get_mut(i)
-        {
-            *admin = "0";
-        }
-        out.push_str(&fields.join(" "));
-        out.push('\n');
     }
     out
 }
@@ -520,7 +548,9 @@ pub fn shapes(table: &BTreeMap<String, ServiceRoutes>) -> BTreeMap<String, Shape
 }
 
 /// The Runtime API commands that take one service from `old` (what the running HAProxy
-/// has, `None` when unknown: then every slot and map entry is set) to `new`, in a safe order:
+/// has, `None` when unknown: then every slot and map entry is set, and `actual`, the
+/// servers' addresses HAProxy reported if it could be asked, tells which slots move to
+/// another replica) to `new`, in a safe order:
 ///
 /// 1. servers that gain an address or become ready (`set server ... addr`, then `state ready`);
 /// 2. map entries whose backend changes (`set map`): the switch;
@@ -533,6 +563,7 @@ pub fn runtime_commands(
     service: &str,
     old: Option<&ServiceRoutes>,
     new: &ServiceRoutes,
+    actual: Option<&ServerAddresses>,
 ) -> Vec<String> {
     let mut up = Vec::new();
     let mut maps = Vec::new();
@@ -570,9 +601,16 @@ pub fn runtime_commands(
             };
             if readdress && let Some(address) = address {
                 target.push(command::set_server_addr(&backend, &server, address, port));
-                // A new replica in a slot HAProxy knew: DOWN until its own check passes.
-                // (Not when HAProxy's state is unknown: the slot may hold a serving replica.)
-                if before.is_some() {
+                // A new replica in a slot: DOWN until HAProxy's own check passes (its last
+                // check was of the slot's previous replica). Not when HAProxy's state is
+                // unknown and it reported no other address: the slot may hold a serving
+                // replica.
+                let moved = before.is_some()
+                    || actual.is_some_and(|actual| {
+                        actual.get(&(backend.clone(), server.clone()))
+                            != Some(&(address.clone(), port.to_string()))
+                    });
+                if moved {
                     target.push(command::set_server_health_down(&backend, &server));
                 }
             }

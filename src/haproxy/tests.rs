@@ -312,7 +312,7 @@ fn a_switch_readies_the_new_color_then_flips_the_maps_then_drains_the_old() {
         (Color::Green, vec![ready(1, "10.0.1.1")]),
     ]);
     assert_eq!(
-        runtime_commands(&s, "a", Some(&old), &new),
+        runtime_commands(&s, "a", Some(&old), &new, None),
         vec![
             "set server be_a_green/s1 addr 10.0.1.1 port 80",
             "set server be_a_green/s1 health down",
@@ -326,7 +326,7 @@ fn a_switch_readies_the_new_color_then_flips_the_maps_then_drains_the_old() {
         ]
     );
     assert_eq!(
-        runtime_commands(&s, "a", Some(&new), &new),
+        runtime_commands(&s, "a", Some(&new), &new, None),
         Vec::<String>::new()
     );
 }
@@ -338,13 +338,13 @@ fn scaling_down_drains_and_scaling_up_sets_address_then_state() {
     let mut down = old.clone();
     down.servers.get_mut(&Color::Blue).unwrap()[1].state = ServerState::Drain;
     assert_eq!(
-        runtime_commands(&s, "a", Some(&old), &down),
+        runtime_commands(&s, "a", Some(&old), &down, None),
         vec!["set server be_a_blue/s2 state drain"]
     );
     let mut gone = old.clone();
     gone.servers.get_mut(&Color::Blue).unwrap().pop();
     assert_eq!(
-        runtime_commands(&s, "a", Some(&down), &gone),
+        runtime_commands(&s, "a", Some(&down), &gone, None),
         vec!["set server be_a_blue/s2 state maint"]
     );
     let mut up = old.clone();
@@ -353,7 +353,7 @@ fn scaling_down_drains_and_scaling_up_sets_address_then_state() {
         .unwrap()
         .push(ready(3, "10.0.0.3"));
     assert_eq!(
-        runtime_commands(&s, "a", Some(&old), &up),
+        runtime_commands(&s, "a", Some(&old), &up, None),
         vec![
             "set server be_a_blue/s3 addr 10.0.0.3 port 80",
             "set server be_a_blue/s3 health down",
@@ -366,7 +366,7 @@ fn scaling_down_drains_and_scaling_up_sets_address_then_state() {
 fn an_unknown_runtime_state_sets_every_slot_and_map_entry() {
     let s = Settings::new("/d", ":80");
     let new = service(vec![route(None, Some("/a"))]);
-    let commands = runtime_commands(&s, "a", None, &new);
+    let commands = runtime_commands(&s, "a", None, &new, None);
     assert_eq!(
         commands,
         vec![
@@ -381,6 +381,27 @@ fn an_unknown_runtime_state_sets_every_slot_and_map_entry() {
             "set server be_a_green/s2 state maint",
             "set server be_a_green/s3 state maint",
             "set server be_a_green/s4 state maint",
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_runtime_state_sends_a_moved_slot_down_until_checked() {
+    let s = Settings::new("/d", ":80");
+    let new = service(vec![route(None, Some("/a"))]);
+    // HAProxy reports slot 1 at the address the table has, slot 2 at another replica's.
+    let state = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_port\n\
+                 3 be_a_blue 1 s1 10.0.0.1 2 80\n3 be_a_blue 2 s2 10.0.0.9 2 80\n";
+    let actual = server_addresses(state);
+    let commands = runtime_commands(&s, "a", None, &new, Some(&actual));
+    assert_eq!(
+        commands[..5],
+        [
+            "set server be_a_blue/s1 addr 10.0.0.1 port 80",
+            "set server be_a_blue/s1 state ready",
+            "set server be_a_blue/s2 addr 10.0.0.2 port 80",
+            "set server be_a_blue/s2 health down",
+            "set server be_a_blue/s2 state ready",
         ]
     );
 }
