@@ -1393,16 +1393,18 @@ impl<'a> Planner<'a> {
         self.progressing(reason, waiting);
     }
 
-    /// Whether the proxy's own checks see every one of `replicas` UP (always true without
-    /// a proxy).
+    /// Whether the proxies serve the latest route table and their own checks see every one
+    /// of `replicas` UP (always true without a proxy). A proxy behind the table may report
+    /// a slot UP for the replica the slot had before.
     fn proxy_sees_up(&self, color: Color, replicas: &[&Container]) -> bool {
         let Some(proxy) = self.input.proxy else {
             return true;
         };
-        replicas
-            .iter()
-            .filter_map(|c| c.slot())
-            .all(|slot| proxy.up.contains(&(color, slot)))
+        proxy.lagging.is_empty()
+            && replicas
+                .iter()
+                .filter_map(|c| c.slot())
+                .all(|slot| proxy.up.contains(&(color, slot)))
     }
 
     fn progressing(&mut self, reason: &str, message: String) {

@@ -1046,6 +1046,29 @@ fn the_switch_waits_until_the_proxy_sees_every_new_replica_up() {
 }
 
 #[test]
+fn a_proxy_behind_the_route_table_cannot_vouch_for_a_slot() {
+    let v1 = service("");
+    let v2 = with_image("books:2", "");
+    let mut world = World::new();
+    world.proxy = Some(ProxyView::default());
+    world.converge(&v1, 1);
+    let p = world.plan(&v2, 2);
+    world.apply(&v2, 2, &p);
+    world.all_ready();
+    // Its report names the slot UP, but from a table before the one that gave the slot its
+    // replica: the UP is the previous replica's.
+    world.proxy.as_mut().unwrap().lagging = vec!["edge-1 (serves version 3)".into()];
+    let p = world.plan(&v2, 2);
+    assert!(p.steps.is_empty(), "{:?}", describe(&p));
+    let status = p.status.unwrap();
+    let progressing = status.condition("Progressing").unwrap();
+    assert_eq!(progressing.reason, "WaitingForProxies");
+    assert!(progressing.message.contains("edge-1"), "{}", progressing.message);
+    world.proxy.as_mut().unwrap().lagging.clear();
+    assert_eq!(describe(&world.plan(&v2, 2)), ["switch traffic to green"]);
+}
+
+#[test]
 fn planning_after_applying_a_plan_converges_for_every_scenario() {
     let specs = [
         service(""),
