@@ -890,13 +890,8 @@ async fn haproxy_outlives_the_daemon_and_is_adopted() {
     assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version B\n");
 }
 
-/// A daemon killed after it wrote the files of a switch but before it sent the commands:
-/// the daemon that adopts the HAProxy sends them when it applies the same table again
-/// (the files alone prove nothing about the running state).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switch_written_but_never_sent_is_sent_by_the_adopting_daemon() {
-    let _serial = LOAD_LOCK.lock().await;
-    let lab = Lab::new();
+/// `web` live on blue (version A) with green (version B) ready beside it, applied.
+async fn blue_live_green_ready(lab: &Lab) -> (Proxy, ServiceRoutes) {
     let mut proxy = Proxy::start(lab.settings()).await.unwrap();
     let blue = lab.replica("web-blue-1", IMAGE_A).await;
     let green = lab.replica("web-green-1", IMAGE_B).await;
@@ -905,20 +900,43 @@ async fn a_switch_written_but_never_sent_is_sent_by_the_adopting_daemon() {
         .servers
         .insert(Color::Green, vec![ready(1, &green.1)]);
     proxy.apply("web", &routes).await.unwrap();
-    let load = Load::start(lab.live(), CONNECTIONS);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    (proxy, routes)
+}
 
-    // The commands cannot reach HAProxy: the files are written, nothing is sent.
+/// What a daemon killed after it wrote the files of `routes` but before it sent the
+/// commands leaves behind: the files written, nothing sent, no `Proxy`. (The master socket
+/// is away while it applies.)
+async fn write_but_never_send(lab: &Lab, mut proxy: Proxy, routes: &ServiceRoutes) {
     let master = lab.dir.join("master.sock");
     let away = lab.dir.join("master.sock.away");
     std::fs::rename(&master, &away).unwrap();
-    routes.live = Some(Color::Green);
     proxy
-        .apply("web", &routes)
+        .apply("web", routes)
         .await
         .expect_err("no command can be sent");
     drop(proxy);
     std::fs::rename(&away, &master).unwrap();
+}
+
+/// The colors and slots of `web` HAProxy's own checks see UP.
+async fn checked(proxy: &Proxy) -> BTreeMap<Color, std::collections::BTreeSet<u32>> {
+    let mut up = proxy.servers_up_all().await.unwrap();
+    up.remove("web").unwrap_or_default()
+}
+
+/// A daemon killed after it wrote the files of a switch but before it sent the commands:
+/// the daemon that adopts the HAProxy sends them when it applies the same table again
+/// (the files alone prove nothing about the running state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_written_but_never_sent_is_sent_by_the_adopting_daemon() {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Lab::new();
+    let (proxy, mut routes) = blue_live_green_ready(&lab).await;
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    routes.live = Some(Color::Green);
+    write_but_never_send(&lab, proxy, &routes).await;
     assert_eq!(get(lab.live(), "x", "/").await.unwrap().1, "version A\n");
 
     let mut proxy = Proxy::start(lab.settings()).await.unwrap();
@@ -936,12 +954,6 @@ async fn a_switch_written_but_never_sent_is_sent_by_the_adopting_daemon() {
     proxy.stop().await.unwrap();
 }
 
-/// The colors and slots of `web` HAProxy's own checks see UP.
-async fn checked(proxy: &Proxy) -> BTreeMap<Color, std::collections::BTreeSet<u32>> {
-    let mut up = proxy.servers_up_all().await.unwrap();
-    up.remove("web").unwrap_or_default()
-}
-
 /// The same, when the unsent change moves a slot to another replica: the adopting daemon
 /// does not know what HAProxy had, asks it, and sends the slot DOWN until HAProxy's own
 /// check of the new replica passes (the slot's last check was of the previous replica: a
@@ -949,33 +961,18 @@ async fn checked(proxy: &Proxy) -> BTreeMap<Color, std::collections::BTreeSet<u3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_by_an_unsent_change_is_not_up_until_checked() {
     let lab = Lab::new();
-    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
-    let blue = lab.replica("web-blue-1", IMAGE_A).await;
-    let green = lab.replica("web-green-1", IMAGE_B).await;
-    let mut routes = web(Color::Blue, vec![ready(1, &blue.1)]);
-    routes
-        .servers
-        .insert(Color::Green, vec![ready(1, &green.1)]);
-    proxy.apply("web", &routes).await.unwrap();
+    let (proxy, mut routes) = blue_live_green_ready(&lab).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !checked(&proxy).await.contains_key(&Color::Green) {
         assert!(tokio::time::Instant::now() < deadline, "green never UP");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Green's slot moves to an address nothing answers on; the commands are not sent.
-    let master = lab.dir.join("master.sock");
-    let away = lab.dir.join("master.sock.away");
-    std::fs::rename(&master, &away).unwrap();
+    // Green's slot moves to an address nothing answers on.
     routes
         .servers
         .insert(Color::Green, vec![ready(1, "192.0.2.1")]);
-    proxy
-        .apply("web", &routes)
-        .await
-        .expect_err("no command can be sent");
-    drop(proxy);
-    std::fs::rename(&away, &master).unwrap();
+    write_but_never_send(&lab, proxy, &routes).await;
 
     let mut proxy = Proxy::start(lab.settings()).await.unwrap();
     proxy.apply("web", &routes).await.unwrap();

@@ -1021,15 +1021,20 @@ fn an_unreadable_status_or_request_is_told_and_does_not_stop_the_service() {
     assert!(reasons.contains(&"RequestUnreadable"), "{reasons:?}");
 }
 
-#[test]
-fn the_switch_waits_until_the_proxy_sees_every_new_replica_up() {
-    let v1 = service("");
-    let v2 = with_image("books:2", "");
+/// v1 live on blue behind a proxy, and `v2`'s green replicas started (not ready yet).
+fn green_started_behind_a_proxy(v2: &Service) -> World {
     let mut world = World::new();
     world.proxy = Some(ProxyView::default());
-    world.converge(&v1, 1);
-    let p = world.plan(&v2, 2);
-    world.apply(&v2, 2, &p);
+    world.converge(&service(""), 1);
+    let p = world.plan(v2, 2);
+    world.apply(v2, 2, &p);
+    world
+}
+
+#[test]
+fn the_switch_waits_until_the_proxy_sees_every_new_replica_up() {
+    let v2 = with_image("books:2", "");
+    let mut world = green_started_behind_a_proxy(&v2);
     for c in &mut world.observed.containers {
         c.ready = c.running;
     }
@@ -1047,13 +1052,8 @@ fn the_switch_waits_until_the_proxy_sees_every_new_replica_up() {
 
 #[test]
 fn a_proxy_behind_the_route_table_cannot_vouch_for_a_slot() {
-    let v1 = service("");
     let v2 = with_image("books:2", "");
-    let mut world = World::new();
-    world.proxy = Some(ProxyView::default());
-    world.converge(&v1, 1);
-    let p = world.plan(&v2, 2);
-    world.apply(&v2, 2, &p);
+    let mut world = green_started_behind_a_proxy(&v2);
     world.all_ready();
     // Its report names the slot UP, but from a table before the one that gave the slot its
     // replica: the UP is the previous replica's.
@@ -1063,7 +1063,11 @@ fn a_proxy_behind_the_route_table_cannot_vouch_for_a_slot() {
     let status = p.status.unwrap();
     let progressing = status.condition("Progressing").unwrap();
     assert_eq!(progressing.reason, "WaitingForProxies");
-    assert!(progressing.message.contains("edge-1"), "{}", progressing.message);
+    assert!(
+        progressing.message.contains("edge-1"),
+        "{}",
+        progressing.message
+    );
     world.proxy.as_mut().unwrap().lagging.clear();
     assert_eq!(describe(&world.plan(&v2, 2)), ["switch traffic to green"]);
 }
