@@ -339,9 +339,9 @@ impl<'a> World<'a> {
 /// `progressDeadline` in milliseconds (the default for `recreate`).
 fn progress_deadline(service: &Service) -> u64 {
     service
-        .blue_green()
-        .map_or(crate::spec::defaults::progress_deadline(), |bg| {
-            bg.progress_deadline
+        .release()
+        .map_or(crate::spec::defaults::progress_deadline(), |r| {
+            r.progress_deadline
         })
         .as_millis()
 }
@@ -974,8 +974,8 @@ impl<'a> Planner<'a> {
     /// bounds it).
     fn keeps(&self, service: Option<&Service>, revision: &str) -> bool {
         let limit = service
-            .and_then(Service::blue_green)
-            .map_or(0, |bg| bg.revision_history_limit);
+            .and_then(Service::release)
+            .map_or(0, |r| r.revision_history_limit);
         if limit == 0 {
             return false;
         }
@@ -1066,8 +1066,8 @@ impl<'a> Planner<'a> {
     /// from stays ready to take the traffic back).
     fn drain_until(&self, service: &Service) -> Option<u64> {
         let delay = service
-            .blue_green()
-            .map_or(0, |bg| bg.scale_down_delay.as_millis());
+            .release()
+            .map_or(0, |r| r.scale_down_delay.as_millis());
         let analysing = self
             .status
             .analysis
@@ -1091,18 +1091,18 @@ impl<'a> Planner<'a> {
         promote: bool,
         revive: bool,
     ) {
-        let blue_green = service.blue_green();
-        let recreate = blue_green.is_none();
+        let release = service.release();
+        let recreate = release.is_none();
         let live_color = live.map(|(c, _)| *c);
         let color = self.rollout_color(live_color, revision, recreate);
         let first = live.is_none();
-        let auto = first || promote || recreate || blue_green.is_none_or(|bg| bg.auto_promote);
+        let auto = first || promote || recreate || release.is_none_or(|r| r.auto_promote);
         let replicas = service.spec.replicas;
         let wanted = if auto {
             replicas
         } else {
-            blue_green
-                .and_then(|bg| bg.preview_replicas)
+            release
+                .and_then(|r| r.preview_replicas)
                 .unwrap_or(replicas)
                 .min(replicas)
         };
@@ -1477,7 +1477,7 @@ impl<'a> Planner<'a> {
     /// Opens the bake window of `revision`, switched to in `color` by this plan, when the
     /// spec asks for one (see [`Planner::judge_analysis`]).
     fn start_analysis(&mut self, service: &Service, color: Color, revision: &str) {
-        let Some(config) = service.blue_green().and_then(|bg| bg.analysis.as_ref()) else {
+        let Some(config) = service.release().and_then(|r| r.analysis) else {
             return;
         };
         let now = self.now();
@@ -1525,7 +1525,7 @@ impl<'a> Planner<'a> {
             return;
         };
         let now = self.now();
-        let config = service.blue_green().and_then(|bg| bg.analysis.as_ref());
+        let config = service.release().and_then(|r| r.analysis);
         let current = live.is_some_and(|(c, r)| *c == analysis.color && *r == analysis.revision)
             && desired == analysis.revision
             && self.status.rejected.is_none();
@@ -1635,9 +1635,7 @@ impl<'a> Planner<'a> {
                 retired_at: None,
             },
         );
-        let limit = service
-            .blue_green()
-            .map_or(0, |bg| bg.revision_history_limit) as usize;
+        let limit = service.release().map_or(0, |r| r.revision_history_limit) as usize;
         self.status
             .revision_history
             .truncate(limit.saturating_add(1));
@@ -1653,9 +1651,7 @@ impl<'a> Planner<'a> {
     /// replicas that are not kept, duplicates of a kept slot, and stops archived replicas
     /// that still run.
     fn prune_history(&mut self, service: &Service, live_revision: Option<&str>) {
-        let limit = service
-            .blue_green()
-            .map_or(0, |bg| bg.revision_history_limit) as usize;
+        let limit = service.release().map_or(0, |r| r.revision_history_limit) as usize;
         // Archived containers this plan brings back, or that it only just archived.
         let touched: BTreeSet<&str> = self
             .steps

@@ -106,7 +106,7 @@ pub fn routes(
 /// The bake window the proxies must count traffic for, from the status a plan reports:
 /// while the analysis of the live revision runs (see `analysis` in the spec).
 pub fn watch(service: &Service, status: Option<&Status>) -> Option<Watch> {
-    let config = service.blue_green()?.analysis.as_ref()?;
+    let config = service.release()?.analysis?;
     let analysis = status?
         .analysis
         .as_ref()

@@ -610,7 +610,7 @@ impl<'p> Sim<'p> {
                 describe(plan)
             ));
         }
-        let Some(service) = self.service().filter(|s| s.blue_green().is_some()) else {
+        let Some(service) = self.service().filter(|s| s.release().is_some()) else {
             return Ok(());
         };
         let mut served = vec![(proxy.live, self.proxy_revision.clone())];
@@ -770,9 +770,7 @@ impl<'p> Sim<'p> {
                 if !stray.is_empty() {
                     return Err(format!("settled with other containers running: {stray:?}"));
                 }
-                let limit = service
-                    .blue_green()
-                    .map_or(0, |bg| bg.revision_history_limit) as usize;
+                let limit = service.release().map_or(0, |r| r.revision_history_limit) as usize;
                 let kept: BTreeSet<&str> = self
                     .containers
                     .iter()
