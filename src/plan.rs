@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::haproxy::Split;
 use crate::observed::{Container, Observed, Role, free_archived_name, replica_name};
 use crate::revision;
 use crate::security::{self, Allowances};
@@ -164,6 +165,9 @@ pub struct ProxyView {
     pub known: bool,
     /// The color its live routes send this service's traffic to.
     pub live: Option<Color>,
+    /// The share of the live requests its routes send to the other color (a canary's
+    /// `weight` step), in the latest route table.
+    pub split: Option<Split>,
     /// The servers (color, slot) its own health checks see UP (every proxy's, for a fleet).
     pub up: BTreeSet<(Color, u32)>,
     /// Proxies that do not serve the latest route table of this service yet, described for
