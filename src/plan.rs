@@ -34,10 +34,10 @@ use crate::haproxy::Split;
 use crate::observed::{Container, Observed, Role, free_archived_name, replica_name};
 use crate::revision;
 use crate::security::{self, Allowances};
-use crate::spec::{Diagnostics, Service};
+use crate::spec::{Analysis, CanaryStep, Diagnostics, Service};
 use crate::status::{
-    Acknowledgement, Action, AnalysisResult, AnalysisStatus, Color, ColorStatus, Phase, Rejected,
-    Request, RevisionRecord, Rollout, Status, TrafficFigures, rfc3339,
+    Acknowledgement, Action, AnalysisResult, AnalysisStatus, CanaryStatus, Color, ColorStatus,
+    Phase, Rejected, Request, RevisionRecord, Rollout, Status, TrafficFigures, rfc3339,
 };
 
 /// How often to look again while waiting for something no event announces (the proxy's
@@ -289,6 +289,44 @@ pub fn mass_deletion(known: &BTreeSet<String>, present: &BTreeSet<String>) -> Op
         ));
     }
     None
+}
+
+/// The limits that judge the open analysis window of `status`: a canary's `analysis` step
+/// while the canary is at that step, else the bake window after a switch
+/// (`strategy.*.analysis`). `None` when nothing in the spec judges it (any more).
+pub fn analysis_config<'s>(service: &'s Service, status: &Status) -> Option<&'s Analysis> {
+    let analysis = status.analysis.as_ref()?;
+    let release = service.release()?;
+    match canary_step_of(status, analysis) {
+        Some(canary) => match release.steps.get(step_index(canary.step)?) {
+            Some(CanaryStep::Analysis(config)) => Some(config),
+            _ => None,
+        },
+        None => release.analysis,
+    }
+}
+
+/// The canary in `status` if `analysis` is the window of its current step.
+fn canary_step_of<'a>(status: &'a Status, analysis: &AnalysisStatus) -> Option<&'a CanaryStatus> {
+    status.canary.as_ref().filter(|c| {
+        c.revision == analysis.revision
+            && c.color == analysis.color
+            && c.since_ms == analysis.started_ms
+    })
+}
+
+/// The index in the spec's steps of a canary's 1-based step number.
+fn step_index(step: u32) -> Option<usize> {
+    usize::try_from(step.checked_sub(1)?).ok()
+}
+
+/// How a canary's walk stands after a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// A step is in progress: no full switch yet.
+    Walking,
+    /// Every step is done: switch.
+    Done,
 }
 
 /// The revision that should end up live.
@@ -756,6 +794,14 @@ impl<'a> Planner<'a> {
     fn hold(&mut self, service: &Service, live: Option<&(Color, String)>) {
         self.status.rollout = None;
         self.status.preview_color = None;
+        if self.status.canary.is_some() {
+            let why = self
+                .status
+                .rejected
+                .as_ref()
+                .map_or_else(|| "it was rejected".to_owned(), |r| r.reason.clone());
+            self.stop_canary(&format!("its revision was rejected ({why})"));
+        }
         if let Some((color, revision)) = live {
             self.restart_stopped(*color, revision);
             self.clean_other_color(service, *color, None);
@@ -801,6 +847,7 @@ impl<'a> Planner<'a> {
     fn steady(&mut self, service: &Service, color: Color, revision: &str) {
         let replicas = service.spec.replicas;
         self.status.rollout = None;
+        self.status.canary = None;
         self.scale(service, color, revision, replicas);
         let drained = self.clean_other_color(service, color, None);
         // A live color found running the spec's revision without a switch recorded (a lost
@@ -1099,6 +1146,16 @@ impl<'a> Planner<'a> {
         let recreate = release.is_none();
         let live_color = live.map(|(c, _)| *c);
         let color = self.rollout_color(live_color, revision, recreate);
+        // A canary of another revision (a newer spec supersedes it), or of a spec that is no
+        // canary any more, gives its share back now: the routes this plan publishes send every
+        // request to the live color again.
+        if let Some(canary) = &self.status.canary {
+            if canary.revision != revision || canary.color != color {
+                self.stop_canary("a newer spec supersedes it");
+            } else if revive || release.is_none_or(|r| r.steps.is_empty()) {
+                self.stop_canary("the spec has no canary steps any more");
+            }
+        }
         let first = live.is_none();
         let auto = first || promote || recreate || release.is_none_or(|r| r.auto_promote);
         let replicas = service.spec.replicas;
@@ -1204,7 +1261,21 @@ impl<'a> Planner<'a> {
             return;
         }
         if auto && (wanted == replicas || revive) {
-            if live_color != Some(color) || recreate || self.routed_elsewhere(color) {
+            let switching = live_color != Some(color) || recreate || self.routed_elsewhere(color);
+            // A canary walks its steps before the full switch (not a first rollout, not a
+            // revision brought back); `cutover promote` skips what is left of them.
+            let steps = release.map_or(&[][..], |r| r.steps);
+            let canary = switching && !revive && !steps.is_empty() && live.is_some();
+            if canary && live_color != Some(color) {
+                if promote {
+                    self.finish_canary(true);
+                } else if self.walk_canary(service, steps, color, revision) == Walk::Walking {
+                    return;
+                } else {
+                    self.finish_canary(false);
+                }
+            }
+            if switching {
                 self.steps.push(Step::Switch { to: color });
                 // A new revision replacing a live one is judged by its traffic; a revision
                 // brought back has been judged before.
@@ -1390,6 +1461,9 @@ impl<'a> Planner<'a> {
             self.condition("Progressing", false, "ProgressDeadlineExceeded", message);
             self.status.preview_color = None;
             self.status.rollout = None;
+            if self.status.canary.is_some() {
+                self.stop_canary("its replicas were not ready by progressDeadline");
+            }
             self.set_phase(Phase::Degraded);
             return;
         }
@@ -1419,6 +1493,7 @@ impl<'a> Planner<'a> {
     fn switched(&mut self, service: &Service, color: Color, revision: &str) {
         let replicas = service.spec.replicas;
         self.status.rollout = None;
+        self.status.canary = None;
         self.record_live(service, color, revision);
         self.status.active_color = Some(color);
         self.status.preview_color = None;
@@ -1478,6 +1553,257 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Walks a canary's steps toward the full switch of `revision`, ready in `color` beside
+    /// the live color: a `weight` step publishes its share (through `status.canary`, which
+    /// the route table follows) and is done once every proxy serves it; a `pause` waits for
+    /// its duration, or for `cutover promote` without one; an `analysis` step opens a window
+    /// on the new color's traffic at the current weight (judged by
+    /// [`Planner::judge_analysis`]). Several steps may pass in one plan (a pause that is over,
+    /// a weight every proxy already serves); the plan stops at the first that waits.
+    fn walk_canary(
+        &mut self,
+        service: &Service,
+        steps: &[CanaryStep],
+        color: Color,
+        revision: &str,
+    ) -> Walk {
+        let now = self.now();
+        let of = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+        let mut canary = match self
+            .status
+            .canary
+            .clone()
+            .filter(|c| c.revision == revision && c.color == color)
+        {
+            Some(canary) => canary,
+            None => {
+                self.event(
+                    "CanaryStarted",
+                    format!(
+                        "revision {revision} is ready in {color}; walking its {of} canary                          steps before the full switch"
+                    ),
+                );
+                CanaryStatus {
+                    revision: revision.to_owned(),
+                    color,
+                    step: 1,
+                    of,
+                    weight: 0,
+                    since_ms: now,
+                    started_ms: now,
+                    message: String::new(),
+                }
+            }
+        };
+        canary.of = of;
+        // At most one pass per step (and one more to see the end): the walk is bounded.
+        for _ in 0..=steps.len() {
+            let Some(step) = step_index(canary.step).and_then(|i| steps.get(i)) else {
+                self.status.canary = Some(canary);
+                return Walk::Done;
+            };
+            let base = format!(
+                "step {} of {of}: {}% of requests to revision {revision}",
+                canary.step, canary.weight
+            );
+            let waiting = match step {
+                CanaryStep::Weight(weight) => {
+                    if canary.weight != *weight {
+                        canary.weight = *weight;
+                        self.event(
+                            "CanaryWeight",
+                            format!(
+                                "step {} of {of}: {weight}% of requests to revision {revision}",
+                                canary.step
+                            ),
+                        );
+                    }
+                    // Done once every proxy serves the table with this weight (the table
+                    // this very plan publishes, when the weight is new, is not served yet).
+                    let served = self.input.proxy.is_none_or(|p| {
+                        p.split
+                            == Some(Split {
+                                color,
+                                percent: *weight,
+                            })
+                            && p.lagging.is_empty()
+                    });
+                    (!served).then(|| self.canary_weight_wait(color, *weight))
+                }
+                CanaryStep::Pause(pause) => match pause.duration {
+                    Some(duration) => {
+                        let until = canary.since_ms.saturating_add(duration.as_millis());
+                        (now < until).then(|| {
+                            self.requeue_at(until);
+                            format!("pausing until {}", rfc3339(until))
+                        })
+                    }
+                    None => {
+                        canary.message = base.clone();
+                        self.status.canary = Some(canary);
+                        self.condition("Degraded", false, "AsExpected", "");
+                        self.condition(
+                            "Progressing",
+                            true,
+                            "WaitingForPromotion",
+                            format!(
+                                "canary {base}; run `cutover promote {name}` to send every \
+                                 request to it, or `cutover abort {name}` to send none",
+                                name = service.name()
+                            ),
+                        );
+                        self.set_phase(Phase::Preview);
+                        return Walk::Walking;
+                    }
+                },
+                CanaryStep::Analysis(config) => self.canary_analysis(config, &canary, revision),
+            };
+            match waiting {
+                Some(waiting) => {
+                    canary.message = format!(
+                        "step {} of {of}: {}% of requests to revision {revision}",
+                        canary.step, canary.weight
+                    );
+                    let message = format!("{}; {waiting}", canary.message);
+                    self.status.canary = Some(canary);
+                    self.progressing("Canary", message);
+                    return Walk::Walking;
+                }
+                None => {
+                    canary.step = canary.step.saturating_add(1);
+                    canary.since_ms = now;
+                }
+            }
+        }
+        self.status.canary = Some(canary);
+        Walk::Done
+    }
+
+    /// What a `weight` step waits for, said in a message; looked at again shortly (every
+    /// proxy's report wakes the service sooner).
+    fn canary_weight_wait(&mut self, color: Color, weight: u32) -> String {
+        self.requeue_after(PROXY_POLL_MS);
+        let lagging = self
+            .input
+            .proxy
+            .map(|p| p.lagging.join(", "))
+            .filter(|l| !l.is_empty())
+            .map_or_else(String::new, |l| format!(" (behind the route table: {l})"));
+        format!("waiting for every proxy to send {weight}% of requests to {color}{lagging}")
+    }
+
+    /// An `analysis` step: opens its window when the step begins, then waits while it runs;
+    /// `None` once it passed (a breach rejects the revision before the walk, in
+    /// [`Planner::judge_analysis`]).
+    fn canary_analysis(
+        &mut self,
+        config: &Analysis,
+        canary: &CanaryStatus,
+        revision: &str,
+    ) -> Option<String> {
+        let current = self
+            .status
+            .analysis
+            .as_ref()
+            .filter(|a| {
+                a.revision == revision && a.color == canary.color && a.started_ms == canary.since_ms
+            })
+            .map(|a| (a.result, a.until_ms, a.message.clone()));
+        match current {
+            Some((AnalysisResult::Passed, _, _)) => None,
+            Some((AnalysisResult::Running, until, message)) => {
+                self.requeue_at(until);
+                Some(message)
+            }
+            _ => {
+                let until = canary.since_ms.saturating_add(config.window.as_millis());
+                let message = format!(
+                    "judging revision {revision} by its traffic at {}% until {}",
+                    canary.weight,
+                    rfc3339(until)
+                );
+                self.status.analysis = Some(AnalysisStatus {
+                    revision: revision.to_owned(),
+                    color: canary.color,
+                    started_ms: canary.since_ms,
+                    until_ms: until,
+                    result: AnalysisResult::Running,
+                    figures: TrafficFigures::default(),
+                    message: message.clone(),
+                });
+                self.event(
+                    "AnalysisStarted",
+                    format!("canary step {} of {}: {message}", canary.step, canary.of),
+                );
+                self.requeue_at(until);
+                Some(message)
+            }
+        }
+    }
+
+    /// The canary's steps end in the full switch this plan makes: all of them passed, or
+    /// `cutover promote` skipped the rest (`promoted`). A step's window still open closes.
+    fn finish_canary(&mut self, promoted: bool) {
+        let Some(canary) = self.status.canary.take() else {
+            return;
+        };
+        let message = if promoted {
+            format!(
+                "`cutover promote` skipped canary steps {} to {} of revision {}; switching \
+                 every request to it",
+                canary.step, canary.of, canary.revision
+            )
+        } else {
+            format!(
+                "revision {} went through its {} canary steps; switching every request to it",
+                canary.revision, canary.of
+            )
+        };
+        self.close_step_window(&canary, "skipped by `cutover promote`");
+        self.event(
+            if promoted {
+                "CanaryPromoted"
+            } else {
+                "CanaryCompleted"
+            },
+            message,
+        );
+    }
+
+    /// Ends a canary before its full switch (an abort, a rejection, a newer spec): the route
+    /// table this plan publishes has no split, so every request goes to the live color
+    /// again.
+    fn stop_canary(&mut self, why: &str) {
+        let Some(canary) = self.status.canary.take() else {
+            return;
+        };
+        self.close_step_window(&canary, why);
+        self.event(
+            "CanaryStopped",
+            format!(
+                "the canary of revision {} stopped at step {} of {} ({}% of requests): {why}; \
+                 every request goes to the live color again",
+                canary.revision, canary.step, canary.of, canary.weight
+            ),
+        );
+    }
+
+    /// Marks the running window of `canary`'s current step cancelled, with `why`.
+    fn close_step_window(&mut self, canary: &CanaryStatus, why: &str) {
+        if let Some(analysis) = self.status.analysis.as_mut()
+            && analysis.result == AnalysisResult::Running
+            && analysis.revision == canary.revision
+            && analysis.color == canary.color
+            && analysis.started_ms == canary.since_ms
+        {
+            analysis.result = AnalysisResult::Cancelled;
+            analysis.message = format!(
+                "the analysis of revision {} at canary step {} of {} stopped: {why}",
+                canary.revision, canary.step, canary.of
+            );
+        }
+    }
+
     /// Opens the bake window of `revision`, switched to in `color` by this plan, when the
     /// spec asks for one (see [`Planner::judge_analysis`]).
     fn start_analysis(&mut self, service: &Service, color: Color, revision: &str) {
@@ -1529,10 +1855,16 @@ impl<'a> Planner<'a> {
             return;
         };
         let now = self.now();
-        let config = service.release().and_then(|r| r.analysis);
-        let current = live.is_some_and(|(c, r)| *c == analysis.color && *r == analysis.revision)
-            && desired == analysis.revision
-            && self.status.rejected.is_none();
+        // A canary's analysis step judges the new color while the old one stays live; the
+        // bake window judges the live color after the switch.
+        let step = canary_step_of(&self.status, &analysis).map(|c| (c.step, c.of, c.weight));
+        let config = analysis_config(service, &self.status);
+        let not_superseded = desired == analysis.revision && self.status.rejected.is_none();
+        let current = not_superseded
+            && match step {
+                Some(_) => live.is_some_and(|(c, _)| *c != analysis.color),
+                None => live.is_some_and(|(c, r)| *c == analysis.color && *r == analysis.revision),
+            };
         let Some(config) = config.filter(|_| current) else {
             analysis.result = AnalysisResult::Cancelled;
             analysis.message = format!(
@@ -1570,10 +1902,16 @@ impl<'a> Planner<'a> {
         }
         let after = crate::spec::Duration::from_millis(now.saturating_sub(analysis.started_ms));
         let revision = analysis.revision.clone();
+        let when = match step {
+            Some((step, of, weight)) => {
+                format!("{after} into canary step {step} of {of} ({weight}% of requests)")
+            }
+            None => format!("{after} after the switch"),
+        };
         if !breaches.is_empty() {
             analysis.result = AnalysisResult::Failed;
             analysis.message = format!(
-                "revision {revision} failed its analysis {after} after the switch: {}; {f}",
+                "revision {revision} failed its analysis {when}: {}; {f}",
                 breaches.join(" and ")
             );
             let message = analysis.message.clone();
@@ -1599,10 +1937,17 @@ impl<'a> Planner<'a> {
             self.status.analysis = Some(analysis);
             return;
         }
-        analysis.message = format!(
-            "judging revision {revision} by its traffic until {} ({after} so far): {f}",
-            rfc3339(analysis.until_ms)
-        );
+        analysis.message = match step {
+            Some((_, _, weight)) => format!(
+                "judging revision {revision} by its traffic at {weight}% until {} ({after} so \
+                 far): {f}",
+                rfc3339(analysis.until_ms)
+            ),
+            None => format!(
+                "judging revision {revision} by its traffic until {} ({after} so far): {f}",
+                rfc3339(analysis.until_ms)
+            ),
+        };
         self.status.analysis = Some(analysis);
         let until = self.status.analysis.as_ref().map_or(now, |a| a.until_ms);
         self.requeue_at(until);

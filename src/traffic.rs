@@ -116,14 +116,16 @@ pub fn split(status: Option<&Status>) -> Option<Split> {
     })
 }
 
-/// The bake window the proxies must count traffic for, from the status a plan reports:
-/// while the analysis of the live revision runs (see `analysis` in the spec).
+/// The window the proxies must count traffic for, from the status a plan reports: while an
+/// analysis runs, the bake window after a switch or a canary's `analysis` step (see
+/// `analysis` in the spec).
 pub fn watch(service: &Service, status: Option<&Status>) -> Option<Watch> {
-    let config = service.release()?.analysis?;
-    let analysis = status?
+    let status = status?;
+    let analysis = status
         .analysis
         .as_ref()
         .filter(|a| a.result == AnalysisResult::Running)?;
+    let config = crate::plan::analysis_config(service, status)?;
     Some(Watch {
         color: analysis.color,
         since_ms: analysis.started_ms,
