@@ -1239,12 +1239,7 @@ impl<'a> Planner<'a> {
             return;
         }
         if !self.proxy_sees_up(color, &mine) {
-            let lagging = self
-                .input
-                .proxy
-                .map(|p| p.lagging.join(", "))
-                .filter(|l| !l.is_empty())
-                .map_or_else(String::new, |l| format!(" (behind the route table: {l})"));
+            let lagging = self.behind_the_table();
             let waiting = format!(
                 "{ready}/{wanted} replicas of {color} (revision {revision}) ready; waiting for \
                  every proxy's checks to see them UP{lagging}"
@@ -1287,16 +1282,16 @@ impl<'a> Planner<'a> {
             return;
         }
         // Healthy and waiting for a person.
+        self.waiting_for_promotion(format!(
+            "{color} (revision {revision}) is ready on the preview route; run `cutover promote {}`",
+            service.name()
+        ));
+    }
+
+    /// Phase `Preview`: what a rollout needs now is `cutover promote`, as `message` says.
+    fn waiting_for_promotion(&mut self, message: String) {
         self.condition("Degraded", false, "AsExpected", "");
-        self.condition(
-            "Progressing",
-            true,
-            "WaitingForPromotion",
-            format!(
-                "{color} (revision {revision}) is ready on the preview route; run `cutover promote {}`",
-                service.name()
-            ),
-        );
+        self.condition("Progressing", true, "WaitingForPromotion", message);
         self.set_phase(Phase::Preview);
     }
 
@@ -1580,7 +1575,8 @@ impl<'a> Planner<'a> {
                 self.event(
                     "CanaryStarted",
                     format!(
-                        "revision {revision} is ready in {color}; walking its {of} canary                          steps before the full switch"
+                        "revision {revision} is ready in {color}; walking its {of} canary steps \
+                         before the full switch"
                     ),
                 );
                 CanaryStatus {
@@ -1641,18 +1637,11 @@ impl<'a> Planner<'a> {
                     None => {
                         canary.message = base.clone();
                         self.status.canary = Some(canary);
-                        self.condition("Degraded", false, "AsExpected", "");
-                        self.condition(
-                            "Progressing",
-                            true,
-                            "WaitingForPromotion",
-                            format!(
-                                "canary {base}; run `cutover promote {name}` to send every \
-                                 request to it, or `cutover abort {name}` to send none",
-                                name = service.name()
-                            ),
-                        );
-                        self.set_phase(Phase::Preview);
+                        self.waiting_for_promotion(format!(
+                            "canary {base}; run `cutover promote {name}` to send every request \
+                             to it, or `cutover abort {name}` to send none",
+                            name = service.name()
+                        ));
                         return Walk::Walking;
                     }
                 },
@@ -1679,16 +1668,20 @@ impl<'a> Planner<'a> {
         Walk::Done
     }
 
+    /// ` (behind the route table: <proxies>)` while some proxy lags, for a message.
+    fn behind_the_table(&self) -> String {
+        self.input
+            .proxy
+            .map(|p| p.lagging.join(", "))
+            .filter(|l| !l.is_empty())
+            .map_or_else(String::new, |l| format!(" (behind the route table: {l})"))
+    }
+
     /// What a `weight` step waits for, said in a message; looked at again shortly (every
     /// proxy's report wakes the service sooner).
     fn canary_weight_wait(&mut self, color: Color, weight: u32) -> String {
         self.requeue_after(PROXY_POLL_MS);
-        let lagging = self
-            .input
-            .proxy
-            .map(|p| p.lagging.join(", "))
-            .filter(|l| !l.is_empty())
-            .map_or_else(String::new, |l| format!(" (behind the route table: {l})"));
+        let lagging = self.behind_the_table();
         format!("waiting for every proxy to send {weight}% of requests to {color}{lagging}")
     }
 

@@ -60,6 +60,11 @@ impl World {
         self.plan_with(Desired::Valid { service, index }, None)
     }
 
+    /// Plans with a pending `request`.
+    fn plan_asking(&self, service: &Service, index: u64, request: &Request) -> Plan {
+        self.plan_with(Desired::Valid { service, index }, Some(request))
+    }
+
     /// Plans and carries the plan out.
     fn step(&mut self, service: &Service, index: u64) -> Plan {
         let p = self.plan(service, index);
@@ -1404,6 +1409,24 @@ fn a_canary_takes_each_weight_once_every_proxy_serves_it_and_pauses_by_the_clock
     ] {
         assert!(reasons.contains(&reason), "{reasons:?}");
     }
+    let told = |reason: &str| {
+        status
+            .events
+            .iter()
+            .find(|e| e.reason == reason)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        told("CanaryStarted"),
+        format!(
+            "revision {r} is ready in green; walking its 4 canary steps before the full switch"
+        )
+    );
+    assert_eq!(
+        told("CanaryCompleted"),
+        format!("revision {r} went through its 4 canary steps; switching every request to it")
+    );
     // Then as for blue/green: the old color drains and goes, and the service is Available.
     let p = world.converge(&v2, 2);
     assert_eq!(phase(&p), Some(Phase::Available));
@@ -1430,13 +1453,7 @@ fn a_pause_without_duration_waits_for_promote_which_skips_every_step_left() {
     );
 
     let promote = request("p1", Action::Promote, r.clone());
-    let p = world.plan_with(
-        Desired::Valid {
-            service: &v2,
-            index: 2,
-        },
-        Some(&promote),
-    );
+    let p = world.plan_asking(&v2, 2, &promote);
     assert_eq!(describe(&p), ["switch traffic to green"]);
     let status = p.status.as_ref().unwrap();
     assert_eq!(status.canary, None);
@@ -1450,13 +1467,7 @@ fn a_pause_without_duration_waits_for_promote_which_skips_every_step_left() {
     let (mut world, v2) = canary_ready("[{weight: 10}, {pause: 1h}, {weight: 90}]");
     world.step(&v2, 2);
     let promote = request("p2", Action::Promote, rev(&v2));
-    let p = world.plan_with(
-        Desired::Valid {
-            service: &v2,
-            index: 2,
-        },
-        Some(&promote),
-    );
+    let p = world.plan_asking(&v2, 2, &promote);
     assert_eq!(describe(&p), ["switch traffic to green"]);
 }
 
@@ -1470,13 +1481,7 @@ fn abort_during_a_canary_sends_every_request_back_at_once_and_rejects_the_revisi
         Some(25)
     );
     let abort = request("a1", Action::Abort, rev(&v2));
-    let p = world.plan_with(
-        Desired::Valid {
-            service: &v2,
-            index: 2,
-        },
-        Some(&abort),
-    );
+    let p = world.plan_asking(&v2, 2, &abort);
     let status = p.status.as_ref().unwrap();
     assert_eq!(status.canary, None);
     assert_eq!(status.active_color, Some(Color::Blue));

@@ -308,7 +308,7 @@ impl Walker<'_> {
             Kind::OneOf(fields) => self.walk_one_of(node, fields, None, path, key_position),
             Kind::ObjectList(fields) => self.walk_object_list(node, fields, path, position),
             Kind::OneOfList { fields, example } => {
-                self.walk_one_of_list(node, fields, example, path, position)
+                self.walk_one_of_list(node, kind, (fields, example), path, position)
             }
             Kind::DurationOrEmpty { min, max } => {
                 self.walk_duration_or_empty(node, kind, (*min, *max), path, position)
@@ -451,20 +451,16 @@ impl Walker<'_> {
     fn walk_one_of_list(
         &mut self,
         node: &Node,
-        fields: &'static [Field],
-        example: &str,
+        kind: &Kind,
+        (fields, example): (&'static [Field], &str),
         path: &str,
         position: Position,
     ) -> Option<YamlValue> {
-        let kind = Kind::OneOfList {
-            fields,
-            example: "",
-        };
         let items = match &node.value {
             Value::Sequence(items) => items.as_slice(),
             Value::Null => &[],
             _ => {
-                self.report_mismatch(node, &kind, path, position);
+                self.report_mismatch(node, kind, path, position);
                 return None;
             }
         };
