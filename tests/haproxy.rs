@@ -742,7 +742,8 @@ fn share_b(tally: &Tally) -> f64 {
 /// A weighted canary by the Runtime API alone: the split backend's servers track the color
 /// backends' (no checks of their own, addresses set at run time), get their weights, and the
 /// live map moves to the split backend and back, with no reload and no failed request; the
-/// new color's share of the split is counted with its own counters.
+/// new color's share of the split is counted with its own counters, and a reload for another
+/// service comes back with the split from the files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weighted_split_sends_its_share_to_the_other_color_without_a_reload() {
     let _serial = LOAD_LOCK.lock().await;
@@ -826,12 +827,32 @@ async fn a_weighted_split_sends_its_share_to_the_other_color_without_a_reload() 
             .is_some_and(|rows| rows.keys().any(|row| row == "be_web_split/g1")),
         "{after:?}"
     );
-    // The files carry the split: a reload would come back with it.
+    // The files carry the split: a reload (another service's new backends) comes back with
+    // it, under load, without a failed request.
     let config = std::fs::read_to_string(lab.dir.join("haproxy.cfg")).unwrap();
     assert!(
         config.contains("track be_web_green/s1 weight 256"),
         "{config}"
     );
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = ServiceRoutes {
+        routes: vec![path_route("/other")],
+        servers: BTreeMap::new(),
+        ..both.clone()
+    };
+    let outcome = proxy.apply("other", &other).await.unwrap();
+    assert!(outcome.reloaded, "{outcome:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let across = load.finish().await;
+    let share = share_b(&across);
+    println!(
+        "split 50% across a reload: {} requests, B {} ({share:.1}%), failures {}",
+        across.requests, across.version_b, across.failures
+    );
+    assert_eq!(across.failures, 0, "{:?}", across.kinds);
+    assert!((40.0..=60.0).contains(&share), "{across:?}");
+    let reloads = reloads + 1;
 
     // An abort: every request back to blue at once, under load, none failed.
     let load = Load::start(lab.live(), CONNECTIONS);
