@@ -100,10 +100,12 @@ pub enum Command {
     Status(status::Args),
     Run(Box<run::Args>),
     Proxy(Box<proxy::Args>),
-    /// Promote the revision waiting in preview: scale it to full and switch traffic to it.
+    /// Promote the revision waiting in preview: scale it to full and switch traffic to it
+    /// (a canary: skip its remaining steps and switch every request to it).
     Promote(request::Args),
     Rollback(history::RollbackArgs),
-    /// Remove the rollout in progress and reject its revision.
+    /// Remove the rollout in progress and reject its revision (a canary's share of the
+    /// requests goes back to the live revision at once).
     Abort(request::Args),
     /// Try the rejected revision again (after a failed rollout, an abort or a rollback),
     /// without changing the spec.

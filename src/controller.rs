@@ -768,7 +768,8 @@ impl Controller {
         // table before its containers go.
         let version = match (exec.service, absent) {
             (Some(service), _) => {
-                let routes = traffic::routes(service, live, preview, containers, &leaving);
+                let split = traffic::split(status);
+                let routes = traffic::routes(service, live, preview, split, containers, &leaving);
                 let watch = traffic::watch(service, status);
                 Some(self.publish(name, Some((routes, watch))).await)
             }

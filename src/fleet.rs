@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::haproxy::runtime::Counters;
+use crate::haproxy::runtime::ColorCounters;
 use crate::haproxy::{ServerState, ServiceRoutes};
 use crate::observed::Container;
 use crate::plan::ProxyView;
@@ -60,21 +60,46 @@ pub struct TrafficSample {
 }
 
 impl TrafficSample {
-    /// What a backend's counters moved by from `baseline` (read when the proxy applied the
-    /// switch) to `current`. A request counts as failed when it got a 5xx response (the
-    /// app's, or HAProxy's own 502/503/504 when the replica failed it) or its response
-    /// broke off; a failed connection HAProxy retried elsewhere is not a failed request.
-    pub fn between(watch: &Watch, baseline: &Counters, current: &Counters) -> TrafficSample {
-        let requests = current.requests.saturating_sub(baseline.requests);
+    /// What a color's counters moved by from `baseline` (read when the proxy applied the
+    /// switch, or the canary step) to `current`, row by row (its backend, and its servers in
+    /// the split backend), then summed: requests and failures add up, the response time is
+    /// each row's `rtime` weighted by the requests that row got since the baseline (a row
+    /// that got none, such as the split servers after a full switch, weighs nothing). A
+    /// request counts as failed when it got a 5xx response (the app's, or HAProxy's own
+    /// 502/503/504 when the replica failed it) or its response broke off; a failed
+    /// connection HAProxy retried elsewhere is not a failed request. A row whose requests
+    /// went down (HAProxy reloaded and started again from zero) counts from zero.
+    pub fn between(
+        watch: &Watch,
+        baseline: &ColorCounters,
+        current: &ColorCounters,
+    ) -> TrafficSample {
+        let mut requests: u64 = 0;
+        let mut errors: u64 = 0;
+        let mut weighted: u128 = 0;
+        for (row, now) in current {
+            let before = baseline
+                .get(row)
+                .filter(|b| b.requests <= now.requests)
+                .copied()
+                .unwrap_or_default();
+            let moved = now.requests.saturating_sub(before.requests);
+            requests = requests.saturating_add(moved);
+            errors = errors.saturating_add(
+                now.responses_5xx
+                    .saturating_sub(before.responses_5xx)
+                    .min(moved),
+            );
+            weighted =
+                weighted.saturating_add(u128::from(now.response_time_ms) * u128::from(moved));
+        }
         TrafficSample {
             color: watch.color,
             since_ms: watch.since_ms,
             requests,
-            errors: current
-                .responses_5xx
-                .saturating_sub(baseline.responses_5xx)
-                .min(requests),
-            response_time_ms: (requests > 0).then_some(current.response_time_ms),
+            errors,
+            response_time_ms: (requests > 0)
+                .then(|| u64::try_from(weighted / u128::from(requests)).unwrap_or(u64::MAX)),
         }
     }
 
@@ -209,6 +234,7 @@ impl Fleet {
         Some(ProxyView {
             known: published.is_some(),
             live: published.and_then(|r| r.live),
+            split: published.and_then(ServiceRoutes::active_split),
             up: up.unwrap_or_default(),
             lagging: self.lagging(service, version),
             traffic: self.traffic(service),
@@ -378,6 +404,7 @@ fn describe(id: &str, report: &ProxyReport, service: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::haproxy::runtime::Counters;
 
     fn routes(live: Option<Color>) -> ServiceRoutes {
         ServiceRoutes {
@@ -389,7 +416,13 @@ mod tests {
             checks: BTreeMap::new(),
             slots: 4,
             servers: BTreeMap::new(),
+            split: None,
         }
+    }
+
+    /// One color's counters with only its backend's row.
+    fn backend(counters: Counters) -> ColorCounters {
+        BTreeMap::from([("be_web_green/BACKEND".to_owned(), counters)])
     }
 
     fn report(version: u64, up: &[(Color, u32)]) -> ProxyReport {
@@ -470,7 +503,7 @@ mod tests {
                 response_time_ms: rtime,
                 ..Counters::default()
             };
-            TrafficSample::between(&watch, &baseline, &current)
+            TrafficSample::between(&watch, &backend(baseline), &backend(current))
         };
         let with = |sample: TrafficSample| ProxyReport {
             traffic: BTreeMap::from([("web".to_owned(), sample)]),
@@ -536,7 +569,9 @@ mod tests {
             response_errors: 1,
             response_time_ms: 7,
         };
-        let same = TrafficSample::between(&watch, &before, &before);
+        let between =
+            |a: Counters, b: Counters| TrafficSample::between(&watch, &backend(a), &backend(b));
+        let same = between(before, before);
         assert_eq!(
             (same.requests, same.errors, same.response_time_ms),
             (0, 0, None)
@@ -547,7 +582,7 @@ mod tests {
             connection_errors: 20,
             ..before
         };
-        let moved = TrafficSample::between(&watch, &before, &after);
+        let moved = between(before, after);
         // A retried connection error is not a failed request; 5xx responses are.
         assert_eq!(
             (moved.requests, moved.errors, moved.response_time_ms),
@@ -559,8 +594,45 @@ mod tests {
             responses_5xx: 50,
             ..before
         };
-        assert_eq!(TrafficSample::between(&watch, &before, &odd).errors, 1);
-        assert_eq!(TrafficSample::between(&watch, &after, &before).requests, 0);
+        assert_eq!(between(before, odd).errors, 1);
+        // Fewer requests than the baseline: HAProxy reloaded and counts from zero again.
+        assert_eq!(between(after, before).requests, 50);
+    }
+
+    #[test]
+    fn a_canary_share_is_counted_in_the_split_backend_and_each_row_weighs_its_own_requests() {
+        let watch = Watch {
+            color: Color::Green,
+            since_ms: 5,
+            until_ms: 10,
+            interval_ms: 1,
+        };
+        let row = |requests: u64, errors: u64, rtime: u64| Counters {
+            requests,
+            responses_5xx: errors,
+            response_time_ms: rtime,
+            ..Counters::default()
+        };
+        let rows = |entries: &[(&str, Counters)]| -> ColorCounters {
+            entries
+                .iter()
+                .map(|(name, counters)| ((*name).to_owned(), *counters))
+                .collect()
+        };
+        // Before the step: green's backend had served previews (slow ones), g1 and g2 nothing.
+        let baseline = rows(&[("be_web_green/BACKEND", row(1_000, 0, 900))]);
+        // Then 90 requests through g1 (10 failed, 20 ms) and 10 through g2 (30 ms); the
+        // backend row did not move, so its stale 900 ms weighs nothing.
+        let current = rows(&[
+            ("be_web_green/BACKEND", row(1_000, 0, 900)),
+            ("be_web_split/g1", row(90, 10, 20)),
+            ("be_web_split/g2", row(10, 0, 30)),
+        ]);
+        let sample = TrafficSample::between(&watch, &baseline, &current);
+        assert_eq!(
+            (sample.requests, sample.errors, sample.response_time_ms),
+            (100, 10, Some(21))
+        );
     }
 
     #[test]

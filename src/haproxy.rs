@@ -42,7 +42,10 @@ use crate::observed::{Container, Role};
 use crate::spec::Route;
 use crate::status::Color;
 
-pub use render::{Listener, MapKind, TableError, backend_name, render, render_maps, server_name};
+pub use render::{
+    Listener, MapKind, TableError, backend_name, render, render_maps, server_name,
+    split_backend_name, split_server_name,
+};
 use runtime::Channel;
 
 /// How one service is routed: plain data the controller fills.
@@ -68,6 +71,20 @@ pub struct ServiceRoutes {
     /// The known servers of each color, by slot (1-based). A slot not listed is in
     /// maintenance.
     pub servers: BTreeMap<Color, Vec<Server>>,
+    /// A weighted canary in force: the live routes send `percent` of the requests to
+    /// `color` and the rest to `live`, through the service's split backend. Only
+    /// [`ServiceRoutes::active_split`] counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// A share of the live requests for the color that is not live (a canary step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The color that gets `percent` of the requests; the live color gets the rest.
+    pub color: Color,
+    /// 1 to 99.
+    pub percent: u32,
 }
 
 /// How one color's servers are reached and checked.
@@ -108,6 +125,15 @@ impl CheckTiming {
 }
 
 impl ServiceRoutes {
+    /// The split the live routes follow: a [`Split`] of 1 to 99 percent for the color that
+    /// is not live, while a color is live. Anything else is no split at all (the live
+    /// routes go to the live color's backend).
+    pub fn active_split(&self) -> Option<Split> {
+        let live = self.live?;
+        self.split
+            .filter(|s| s.color != live && (1..=99).contains(&s.percent))
+    }
+
     /// How `color` of `service` is reached and checked: its own [`Check`], else the
     /// service-wide port and path with the service's name as `Host`.
     pub fn check(&self, service: &str, color: Color) -> Check {
@@ -706,12 +732,16 @@ impl Proxy {
     /// request.
     pub async fn sessions(&self, service: &str, color: Color) -> Result<u32, ProxyError> {
         let backend = backend_name(service, color);
-        self.count_sessions(|row| row.proxy == backend && row.name == "BACKEND")
-            .await
+        let split = split_backend_name(service);
+        self.count_sessions(|row| {
+            (row.proxy == backend && row.name == "BACKEND")
+                || (row.proxy == split && render::split_server_slot(&row.name, color).is_some())
+        })
+        .await
     }
 
     /// Like [`Proxy::sessions`], for one slot: what to wait for before stopping one replica
-    /// when scaling down.
+    /// when scaling down. Its server in the split backend (a canary's share) counts too.
     pub async fn server_sessions(
         &self,
         service: &str,
@@ -720,8 +750,13 @@ impl Proxy {
     ) -> Result<u32, ProxyError> {
         let backend = backend_name(service, color);
         let server = server_name(slot);
-        self.count_sessions(|row| row.proxy == backend && row.name == server)
-            .await
+        let split = split_backend_name(service);
+        let split_server = split_server_name(color, slot);
+        self.count_sessions(|row| {
+            (row.proxy == backend && row.name == server)
+                || (row.proxy == split && row.name == split_server)
+        })
+        .await
     }
 
     async fn count_sessions(
@@ -761,23 +796,38 @@ impl Proxy {
             .sum())
     }
 
-    /// The traffic counters of every color backend of the table on the current worker, by
-    /// service and color (one `show stat`).
+    /// The traffic counters of every color of the table on the current worker, by service
+    /// and color (one `show stat`): each color's rows are its backend's `BACKEND` row and
+    /// its servers in the split backend (a canary's share of the live requests).
     pub async fn backend_counters(
         &self,
-    ) -> Result<BTreeMap<(String, Color), runtime::Counters>, ProxyError> {
+    ) -> Result<BTreeMap<(String, Color), runtime::ColorCounters>, ProxyError> {
         let rows = runtime::parse_show_stat(&self.command("show stat").await?);
-        Ok(rows
-            .into_iter()
-            .filter(|row| row.name == "BACKEND")
-            .filter_map(|row| {
-                let (service, color) = row.proxy.strip_prefix("be_")?.rsplit_once('_')?;
-                let color = Color::parse(color)?;
-                self.table
-                    .contains_key(service)
-                    .then(|| ((service.to_owned(), color), row.counters))
-            })
-            .collect())
+        let mut counters: BTreeMap<(String, Color), runtime::ColorCounters> = BTreeMap::new();
+        for row in rows {
+            let Some((service, kind)) = row
+                .proxy
+                .strip_prefix("be_")
+                .and_then(|b| b.rsplit_once('_'))
+            else {
+                continue;
+            };
+            let color = match (kind, row.name.as_str()) {
+                ("split", name) => [Color::Blue, Color::Green]
+                    .into_iter()
+                    .find(|c| render::split_server_slot(name, *c).is_some()),
+                (color, "BACKEND") => Color::parse(color),
+                _ => None,
+            };
+            let Some(color) = color.filter(|_| self.table.contains_key(service)) else {
+                continue;
+            };
+            counters
+                .entry((service.to_owned(), color))
+                .or_default()
+                .insert(format!("{}/{}", row.proxy, row.name), row.counters);
+        }
+        Ok(counters)
     }
 
     /// Per service and color, the server slots HAProxy's own checks see UP on the current

@@ -30,7 +30,6 @@ use serde::Serialize;
 use crate::controller::Controller;
 use crate::metrics::Metrics;
 use crate::proxy_agent::ProxyAgent;
-use crate::spec::Strategy;
 use crate::status::Status;
 use crate::store::{Store, StoreError, Stored, StoredService};
 
@@ -210,10 +209,7 @@ impl SpecSummary {
                 let spec = &service.spec;
                 summary.image = Some(spec.image.clone());
                 summary.replicas = Some(spec.replicas);
-                summary.strategy = Some(match spec.strategy {
-                    Strategy::BlueGreen(_) => "blueGreen",
-                    Strategy::Recreate(_) => "recreate",
-                });
+                summary.strategy = Some(spec.strategy.name());
                 summary.auto_promote = service.blue_green().map(|bg| bg.auto_promote);
                 summary.routes = spec.routes.iter().map(ToString::to_string).collect();
             }

@@ -30,13 +30,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::haproxy::Split;
 use crate::observed::{Container, Observed, Role, free_archived_name, replica_name};
 use crate::revision;
 use crate::security::{self, Allowances};
-use crate::spec::{Diagnostics, Service};
+use crate::spec::{Analysis, CanaryStep, Diagnostics, Service};
 use crate::status::{
-    Acknowledgement, Action, AnalysisResult, AnalysisStatus, Color, ColorStatus, Phase, Rejected,
-    Request, RevisionRecord, Rollout, Status, TrafficFigures, rfc3339,
+    Acknowledgement, Action, AnalysisResult, AnalysisStatus, CanaryStatus, Color, ColorStatus,
+    Phase, Rejected, Request, RevisionRecord, Rollout, Status, TrafficFigures, rfc3339,
 };
 
 /// How often to look again while waiting for something no event announces (the proxy's
@@ -164,6 +165,9 @@ pub struct ProxyView {
     pub known: bool,
     /// The color its live routes send this service's traffic to.
     pub live: Option<Color>,
+    /// The share of the live requests its routes send to the other color (a canary's
+    /// `weight` step), in the latest route table.
+    pub split: Option<Split>,
     /// The servers (color, slot) its own health checks see UP (every proxy's, for a fleet).
     pub up: BTreeSet<(Color, u32)>,
     /// Proxies that do not serve the latest route table of this service yet, described for
@@ -287,6 +291,44 @@ pub fn mass_deletion(known: &BTreeSet<String>, present: &BTreeSet<String>) -> Op
     None
 }
 
+/// The limits that judge the open analysis window of `status`: a canary's `analysis` step
+/// while the canary is at that step, else the bake window after a switch
+/// (`strategy.*.analysis`). `None` when nothing in the spec judges it (any more).
+pub fn analysis_config<'s>(service: &'s Service, status: &Status) -> Option<&'s Analysis> {
+    let analysis = status.analysis.as_ref()?;
+    let release = service.release()?;
+    match canary_step_of(status, analysis) {
+        Some(canary) => match release.steps.get(step_index(canary.step)?) {
+            Some(CanaryStep::Analysis(config)) => Some(config),
+            _ => None,
+        },
+        None => release.analysis,
+    }
+}
+
+/// The canary in `status` if `analysis` is the window of its current step.
+fn canary_step_of<'a>(status: &'a Status, analysis: &AnalysisStatus) -> Option<&'a CanaryStatus> {
+    status.canary.as_ref().filter(|c| {
+        c.revision == analysis.revision
+            && c.color == analysis.color
+            && c.since_ms == analysis.started_ms
+    })
+}
+
+/// The index in the spec's steps of a canary's 1-based step number.
+fn step_index(step: u32) -> Option<usize> {
+    usize::try_from(step.checked_sub(1)?).ok()
+}
+
+/// How a canary's walk stands after a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// A step is in progress: no full switch yet.
+    Walking,
+    /// Every step is done: switch.
+    Done,
+}
+
 /// The revision that should end up live.
 enum Goal {
     /// The spec's revision.
@@ -339,9 +381,9 @@ impl<'a> World<'a> {
 /// `progressDeadline` in milliseconds (the default for `recreate`).
 fn progress_deadline(service: &Service) -> u64 {
     service
-        .blue_green()
-        .map_or(crate::spec::defaults::progress_deadline(), |bg| {
-            bg.progress_deadline
+        .release()
+        .map_or(crate::spec::defaults::progress_deadline(), |r| {
+            r.progress_deadline
         })
         .as_millis()
 }
@@ -752,6 +794,14 @@ impl<'a> Planner<'a> {
     fn hold(&mut self, service: &Service, live: Option<&(Color, String)>) {
         self.status.rollout = None;
         self.status.preview_color = None;
+        if self.status.canary.is_some() {
+            let why = self
+                .status
+                .rejected
+                .as_ref()
+                .map_or_else(|| "it was rejected".to_owned(), |r| r.reason.clone());
+            self.stop_canary(&format!("its revision was rejected ({why})"));
+        }
         if let Some((color, revision)) = live {
             self.restart_stopped(*color, revision);
             self.clean_other_color(service, *color, None);
@@ -797,6 +847,7 @@ impl<'a> Planner<'a> {
     fn steady(&mut self, service: &Service, color: Color, revision: &str) {
         let replicas = service.spec.replicas;
         self.status.rollout = None;
+        self.status.canary = None;
         self.scale(service, color, revision, replicas);
         let drained = self.clean_other_color(service, color, None);
         // A live color found running the spec's revision without a switch recorded (a lost
@@ -974,8 +1025,8 @@ impl<'a> Planner<'a> {
     /// bounds it).
     fn keeps(&self, service: Option<&Service>, revision: &str) -> bool {
         let limit = service
-            .and_then(Service::blue_green)
-            .map_or(0, |bg| bg.revision_history_limit);
+            .and_then(Service::release)
+            .map_or(0, |r| r.revision_history_limit);
         if limit == 0 {
             return false;
         }
@@ -1066,8 +1117,8 @@ impl<'a> Planner<'a> {
     /// from stays ready to take the traffic back).
     fn drain_until(&self, service: &Service) -> Option<u64> {
         let delay = service
-            .blue_green()
-            .map_or(0, |bg| bg.scale_down_delay.as_millis());
+            .release()
+            .map_or(0, |r| r.scale_down_delay.as_millis());
         let analysing = self
             .status
             .analysis
@@ -1091,18 +1142,28 @@ impl<'a> Planner<'a> {
         promote: bool,
         revive: bool,
     ) {
-        let blue_green = service.blue_green();
-        let recreate = blue_green.is_none();
+        let release = service.release();
+        let recreate = release.is_none();
         let live_color = live.map(|(c, _)| *c);
         let color = self.rollout_color(live_color, revision, recreate);
+        // A canary of another revision (a newer spec supersedes it), or of a spec that is no
+        // canary any more, gives its share back now: the routes this plan publishes send every
+        // request to the live color again.
+        if let Some(canary) = &self.status.canary {
+            if canary.revision != revision || canary.color != color {
+                self.stop_canary("a newer spec supersedes it");
+            } else if revive || release.is_none_or(|r| r.steps.is_empty()) {
+                self.stop_canary("the spec has no canary steps any more");
+            }
+        }
         let first = live.is_none();
-        let auto = first || promote || recreate || blue_green.is_none_or(|bg| bg.auto_promote);
+        let auto = first || promote || recreate || release.is_none_or(|r| r.auto_promote);
         let replicas = service.spec.replicas;
         let wanted = if auto {
             replicas
         } else {
-            blue_green
-                .and_then(|bg| bg.preview_replicas)
+            release
+                .and_then(|r| r.preview_replicas)
                 .unwrap_or(replicas)
                 .min(replicas)
         };
@@ -1178,12 +1239,7 @@ impl<'a> Planner<'a> {
             return;
         }
         if !self.proxy_sees_up(color, &mine) {
-            let lagging = self
-                .input
-                .proxy
-                .map(|p| p.lagging.join(", "))
-                .filter(|l| !l.is_empty())
-                .map_or_else(String::new, |l| format!(" (behind the route table: {l})"));
+            let lagging = self.behind_the_table();
             let waiting = format!(
                 "{ready}/{wanted} replicas of {color} (revision {revision}) ready; waiting for \
                  every proxy's checks to see them UP{lagging}"
@@ -1200,7 +1256,21 @@ impl<'a> Planner<'a> {
             return;
         }
         if auto && (wanted == replicas || revive) {
-            if live_color != Some(color) || recreate || self.routed_elsewhere(color) {
+            let switching = live_color != Some(color) || recreate || self.routed_elsewhere(color);
+            // A canary walks its steps before the full switch (not a first rollout, not a
+            // revision brought back); `cutover promote` skips what is left of them.
+            let steps = release.map_or(&[][..], |r| r.steps);
+            let canary = switching && !revive && !steps.is_empty() && live.is_some();
+            if canary && live_color != Some(color) {
+                if promote {
+                    self.finish_canary(true);
+                } else if self.walk_canary(service, steps, color, revision) == Walk::Walking {
+                    return;
+                } else {
+                    self.finish_canary(false);
+                }
+            }
+            if switching {
                 self.steps.push(Step::Switch { to: color });
                 // A new revision replacing a live one is judged by its traffic; a revision
                 // brought back has been judged before.
@@ -1212,16 +1282,16 @@ impl<'a> Planner<'a> {
             return;
         }
         // Healthy and waiting for a person.
+        self.waiting_for_promotion(format!(
+            "{color} (revision {revision}) is ready on the preview route; run `cutover promote {}`",
+            service.name()
+        ));
+    }
+
+    /// Phase `Preview`: what a rollout needs now is `cutover promote`, as `message` says.
+    fn waiting_for_promotion(&mut self, message: String) {
         self.condition("Degraded", false, "AsExpected", "");
-        self.condition(
-            "Progressing",
-            true,
-            "WaitingForPromotion",
-            format!(
-                "{color} (revision {revision}) is ready on the preview route; run `cutover promote {}`",
-                service.name()
-            ),
-        );
+        self.condition("Progressing", true, "WaitingForPromotion", message);
         self.set_phase(Phase::Preview);
     }
 
@@ -1386,6 +1456,9 @@ impl<'a> Planner<'a> {
             self.condition("Progressing", false, "ProgressDeadlineExceeded", message);
             self.status.preview_color = None;
             self.status.rollout = None;
+            if self.status.canary.is_some() {
+                self.stop_canary("its replicas were not ready by progressDeadline");
+            }
             self.set_phase(Phase::Degraded);
             return;
         }
@@ -1417,6 +1490,7 @@ impl<'a> Planner<'a> {
     fn switched(&mut self, service: &Service, color: Color, revision: &str) {
         let replicas = service.spec.replicas;
         self.status.rollout = None;
+        self.status.canary = None;
         self.record_live(service, color, revision);
         self.status.active_color = Some(color);
         self.status.preview_color = None;
@@ -1476,10 +1550,259 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Walks a canary's steps toward the full switch of `revision`, ready in `color` beside
+    /// the live color: a `weight` step publishes its share (through `status.canary`, which
+    /// the route table follows) and is done once every proxy serves it; a `pause` waits for
+    /// its duration, or for `cutover promote` without one; an `analysis` step opens a window
+    /// on the new color's traffic at the current weight (judged by
+    /// [`Planner::judge_analysis`]). Several steps may pass in one plan (a pause that is over,
+    /// a weight every proxy already serves); the plan stops at the first that waits.
+    fn walk_canary(
+        &mut self,
+        service: &Service,
+        steps: &[CanaryStep],
+        color: Color,
+        revision: &str,
+    ) -> Walk {
+        let now = self.now();
+        let of = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+        let mut canary = match self
+            .status
+            .canary
+            .clone()
+            .filter(|c| c.revision == revision && c.color == color)
+        {
+            Some(canary) => canary,
+            None => {
+                self.event(
+                    "CanaryStarted",
+                    format!(
+                        "revision {revision} is ready in {color}; walking its {of} canary steps \
+                         before the full switch"
+                    ),
+                );
+                CanaryStatus {
+                    revision: revision.to_owned(),
+                    color,
+                    step: 1,
+                    of,
+                    weight: 0,
+                    since_ms: now,
+                    started_ms: now,
+                    message: String::new(),
+                }
+            }
+        };
+        canary.of = of;
+        // At most one pass per step (and one more to see the end): the walk is bounded.
+        for _ in 0..=steps.len() {
+            let Some(step) = step_index(canary.step).and_then(|i| steps.get(i)) else {
+                self.status.canary = Some(canary);
+                return Walk::Done;
+            };
+            let base = format!(
+                "step {} of {of}: {}% of requests to revision {revision}",
+                canary.step, canary.weight
+            );
+            let waiting = match step {
+                CanaryStep::Weight(weight) => {
+                    if canary.weight != *weight {
+                        canary.weight = *weight;
+                        self.event(
+                            "CanaryWeight",
+                            format!(
+                                "step {} of {of}: {weight}% of requests to revision {revision}",
+                                canary.step
+                            ),
+                        );
+                    }
+                    // Done once every proxy serves the table with this weight (the table
+                    // this very plan publishes, when the weight is new, is not served yet).
+                    let served = self.input.proxy.is_none_or(|p| {
+                        p.split
+                            == Some(Split {
+                                color,
+                                percent: *weight,
+                            })
+                            && p.lagging.is_empty()
+                    });
+                    (!served).then(|| self.canary_weight_wait(color, *weight))
+                }
+                CanaryStep::Pause(pause) => match pause.duration {
+                    Some(duration) => {
+                        let until = canary.since_ms.saturating_add(duration.as_millis());
+                        (now < until).then(|| {
+                            self.requeue_at(until);
+                            format!("pausing until {}", rfc3339(until))
+                        })
+                    }
+                    None => {
+                        canary.message = base.clone();
+                        self.status.canary = Some(canary);
+                        self.waiting_for_promotion(format!(
+                            "canary {base}; run `cutover promote {name}` to send every request \
+                             to it, or `cutover abort {name}` to send none",
+                            name = service.name()
+                        ));
+                        return Walk::Walking;
+                    }
+                },
+                CanaryStep::Analysis(config) => self.canary_analysis(config, &canary, revision),
+            };
+            match waiting {
+                Some(waiting) => {
+                    canary.message = format!(
+                        "step {} of {of}: {}% of requests to revision {revision}",
+                        canary.step, canary.weight
+                    );
+                    let message = format!("{}; {waiting}", canary.message);
+                    self.status.canary = Some(canary);
+                    self.progressing("Canary", message);
+                    return Walk::Walking;
+                }
+                None => {
+                    canary.step = canary.step.saturating_add(1);
+                    canary.since_ms = now;
+                }
+            }
+        }
+        self.status.canary = Some(canary);
+        Walk::Done
+    }
+
+    /// ` (behind the route table: <proxies>)` while some proxy lags, for a message.
+    fn behind_the_table(&self) -> String {
+        self.input
+            .proxy
+            .map(|p| p.lagging.join(", "))
+            .filter(|l| !l.is_empty())
+            .map_or_else(String::new, |l| format!(" (behind the route table: {l})"))
+    }
+
+    /// What a `weight` step waits for, said in a message; looked at again shortly (every
+    /// proxy's report wakes the service sooner).
+    fn canary_weight_wait(&mut self, color: Color, weight: u32) -> String {
+        self.requeue_after(PROXY_POLL_MS);
+        let lagging = self.behind_the_table();
+        format!("waiting for every proxy to send {weight}% of requests to {color}{lagging}")
+    }
+
+    /// An `analysis` step: opens its window when the step begins, then waits while it runs;
+    /// `None` once it passed (a breach rejects the revision before the walk, in
+    /// [`Planner::judge_analysis`]).
+    fn canary_analysis(
+        &mut self,
+        config: &Analysis,
+        canary: &CanaryStatus,
+        revision: &str,
+    ) -> Option<String> {
+        let current = self
+            .status
+            .analysis
+            .as_ref()
+            .filter(|a| {
+                a.revision == revision && a.color == canary.color && a.started_ms == canary.since_ms
+            })
+            .map(|a| (a.result, a.until_ms, a.message.clone()));
+        match current {
+            Some((AnalysisResult::Passed, _, _)) => None,
+            Some((AnalysisResult::Running, until, message)) => {
+                self.requeue_at(until);
+                Some(message)
+            }
+            _ => {
+                let until = canary.since_ms.saturating_add(config.window.as_millis());
+                let message = format!(
+                    "judging revision {revision} by its traffic at {}% until {}",
+                    canary.weight,
+                    rfc3339(until)
+                );
+                self.status.analysis = Some(AnalysisStatus {
+                    revision: revision.to_owned(),
+                    color: canary.color,
+                    started_ms: canary.since_ms,
+                    until_ms: until,
+                    result: AnalysisResult::Running,
+                    figures: TrafficFigures::default(),
+                    message: message.clone(),
+                });
+                self.event(
+                    "AnalysisStarted",
+                    format!("canary step {} of {}: {message}", canary.step, canary.of),
+                );
+                self.requeue_at(until);
+                Some(message)
+            }
+        }
+    }
+
+    /// The canary's steps end in the full switch this plan makes: all of them passed, or
+    /// `cutover promote` skipped the rest (`promoted`). A step's window still open closes.
+    fn finish_canary(&mut self, promoted: bool) {
+        let Some(canary) = self.status.canary.take() else {
+            return;
+        };
+        let message = if promoted {
+            format!(
+                "`cutover promote` skipped canary steps {} to {} of revision {}; switching \
+                 every request to it",
+                canary.step, canary.of, canary.revision
+            )
+        } else {
+            format!(
+                "revision {} went through its {} canary steps; switching every request to it",
+                canary.revision, canary.of
+            )
+        };
+        self.close_step_window(&canary, "skipped by `cutover promote`");
+        self.event(
+            if promoted {
+                "CanaryPromoted"
+            } else {
+                "CanaryCompleted"
+            },
+            message,
+        );
+    }
+
+    /// Ends a canary before its full switch (an abort, a rejection, a newer spec): the route
+    /// table this plan publishes has no split, so every request goes to the live color
+    /// again.
+    fn stop_canary(&mut self, why: &str) {
+        let Some(canary) = self.status.canary.take() else {
+            return;
+        };
+        self.close_step_window(&canary, why);
+        self.event(
+            "CanaryStopped",
+            format!(
+                "the canary of revision {} stopped at step {} of {} ({}% of requests): {why}; \
+                 every request goes to the live color again",
+                canary.revision, canary.step, canary.of, canary.weight
+            ),
+        );
+    }
+
+    /// Marks the running window of `canary`'s current step cancelled, with `why`.
+    fn close_step_window(&mut self, canary: &CanaryStatus, why: &str) {
+        if let Some(analysis) = self.status.analysis.as_mut()
+            && analysis.result == AnalysisResult::Running
+            && analysis.revision == canary.revision
+            && analysis.color == canary.color
+            && analysis.started_ms == canary.since_ms
+        {
+            analysis.result = AnalysisResult::Cancelled;
+            analysis.message = format!(
+                "the analysis of revision {} at canary step {} of {} stopped: {why}",
+                canary.revision, canary.step, canary.of
+            );
+        }
+    }
+
     /// Opens the bake window of `revision`, switched to in `color` by this plan, when the
     /// spec asks for one (see [`Planner::judge_analysis`]).
     fn start_analysis(&mut self, service: &Service, color: Color, revision: &str) {
-        let Some(config) = service.blue_green().and_then(|bg| bg.analysis.as_ref()) else {
+        let Some(config) = service.release().and_then(|r| r.analysis) else {
             return;
         };
         let now = self.now();
@@ -1527,10 +1850,16 @@ impl<'a> Planner<'a> {
             return;
         };
         let now = self.now();
-        let config = service.blue_green().and_then(|bg| bg.analysis.as_ref());
-        let current = live.is_some_and(|(c, r)| *c == analysis.color && *r == analysis.revision)
-            && desired == analysis.revision
-            && self.status.rejected.is_none();
+        // A canary's analysis step judges the new color while the old one stays live; the
+        // bake window judges the live color after the switch.
+        let step = canary_step_of(&self.status, &analysis).map(|c| (c.step, c.of, c.weight));
+        let config = analysis_config(service, &self.status);
+        let not_superseded = desired == analysis.revision && self.status.rejected.is_none();
+        let current = not_superseded
+            && match step {
+                Some(_) => live.is_some_and(|(c, _)| *c != analysis.color),
+                None => live.is_some_and(|(c, r)| *c == analysis.color && *r == analysis.revision),
+            };
         let Some(config) = config.filter(|_| current) else {
             analysis.result = AnalysisResult::Cancelled;
             analysis.message = format!(
@@ -1568,10 +1897,16 @@ impl<'a> Planner<'a> {
         }
         let after = crate::spec::Duration::from_millis(now.saturating_sub(analysis.started_ms));
         let revision = analysis.revision.clone();
+        let when = match step {
+            Some((step, of, weight)) => {
+                format!("{after} into canary step {step} of {of} ({weight}% of requests)")
+            }
+            None => format!("{after} after the switch"),
+        };
         if !breaches.is_empty() {
             analysis.result = AnalysisResult::Failed;
             analysis.message = format!(
-                "revision {revision} failed its analysis {after} after the switch: {}; {f}",
+                "revision {revision} failed its analysis {when}: {}; {f}",
                 breaches.join(" and ")
             );
             let message = analysis.message.clone();
@@ -1597,10 +1932,17 @@ impl<'a> Planner<'a> {
             self.status.analysis = Some(analysis);
             return;
         }
-        analysis.message = format!(
-            "judging revision {revision} by its traffic until {} ({after} so far): {f}",
-            rfc3339(analysis.until_ms)
-        );
+        analysis.message = match step {
+            Some((_, _, weight)) => format!(
+                "judging revision {revision} by its traffic at {weight}% until {} ({after} so \
+                 far): {f}",
+                rfc3339(analysis.until_ms)
+            ),
+            None => format!(
+                "judging revision {revision} by its traffic until {} ({after} so far): {f}",
+                rfc3339(analysis.until_ms)
+            ),
+        };
         self.status.analysis = Some(analysis);
         let until = self.status.analysis.as_ref().map_or(now, |a| a.until_ms);
         self.requeue_at(until);
@@ -1637,9 +1979,7 @@ impl<'a> Planner<'a> {
                 retired_at: None,
             },
         );
-        let limit = service
-            .blue_green()
-            .map_or(0, |bg| bg.revision_history_limit) as usize;
+        let limit = service.release().map_or(0, |r| r.revision_history_limit) as usize;
         self.status
             .revision_history
             .truncate(limit.saturating_add(1));
@@ -1655,9 +1995,7 @@ impl<'a> Planner<'a> {
     /// replicas that are not kept, duplicates of a kept slot, and stops archived replicas
     /// that still run.
     fn prune_history(&mut self, service: &Service, live_revision: Option<&str>) {
-        let limit = service
-            .blue_green()
-            .map_or(0, |bg| bg.revision_history_limit) as usize;
+        let limit = service.release().map_or(0, |r| r.revision_history_limit) as usize;
         // Archived containers this plan brings back, or that it only just archived.
         let touched: BTreeSet<&str> = self
             .steps

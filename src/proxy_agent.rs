@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::fleet::{Applied, ProxyReport, TrafficSample, Watch};
-use crate::haproxy::runtime::Counters;
+use crate::haproxy::runtime::{ColorCounters, Counters};
 use crate::metrics::Metrics;
 use crate::status::now_ms;
 use crate::store::{Folder, Store};
@@ -110,11 +110,11 @@ struct State {
     applies: u64,
 }
 
-/// A bake window being counted, and the backend's counters when the switch was applied
-/// (`None` until they could be read).
+/// A bake window (or a canary's analysis step) being counted, and the color's counters when
+/// the switch (or the step) was applied (`None` until they could be read).
 struct Counting {
     watch: Watch,
-    baseline: Option<Counters>,
+    baseline: Option<ColorCounters>,
 }
 
 /// The agent. Cheap to share.
@@ -338,7 +338,7 @@ impl ProxyAgent {
             Ok(counters) => Some(
                 counters
                     .get(&(service.to_owned(), watch.color))
-                    .copied()
+                    .cloned()
                     .unwrap_or_default(),
             ),
             Err(_) => None,
@@ -387,10 +387,14 @@ impl ProxyAgent {
                 let Some(current) = current.filter(|_| open) else {
                     continue;
                 };
-                let baseline = counting.baseline.get_or_insert(*current);
-                if current.requests < baseline.requests {
-                    // HAProxy reloaded: its counters started again from zero.
-                    *baseline = Counters::default();
+                let baseline = counting.baseline.get_or_insert_with(|| current.clone());
+                for (row, now) in current {
+                    if let Some(before) = baseline.get_mut(row)
+                        && now.requests < before.requests
+                    {
+                        // HAProxy reloaded: this row's counters started again from zero.
+                        *before = Counters::default();
+                    }
                 }
                 let sample = TrafficSample::between(&counting.watch, baseline, current);
                 if state.report.traffic.get(service) != Some(&sample) {

@@ -309,6 +309,18 @@ impl std::fmt::Display for Route {
 pub enum Strategy {
     BlueGreen(BlueGreen),
     Recreate(Recreate),
+    Canary(Canary),
+}
+
+impl Strategy {
+    /// The strategy's key in a manifest: `blueGreen`, `recreate` or `canary`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::BlueGreen(_) => "blueGreen",
+            Strategy::Recreate(_) => "recreate",
+            Strategy::Canary(_) => "canary",
+        }
+    }
 }
 
 impl Default for Strategy {
@@ -378,6 +390,120 @@ impl Default for BlueGreen {
     }
 }
 
+/// A weighted canary: the new revision comes up in the other color with every replica, as in
+/// blue/green, then gets a growing share of the live traffic step by step (HAProxy server
+/// weights, set through the Runtime API), each step judged or waited for, before the full
+/// switch. See `docs/traffic.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Canary {
+    /// What happens between the new color being ready and the full switch, in order; never
+    /// empty.
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub steps: Vec<CanaryStep>,
+    /// How long the old color keeps running (draining) after the full switch.
+    #[serde(default = "defaults::scale_down_delay")]
+    pub scale_down_delay: Duration,
+    /// A new color not healthy by then is aborted and its revision rejected.
+    #[serde(default = "defaults::progress_deadline")]
+    pub progress_deadline: Duration,
+    /// How many old revisions are kept as stopped containers for rollback.
+    #[serde(default = "defaults::revision_history_limit")]
+    pub revision_history_limit: u32,
+    /// The bake window after the full switch, as for blue/green.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+}
+
+/// One step of a canary, written as a mapping with one key: `weight: 10`, `pause: 1m`,
+/// `pause: {}`, `analysis: {...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum CanaryStep {
+    /// Send this percentage of the live requests (1 to 99) to the new revision; the step is
+    /// done once every proxy serves it.
+    Weight(u32),
+    /// Wait, for a while or until `cutover promote`.
+    Pause(Pause),
+    /// Judge the new revision by the traffic it gets at the current weight, for a window; a
+    /// breach sends every request back to the old revision and rejects the new one.
+    Analysis(Analysis),
+}
+
+/// How long a `pause` step waits: a duration (`pause: 1m`), or, without one (`pause: {}`),
+/// until `cutover promote`, which skips the remaining steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pause {
+    pub duration: Option<Duration>,
+}
+
+impl Serialize for Pause {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match self.duration {
+            Some(duration) => duration.serialize(serializer),
+            None => serializer.serialize_map(Some(0))?.end(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pause {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Pause;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s, or {} to wait for `cutover promote`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Pause, E> {
+                let duration = text.parse::<Duration>().map_err(E::custom)?;
+                Ok(Pause {
+                    duration: Some(duration),
+                })
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Pause, E> {
+                Ok(Pause::default())
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Pause, E> {
+                Ok(Pause::default())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Pause, A::Error> {
+                match map.next_key::<String>()? {
+                    None => Ok(Pause::default()),
+                    Some(key) => Err(serde::de::Error::unknown_field(&key, &[])),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The settings every release through two colors has (blue/green and canary): see
+/// [`Service::release`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Release<'a> {
+    /// Switch (or, for a canary, start its steps) as soon as the new color is healthy;
+    /// otherwise wait for `cutover promote`. Always true for a canary.
+    pub auto_promote: bool,
+    /// Replicas of the new color before promotion; `None` means all of `replicas`.
+    pub preview_replicas: Option<u32>,
+    pub scale_down_delay: Duration,
+    pub progress_deadline: Duration,
+    pub revision_history_limit: u32,
+    /// The bake window after the (full) switch.
+    pub analysis: Option<&'a Analysis>,
+    /// A canary's steps before the full switch; empty for blue/green.
+    pub steps: &'a [CanaryStep],
+}
+
 /// Stop every old replica, then start the new ones: a short outage, for services that cannot
 /// run two versions at once.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -427,10 +553,45 @@ impl Service {
             .unwrap_or(&self.metadata.name)
     }
 
-    /// The blue/green settings, or `None` for the recreate strategy.
+    /// The blue/green settings, or `None` for the other strategies.
     pub fn blue_green(&self) -> Option<&BlueGreen> {
         match &self.spec.strategy {
             Strategy::BlueGreen(bg) => Some(bg),
+            Strategy::Recreate(_) | Strategy::Canary(_) => None,
+        }
+    }
+
+    /// The canary settings, or `None` for the other strategies.
+    pub fn canary(&self) -> Option<&Canary> {
+        match &self.spec.strategy {
+            Strategy::Canary(canary) => Some(canary),
+            Strategy::BlueGreen(_) | Strategy::Recreate(_) => None,
+        }
+    }
+
+    /// The settings of a release through the other color, shared by blue/green and canary
+    /// (previews, drains, rollbacks, aborts and the bake window work the same for both), or
+    /// `None` for the recreate strategy.
+    pub fn release(&self) -> Option<Release<'_>> {
+        match &self.spec.strategy {
+            Strategy::BlueGreen(bg) => Some(Release {
+                auto_promote: bg.auto_promote,
+                preview_replicas: bg.preview_replicas,
+                scale_down_delay: bg.scale_down_delay,
+                progress_deadline: bg.progress_deadline,
+                revision_history_limit: bg.revision_history_limit,
+                analysis: bg.analysis.as_ref(),
+                steps: &[],
+            }),
+            Strategy::Canary(canary) => Some(Release {
+                auto_promote: true,
+                preview_replicas: None,
+                scale_down_delay: canary.scale_down_delay,
+                progress_deadline: canary.progress_deadline,
+                revision_history_limit: canary.revision_history_limit,
+                analysis: canary.analysis.as_ref(),
+                steps: &canary.steps,
+            }),
             Strategy::Recreate(_) => None,
         }
     }

@@ -214,6 +214,30 @@ pub struct AnalysisStatus {
     pub message: String,
 }
 
+/// A weighted canary in progress: which step of the new revision's walk toward the full
+/// switch, and the share of the live requests it gets now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    pub revision: String,
+    /// The color it runs in (not the live one).
+    pub color: Color,
+    /// The step in progress, from 1.
+    pub step: u32,
+    /// How many steps the canary has.
+    pub of: u32,
+    /// The percentage of the live requests the route table sends it now (0 before the
+    /// first `weight` step).
+    pub weight: u32,
+    /// When the step in progress began, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// When the first step began.
+    pub started_ms: u64,
+    /// The step in words: `step 2 of 4: 10% of requests to revision 3f2a9c01d4`.
+    #[serde(default)]
+    pub message: String,
+}
+
 /// Something that happened, for people reading `cutover status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -344,6 +368,10 @@ pub struct Status {
     /// during the window after a switch, then how it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// The weighted canary in progress (`strategy.canary`), between the new color getting
+    /// ready and the full switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

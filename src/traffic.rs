@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::fleet::Watch;
 use crate::haproxy::{
     ApplyOutcome, Check, CheckTiming, Proxy, ProxyError, ProxyMetrics, SUPERVISE_EVERY, Server,
-    ServerState, ServiceRoutes, Supervision, runtime::Counters, slots_for,
+    ServerState, ServiceRoutes, Split, Supervision, runtime::ColorCounters, slots_for,
 };
 use crate::metrics::Metrics;
 use crate::observed::Container;
@@ -49,14 +49,16 @@ impl Drop for Supervisor {
     }
 }
 
-/// The routes of `service`: live and preview colors, and a server for every running replica
-/// with an address except those in `excluded` (ids), which go to maintenance. Each color is
-/// reached and checked the way the revision it runs asks (its containers' labels), so a new
-/// spec's port or health path never changes how the live color is checked.
+/// The routes of `service`: live and preview colors, a canary's split, and a server for
+/// every running replica with an address except those in `excluded` (ids), which go to
+/// maintenance. Each color is reached and checked the way the revision it runs asks (its
+/// containers' labels), so a new spec's port or health path never changes how the live
+/// color is checked.
 pub fn routes(
     service: &Service,
     live: Option<Color>,
     preview: Option<Color>,
+    split: Option<Split>,
     containers: &[Container],
     excluded: &BTreeSet<String>,
 ) -> ServiceRoutes {
@@ -100,17 +102,30 @@ pub fn routes(
         checks,
         slots: slots_for(service.spec.replicas.max(highest)),
         servers: in_rotation(ServiceRoutes::servers_from(&kept)),
+        split: split.filter(|s| live.is_some_and(|l| l != s.color)),
     }
 }
 
-/// The bake window the proxies must count traffic for, from the status a plan reports:
-/// while the analysis of the live revision runs (see `analysis` in the spec).
+/// The share of the live requests a canary in progress gets, from the status a plan
+/// reports: its color and weight, once a `weight` step gave it one.
+pub fn split(status: Option<&Status>) -> Option<Split> {
+    let canary = status?.canary.as_ref()?;
+    (canary.weight > 0).then_some(Split {
+        color: canary.color,
+        percent: canary.weight,
+    })
+}
+
+/// The window the proxies must count traffic for, from the status a plan reports: while an
+/// analysis runs, the bake window after a switch or a canary's `analysis` step (see
+/// `analysis` in the spec).
 pub fn watch(service: &Service, status: Option<&Status>) -> Option<Watch> {
-    let config = service.blue_green()?.analysis.as_ref()?;
-    let analysis = status?
+    let status = status?;
+    let analysis = status
         .analysis
         .as_ref()
         .filter(|a| a.result == AnalysisResult::Running)?;
+    let config = crate::plan::analysis_config(service, status)?;
     Some(Watch {
         color: analysis.color,
         since_ms: analysis.started_ms,
@@ -235,10 +250,11 @@ impl Traffic {
             .collect()
     }
 
-    /// The traffic counters of every color backend, by service and color.
+    /// The traffic counters of every color, by service and color (see
+    /// [`Proxy::backend_counters`]).
     pub async fn backend_counters(
         &self,
-    ) -> Result<BTreeMap<(String, Color), Counters>, ProxyError> {
+    ) -> Result<BTreeMap<(String, Color), ColorCounters>, ProxyError> {
         self.proxy.lock().await.backend_counters().await
     }
 
@@ -387,6 +403,7 @@ mod tests {
             &service,
             Some(Color::Blue),
             Some(Color::Blue),
+            None,
             &containers,
             &excluded,
         );

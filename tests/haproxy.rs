@@ -375,6 +375,7 @@ fn web(color: Color, servers: Vec<Server>) -> ServiceRoutes {
         health_path: "/cgi-bin/health".into(),
         slots: slots_for(2),
         servers: BTreeMap::from([(color, servers)]),
+        split: None,
     }
 }
 
@@ -425,6 +426,7 @@ async fn path_and_host_routes_for_three_services() {
         health_path: "/cgi-bin/health".into(),
         slots: 4,
         servers: BTreeMap::from([(color, vec![ready(1, address)])]),
+        split: None,
     };
     let host = |h: &str, p: Option<&str>| Route {
         host: Some(h.into()),
@@ -711,6 +713,195 @@ async fn zero_failures_through_switches_and_scaling_under_load_and_the_naive_way
         control.failures > 0,
         "the harness must see the failures of a naive switch: {control:?}"
     );
+}
+
+/// Waits until HAProxy's own checks see every server of `expected` UP.
+async fn wait_up(proxy: &Proxy, expected: &[(Color, u32)]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let up = proxy.servers_up_all().await.unwrap_or_default();
+        let seen = |(color, slot): &(Color, u32)| {
+            up.get("web")
+                .and_then(|by_color| by_color.get(color))
+                .is_some_and(|slots| slots.contains(slot))
+        };
+        if expected.iter().all(seen) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HAProxy does not see {expected:?} UP: {up:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The share of version B in what a load saw, in percent.
+fn share_b(tally: &Tally) -> f64 {
+    100.0 * tally.version_b as f64 / (tally.version_a + tally.version_b).max(1) as f64
+}
+
+/// A weighted canary by the Runtime API alone: the split backend's servers track the color
+/// backends' (no checks of their own, addresses set at run time), get their weights, and the
+/// live map moves to the split backend and back, with no reload and no failed request; the
+/// new color's share of the split is counted with its own counters, and a reload for another
+/// service comes back with the split from the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_sends_its_share_to_the_other_color_without_a_reload() {
+    let _serial = LOAD_LOCK.lock().await;
+    let lab = Lab::new();
+    let mut proxy = Proxy::start(lab.settings()).await.unwrap();
+    let blue = lab
+        .replicas(&["web-blue-1".into(), "web-blue-2".into()], IMAGE_A)
+        .await;
+    let green = lab
+        .replicas(&["web-green-1".into(), "web-green-2".into()], IMAGE_B)
+        .await;
+    let servers = |replicas: &[(String, String)]| -> Vec<Server> {
+        replicas
+            .iter()
+            .enumerate()
+            .map(|(i, (_, address))| ready(i as u32 + 1, address))
+            .collect()
+    };
+    // Blue live, green ready beside it (a canary's new color, health-gated).
+    let mut both = web(Color::Blue, servers(&blue));
+    both.servers.insert(Color::Green, servers(&green));
+    proxy.apply("web", &both).await.unwrap();
+    wait_up(
+        &proxy,
+        &[
+            (Color::Blue, 1),
+            (Color::Blue, 2),
+            (Color::Green, 1),
+            (Color::Green, 2),
+        ],
+    )
+    .await;
+    let reloads = proxy.metrics().reloads;
+    let counted =
+        |counters: &BTreeMap<(String, Color), cutover::haproxy::runtime::ColorCounters>,
+         color: Color| {
+            counters
+                .get(&("web".to_owned(), color))
+                .map_or(0, |rows| rows.values().map(|c| c.requests).sum::<u64>())
+        };
+    let before = proxy.backend_counters().await.unwrap();
+
+    let mut phases = Vec::new();
+    for (what, percent, low, high) in [("10%", 10, 5.0, 15.0), ("50%", 50, 40.0, 60.0)] {
+        let routes = ServiceRoutes {
+            split: Some(cutover::haproxy::Split {
+                color: Color::Green,
+                percent,
+            }),
+            ..both.clone()
+        };
+        let outcome = proxy.apply("web", &routes).await.unwrap();
+        assert!(!outcome.reloaded, "a weight is runtime only: {outcome:?}");
+        let load = Load::start(lab.live(), CONNECTIONS);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let tally = load.finish().await;
+        let share = share_b(&tally);
+        println!(
+            "split {what}: {} requests, B {} ({share:.1}%), failures {} ({:?})",
+            tally.requests, tally.version_b, tally.failures, tally.kinds
+        );
+        assert_eq!(tally.failures, 0, "{what}: {:?}", tally.kinds);
+        assert!(tally.requests > 200, "{what}: too little load: {tally:?}");
+        assert!(
+            (low..=high).contains(&share),
+            "{what}: {share:.1}% of requests went to green: {tally:?}"
+        );
+        phases.push(tally);
+    }
+    // Green's requests came through its servers in the split backend, counted as green's.
+    let after = proxy.backend_counters().await.unwrap();
+    let green_requests = counted(&after, Color::Green) - counted(&before, Color::Green);
+    let answered_b: u64 = phases.iter().map(|t| t.version_b).sum();
+    assert!(
+        green_requests >= answered_b && answered_b > 0,
+        "green counted {green_requests}, B answered {answered_b}"
+    );
+    assert!(
+        after
+            .get(&("web".to_owned(), Color::Green))
+            .is_some_and(|rows| rows.keys().any(|row| row == "be_web_split/g1")),
+        "{after:?}"
+    );
+    // The files carry the split: a reload (another service's new backends) comes back with
+    // it, under load, without a failed request.
+    let config = std::fs::read_to_string(lab.dir.join("haproxy.cfg")).unwrap();
+    assert!(
+        config.contains("track be_web_green/s1 weight 256"),
+        "{config}"
+    );
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = ServiceRoutes {
+        routes: vec![path_route("/other")],
+        servers: BTreeMap::new(),
+        ..both.clone()
+    };
+    let outcome = proxy.apply("other", &other).await.unwrap();
+    assert!(outcome.reloaded, "{outcome:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let across = load.finish().await;
+    let share = share_b(&across);
+    println!(
+        "split 50% across a reload: {} requests, B {} ({share:.1}%), failures {}",
+        across.requests, across.version_b, across.failures
+    );
+    assert_eq!(across.failures, 0, "{:?}", across.kinds);
+    assert!((40.0..=60.0).contains(&share), "{across:?}");
+    let reloads = reloads + 1;
+
+    // An abort: every request back to blue at once, under load, none failed.
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let aborted = web(Color::Blue, servers(&blue));
+    proxy.apply("web", &aborted).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = load.finish().await;
+    assert_eq!(during.failures, 0, "abort: {:?}", during.kinds);
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let back = load.finish().await;
+    println!(
+        "abort: {} requests across it, none failed; then {} requests, B {}",
+        during.requests, back.requests, back.version_b
+    );
+    assert_eq!((back.failures, back.version_b), (0, 0), "{back:?}");
+
+    // Again with a split, then the full switch to green: every request to B, none failed.
+    proxy.apply("web", &both).await.unwrap();
+    let ten = ServiceRoutes {
+        split: Some(cutover::haproxy::Split {
+            color: Color::Green,
+            percent: 10,
+        }),
+        ..both.clone()
+    };
+    proxy.apply("web", &ten).await.unwrap();
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let switched = ServiceRoutes {
+        live: Some(Color::Green),
+        ..both.clone()
+    };
+    proxy.apply("web", &switched).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = load.finish().await;
+    assert_eq!(during.failures, 0, "switch: {:?}", during.kinds);
+    let load = Load::start(lab.live(), CONNECTIONS);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_switch = load.finish().await;
+    assert_eq!(
+        (after_switch.failures, after_switch.version_a),
+        (0, 0),
+        "{after_switch:?}"
+    );
+    assert_eq!(proxy.metrics().reloads, reloads, "no reload on the way");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

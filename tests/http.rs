@@ -564,8 +564,20 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
             "autoPromote: false, scaleDownDelay: 1s",
         ),
     );
+    // A canary at 10 %, paused until `cutover promote`.
+    let canary = |image: &str| {
+        let extra = format!(
+            "  routes: [{{pathPrefix: /{}}}]\n  strategy: {{canary: {{scaleDownDelay: 1s, \
+             steps: [{{weight: 10}}, {{pause: {{}}}}]}}}}\n",
+            w.svc("shipping")
+        );
+        w.demo("shipping", image, 1, &extra)
+    };
+    w.apply("shipping", &canary("cutover-demo:a"));
     w.wait_available("catalog");
     w.wait_available("checkout");
+    w.wait_available("shipping");
+    w.apply("shipping", &canary("cutover-demo:b"));
     w.apply("catalog", &demo(&w, "catalog", "cutover-demo:b", 2, FAST));
     w.apply(
         "checkout",
@@ -593,6 +605,7 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     );
     w.wait_available("catalog");
     w.wait_phase("checkout", "Preview");
+    w.wait_phase("shipping", "Preview");
     w.wait_phase("inventory", "Degraded");
     w.wait_phase("payments", "Invalid");
     // A status left behind without a spec, unreadable: shown as Unknown with its error.
@@ -614,6 +627,12 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
     );
     let payments = tag_with(&dom, r#"data-service="payments""#);
     assert!(payments.contains(r#"data-phase="Invalid""#), "{payments}");
+    let shipping = tag_with(&dom, r#"data-canary-weight="#);
+    assert!(
+        shipping.contains(r#"data-canary-weight="10""#)
+            && shipping.contains(r#"data-canary-step="2""#),
+        "{shipping}"
+    );
     let relic = tag_with(&dom, r#"data-service="relic""#);
     assert!(relic.contains(r#"data-phase="Unknown""#), "{relic}");
     for text in [
@@ -625,9 +644,11 @@ fn the_status_page_renders_every_phase_in_a_real_browser() {
         ">LIVE<",
         ">PREVIEW<",
         ">cutover-demo:b<",
+        ">CANARY 10%<",
+        ">Canary step 2 of 2<",
         ">Leader<",
         ">Ready<",
-        "5 services",
+        "6 services",
         "ImagePullFailed",
         "spec.replicas",
         "Status unreadable",

@@ -10,8 +10,10 @@
 //!
 //! Invariants (see `docs/reconciler.md`):
 //! 1. `plan()` never panics.
-//! 2. With a blue/green spec, no plan retires a replica of the color the proxy serves, in a
-//!    slot the spec still wants, running the revision it serves.
+//! 2. With a blue/green or canary spec, no plan retires a replica of the color the proxy
+//!    serves, in a slot the spec still wants, running the revision it serves; a canary's
+//!    share counts as serving (in the table the plan publishes, and in the one a lagging
+//!    proxy still serves), so neither color is retired while it gets requests.
 //! 3. The live color a status names has containers in play; the preview is not the live one.
 //! 4. No step takes a container name the engine already has.
 //! 5. Once events stop and replicas are healthy, the plan empties within a bounded number
@@ -47,7 +49,7 @@ fn manifest(body: &str) -> String {
 
 impl Pool {
     fn new() -> Pool {
-        let texts: [(&str, &str); 12] = [
+        let texts: [(&str, &str); 14] = [
             ("  image: books:1\n  replicas: 2\n", "v1 x2"),
             ("  image: books:2\n  replicas: 2\n", "v2 x2"),
             ("  image: books:2\n  replicas: 3\n", "v2 x3"),
@@ -80,6 +82,14 @@ impl Pool {
             (
                 "  image: books:1\n  replicas: 2\n  strategy: {blueGreen: {analysis: {window: 30s, maxResponseTime: 300ms}}}\n",
                 "v1 judged by its traffic",
+            ),
+            (
+                "  image: books:2\n  replicas: 2\n  strategy: {canary: {scaleDownDelay: 1s, steps: [{weight: 10}, {pause: 10s}, {weight: 50}, {analysis: {window: 10s, maxErrorRatio: 0.1}}]}}\n",
+                "v2 canary judged at 50%",
+            ),
+            (
+                "  image: books:3\n  replicas: 2\n  strategy: {canary: {steps: [{weight: 20}, {pause: {}}]}}\n",
+                "v3 canary until promoted",
             ),
         ];
         Pool {
@@ -134,7 +144,7 @@ enum Event {
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        4 => (0usize..12).prop_map(Event::Apply),
+        4 => (0usize..14).prop_map(Event::Apply),
         1 => Just(Event::Delete),
         4 => (0usize..8).prop_map(Event::Heal),
         1 => (0usize..8).prop_map(Event::Sicken),
@@ -196,6 +206,10 @@ struct Sim<'p> {
     proxy_revision: Option<String>,
     /// While a second proxy lags: the live color and revision it still serves.
     lagging: Option<(Option<cutover::status::Color>, Option<String>)>,
+    /// While a second proxy lags: the canary's share it still serves (color and revision).
+    lagging_split: Option<(cutover::status::Color, String)>,
+    /// The revision the proxy's canary split sends its share to.
+    split_revision: Option<String>,
     /// Background stops (false) and removals (true) under way, by container id.
     background: BTreeMap<String, bool>,
     fail_next_step: bool,
@@ -220,6 +234,8 @@ impl<'p> Sim<'p> {
             proxy: ProxyView::default(),
             proxy_revision: None,
             lagging: None,
+            lagging_split: None,
+            split_revision: None,
             background: BTreeMap::new(),
             fail_next_step: false,
             now_ms: 1_700_000_000_000,
@@ -329,9 +345,17 @@ impl<'p> Sim<'p> {
             Event::ProxyLags => {
                 if self.lagging.is_none() && self.proxy.known {
                     self.lagging = Some((self.proxy.live, self.proxy_revision.clone()));
+                    self.lagging_split = self
+                        .proxy
+                        .split
+                        .map(|s| s.color)
+                        .zip(self.split_revision.clone());
                 }
             }
-            Event::ProxyCatchesUp => self.lagging = None,
+            Event::ProxyCatchesUp => {
+                self.lagging = None;
+                self.lagging_split = None;
+            }
             Event::Die(i) => {
                 if let Some(id) = self.nth_container(*i)
                     && let Some(at) = self.index_of(&id)
@@ -492,10 +516,18 @@ impl<'p> Sim<'p> {
                     }
                     self.proxy.live = status.active_color;
                     self.proxy.known = true;
+                    self.proxy.split = cutover::traffic::split(Some(status))
+                        .filter(|s| status.active_color.is_some_and(|l| l != s.color));
+                    self.split_revision = self
+                        .proxy
+                        .split
+                        .and(status.canary.as_ref())
+                        .map(|c| c.revision.clone());
                 }
                 if plan.gone {
                     self.proxy = ProxyView::default();
                     self.proxy_revision = None;
+                    self.split_revision = None;
                 }
             }
         }
@@ -610,11 +642,22 @@ impl<'p> Sim<'p> {
                 describe(plan)
             ));
         }
-        let Some(service) = self.service().filter(|s| s.blue_green().is_some()) else {
+        let Some(service) = self.service().filter(|s| s.release().is_some()) else {
             return Ok(());
         };
         let mut served = vec![(proxy.live, self.proxy_revision.clone())];
         served.extend(self.lagging.clone());
+        // A canary's share counts as serving: in the table this plan publishes, and in the
+        // one a lagging proxy still serves.
+        let split = plan.status.as_ref().and_then(|status| {
+            let share = cutover::traffic::split(Some(status))?;
+            let canary = status.canary.as_ref()?;
+            (status.active_color != Some(share.color))
+                .then(|| (share.color, canary.revision.clone()))
+        });
+        for (color, revision) in split.into_iter().chain(self.lagging_split.clone()) {
+            served.push((Some(color), Some(revision)));
+        }
         for (live, serving) in served {
             let (Some(live), Some(serving)) = (live, serving) else {
                 continue;
@@ -680,6 +723,7 @@ impl<'p> Sim<'p> {
     fn settle(&mut self) -> Result<(), String> {
         self.fail_next_step = false;
         self.lagging = None;
+        self.lagging_split = None;
         let mut last = None;
         for _pass in 0..40 {
             self.heal_all();
@@ -750,6 +794,12 @@ impl<'p> Sim<'p> {
                         self.proxy.live
                     ));
                 }
+                if self.proxy.split.is_some() || status.canary.is_some() {
+                    return Err(format!(
+                        "Available with a canary still in progress: {:?}",
+                        status.canary
+                    ));
+                }
                 let ready = self
                     .containers
                     .iter()
@@ -770,9 +820,7 @@ impl<'p> Sim<'p> {
                 if !stray.is_empty() {
                     return Err(format!("settled with other containers running: {stray:?}"));
                 }
-                let limit = service
-                    .blue_green()
-                    .map_or(0, |bg| bg.revision_history_limit) as usize;
+                let limit = service.release().map_or(0, |r| r.revision_history_limit) as usize;
                 let kept: BTreeSet<&str> = self
                     .containers
                     .iter()
@@ -993,4 +1041,64 @@ fn regression_a_corrected_spec_during_the_first_rollout() {
         Event::ProxyChecks,
     ];
     run(&pool, &events).unwrap();
+}
+
+#[test]
+fn a_canary_failing_its_analysis_step_goes_back_to_the_previous_revision() {
+    let pool = Pool::new();
+    let events = [
+        Event::Apply(0), // v1
+        Event::HealAll,
+        Event::ProxyChecks,
+        Event::Later(11 * SECOND),
+        Event::Apply(12), // v2, a canary judged at 50 %
+        Event::HealAll,
+        Event::ProxyChecks,        // ready: 10 %
+        Event::Later(11 * SECOND), // every proxy serves it: a pause of 10 s
+        Event::Later(11 * SECOND), // over: 50 %
+        Event::Later(200),         // served: its analysis step
+        Event::Traffic(true),
+        Event::Later(200),
+    ];
+    let sim = run(&pool, &events).unwrap();
+    let status = sim.status().unwrap();
+    let rejected = status.rejected.as_ref().expect("v2 rejected");
+    assert_eq!(rejected.reason, "AnalysisFailed", "{status:#?}");
+    assert!(
+        rejected
+            .message
+            .contains("canary step 4 of 4 (50% of requests)"),
+        "{}",
+        rejected.message
+    );
+    let live = status.active_color.expect("a live color");
+    assert_eq!(status.colors[&live].image, "books:1", "{status:#?}");
+    assert_eq!(sim.proxy.split, None);
+}
+
+#[test]
+fn a_canary_waits_for_promote_and_a_promoted_one_becomes_available() {
+    let pool = Pool::new();
+    let events = [
+        Event::Apply(0), // v1
+        Event::HealAll,
+        Event::ProxyChecks,
+        Event::Later(11 * SECOND),
+        Event::Apply(13), // v3, a canary at 20 % until promoted
+        Event::HealAll,
+        Event::ProxyChecks,
+    ];
+    let mut sim = run(&pool, &events).unwrap();
+    let status = sim.status().unwrap().clone();
+    assert_eq!(status.phase, Some(Phase::Preview), "{status:#?}");
+    assert_eq!(sim.proxy.split.map(|s| s.percent), Some(20));
+    sim.happen(&Event::Request(Action::Promote, false));
+    sim.settle().unwrap();
+    let status = sim.status().unwrap();
+    assert_eq!(status.phase, Some(Phase::Available), "{status:#?}");
+    assert_eq!(
+        status.colors[&status.active_color.unwrap()].image,
+        "books:3"
+    );
+    assert_eq!(sim.proxy.split, None);
 }

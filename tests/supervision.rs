@@ -211,6 +211,7 @@ fn a_followers_resync_changes_no_haproxy_file() {
             health_path: "/".into(),
             slots: 4,
             servers: BTreeMap::new(),
+            split: None,
         };
         proxy.apply("ghost", &ghost).await.unwrap();
         // What a daemon's exit leaves: HAProxy runs on, the directory is free.

@@ -229,6 +229,8 @@ fn wide_row(stored: &StoredService) -> Vec<String> {
         Ok(service) => {
             let auto = match &service.spec.strategy {
                 Strategy::BlueGreen(b) => b.auto_promote.to_string(),
+                // A canary starts its steps by itself; `promote` skips what is left of them.
+                Strategy::Canary(c) => format!("canary ({} steps)", c.steps.len()),
                 Strategy::Recreate(_) => "-".to_owned(),
             };
             cells.extend([
@@ -245,10 +247,7 @@ fn wide_row(stored: &StoredService) -> Vec<String> {
 }
 
 pub fn strategy_name(strategy: &Strategy) -> &'static str {
-    match strategy {
-        Strategy::BlueGreen(_) => "blueGreen",
-        Strategy::Recreate(_) => "recreate",
-    }
+    strategy.name()
 }
 
 /// Routes as `host/path` joined by commas, or `-`.

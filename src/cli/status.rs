@@ -325,6 +325,19 @@ pub fn render_details(report: &Report) -> String {
             &rows,
         )));
     }
+    if let Some(canary) = &status.canary {
+        out.push_str(&format!(
+            "\nCanary: step {} of {}: {}% of requests to revision {} in {} (this step since {}, \
+             the canary since {})\n",
+            canary.step,
+            canary.of,
+            canary.weight,
+            canary.revision,
+            canary.color,
+            crate::status::rfc3339(canary.since_ms),
+            crate::status::rfc3339(canary.started_ms)
+        ));
+    }
     if let Some(analysis) = &status.analysis {
         out.push_str(&format!(
             "\nAnalysis: {:?}: {}\n",

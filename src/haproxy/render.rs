@@ -83,6 +83,123 @@ pub fn server_name(slot: u32) -> String {
     format!("s{slot}")
 }
 
+/// `be_<service>_split`: the backend a weighted canary's live routes point at, with a
+/// server per slot of each color that tracks that color's server.
+pub fn split_backend_name(service: &str) -> String {
+    format!("be_{service}_split")
+}
+
+/// `b<slot>` or `g<slot>`: the server in the split backend that tracks `s<slot>` of the
+/// color.
+pub fn split_server_name(color: Color, slot: u32) -> String {
+    let prefix = match color {
+        Color::Blue => 'b',
+        Color::Green => 'g',
+    };
+    format!("{prefix}{slot}")
+}
+
+/// The slot of a split server's name if it is one of `color`'s: `g3` gives 3 for green.
+pub fn split_server_slot(name: &str, color: Color) -> Option<u32> {
+    let prefix = match color {
+        Color::Blue => 'b',
+        Color::Green => 'g',
+    };
+    let digits = name.strip_prefix(prefix)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The largest weight HAProxy takes for a server.
+pub const MAX_WEIGHT: u32 = 256;
+
+/// The weights of one server of the live color and one of the canary color that send
+/// `percent` of the requests to the canary's `canary` servers and the rest to the live
+/// color's `live` servers: a canary server's weight in proportion to `percent x live`, a
+/// live one's to `(100 - percent) x canary`, the larger one scaled to [`MAX_WEIGHT`], and
+/// neither below 1 (a share of 1 % with many servers is rounded up rather than lost).
+/// Returns `(live weight, canary weight)`.
+pub fn split_weights(percent: u32, live: u32, canary: u32) -> (u32, u32) {
+    let percent = u64::from(percent.min(100));
+    let canary_share = percent * u64::from(live);
+    let live_share = (100 - percent) * u64::from(canary);
+    let largest = canary_share.max(live_share).max(1);
+    let scaled = |share: u64| {
+        let weight = (share * u64::from(MAX_WEIGHT) + largest / 2) / largest;
+        u32::try_from(weight.clamp(1, u64::from(MAX_WEIGHT))).unwrap_or(MAX_WEIGHT)
+    };
+    (scaled(live_share), scaled(canary_share))
+}
+
+/// What one server of the split backend is: `ready` with an address and a weight while a
+/// split is in force and its color's server in the same slot is in rotation, else in
+/// maintenance (no address: whatever it had).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitServer {
+    pub address: Option<String>,
+    pub weight: u32,
+    pub ready: bool,
+}
+
+/// Every server of a service's split backend, by color and slot, as `routes` wants it (see
+/// [`SplitServer`]).
+pub fn split_servers(routes: &ServiceRoutes) -> BTreeMap<(Color, u32), SplitServer> {
+    let split = routes.active_split();
+    let in_rotation = |color: Color| -> BTreeMap<u32, &str> {
+        let taking = split.is_some_and(|s| Some(color) == routes.live || color == s.color);
+        routes
+            .servers
+            .get(&color)
+            .into_iter()
+            .flatten()
+            .filter(|s| taking && s.state == ServerState::Ready && s.slot <= routes.slots)
+            .map(|s| (s.slot, s.address.as_str()))
+            .collect()
+    };
+    let mut servers = BTreeMap::new();
+    let (Some(split), Some(live)) = (split, routes.live) else {
+        for color in [Color::Blue, Color::Green] {
+            for slot in 1..=routes.slots {
+                let idle = SplitServer {
+                    address: None,
+                    weight: 1,
+                    ready: false,
+                };
+                servers.insert((color, slot), idle);
+            }
+        }
+        return servers;
+    };
+    let live_servers = in_rotation(live);
+    let canary_servers = in_rotation(split.color);
+    let count = |m: &BTreeMap<u32, &str>| u32::try_from(m.len()).unwrap_or(u32::MAX);
+    let (live_weight, canary_weight) =
+        split_weights(split.percent, count(&live_servers), count(&canary_servers));
+    for (color, taking, weight) in [
+        (live, &live_servers, live_weight),
+        (split.color, &canary_servers, canary_weight),
+    ] {
+        for slot in 1..=routes.slots {
+            let server = match taking.get(&slot) {
+                Some(address) => SplitServer {
+                    address: Some((*address).to_owned()),
+                    weight,
+                    ready: true,
+                },
+                None => SplitServer {
+                    address: None,
+                    weight: 1,
+                    ready: false,
+                },
+            };
+            servers.insert((color, slot), server);
+        }
+    }
+    servers
+}
+
 /// Which map a route lives in, and its key there.
 pub fn route_key(route: &Route) -> (MapKind, String) {
     match (&route.host, &route.path_prefix) {
@@ -93,8 +210,12 @@ pub fn route_key(route: &Route) -> (MapKind, String) {
     }
 }
 
-/// The backend a service's routes point at on a listener.
+/// The backend a service's routes point at on a listener: the live listener's routes go
+/// to the split backend while a canary's split is in force.
 pub fn route_target(service: &str, routes: &ServiceRoutes, listener: Listener) -> String {
+    if listener == Listener::Live && routes.active_split().is_some() {
+        return split_backend_name(service);
+    }
     let color = match listener {
         Listener::Live => routes.live,
         Listener::Preview => routes.preview.or(routes.live),
@@ -359,8 +480,10 @@ pub fn server_addresses(show_servers_state: &str) -> ServerAddresses {
 /// `defaults`, `frontend live` and (with a preview bind) `frontend preview`, the 503
 /// backend, then `be_<service>_<color>` for both colors of every service, with one
 /// explicit `server s<N>` line per slot: a known server with its address (`disabled` when
-/// it is in maintenance or draining), a spare slot as `0.0.0.0:<port> disabled`. Both
-/// colors always exist, so that a rollout, a switch and a scale change never need a reload.
+/// it is in maintenance or draining), a spare slot as `0.0.0.0:<port> disabled`, and
+/// `be_<service>_split` (a weighted canary's, see [`render_split_backend`]). Both colors
+/// and the split always exist, so that a rollout, a canary, a switch and a scale change
+/// never need a reload.
 pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> String {
     let dir = settings.dir.display();
     let mut c = String::new();
@@ -515,8 +638,40 @@ pub fn render(settings: &Settings, table: &BTreeMap<String, ServiceRoutes>) -> S
                 }
             }
         }
+        render_split_backend(&mut c, service, routes);
     }
     c
+}
+
+/// `be_<service>_split`, rendered for every service whatever the table (so a canary never
+/// changes the shape): a server per slot of each color, `b<N>` and `g<N>`, each tracking
+/// the color's `s<N>` (no checks of its own: it is UP, DOWN or in maintenance with it),
+/// with its address, weight and `disabled` as [`split_servers`] says.
+fn render_split_backend(c: &mut String, service: &str, routes: &ServiceRoutes) {
+    let servers = split_servers(routes);
+    let _ = writeln!(c);
+    let _ = writeln!(c, "backend {}", split_backend_name(service));
+    let _ = writeln!(c, "    balance roundrobin");
+    for color in [Color::Blue, Color::Green] {
+        let port = routes.check(service, color).port;
+        let tracked = backend_name(service, color);
+        for slot in 1..=routes.slots {
+            let server = servers.get(&(color, slot));
+            let address = server
+                .and_then(|s| s.address.as_deref())
+                .map_or_else(|| format!("0.0.0.0:{port}"), |a| server_address(a, port));
+            let state = match server {
+                Some(s) if s.ready => format!(" weight {}", s.weight),
+                _ => " disabled".to_owned(),
+            };
+            let _ = writeln!(
+                c,
+                "    server {} {address} track {tracked}/{}{state}",
+                split_server_name(color, slot),
+                server_name(slot)
+            );
+        }
+    }
 }
 
 /// What of a service needs a reload to change: its routes (map keys and their order),
@@ -552,9 +707,13 @@ pub fn shapes(table: &BTreeMap<String, ServiceRoutes>) -> BTreeMap<String, Shape
 /// servers' addresses HAProxy reported if it could be asked, tells which slots move to
 /// another replica) to `new`, in a safe order:
 ///
-/// 1. servers that gain an address or become ready (`set server ... addr`, then `state ready`);
-/// 2. map entries whose backend changes (`set map`): the switch;
-/// 3. servers that go to `drain` or `maint`, after no route points at them any more.
+/// 1. servers that gain an address or become ready (`set server ... addr`, then `state ready`),
+///    and the split backend's servers that take a canary's share (address, `set weight`,
+///    `state ready`);
+/// 2. map entries whose backend changes (`set map`): the switch, or the live routes moving
+///    to the split backend or back;
+/// 3. servers that go to `drain` or `maint` (the split backend's too), after no route points
+///    at them any more.
 ///
 /// The shape of `old` and `new` must be equal (same slots and routes); otherwise a reload
 /// is due and this is not the function to call.
@@ -619,6 +778,7 @@ pub fn runtime_commands(
             }
         }
     }
+    split_commands(service, old, new, &mut up, &mut down);
     for listener in Listener::ALL {
         if listener == Listener::Preview && settings.preview_bind.is_none() {
             continue;
@@ -639,4 +799,49 @@ pub fn runtime_commands(
     up.extend(maps);
     up.extend(down);
     up
+}
+
+/// The commands that bring the split backend's servers from `old` (`None`: unknown, every
+/// server is set) to `new`: into `up` those that take requests (address, weight, `ready`:
+/// before the live routes point at the split backend), into `down` those that leave (after
+/// the routes left them). A split server follows its color's server's health by `track`, so
+/// it gets no `health` command.
+fn split_commands(
+    service: &str,
+    old: Option<&ServiceRoutes>,
+    new: &ServiceRoutes,
+    up: &mut Vec<String>,
+    down: &mut Vec<String>,
+) {
+    let backend = split_backend_name(service);
+    let before = old.map(split_servers);
+    for ((color, slot), after) in split_servers(new) {
+        let name = split_server_name(color, slot);
+        let was = before.as_ref().and_then(|b| b.get(&(color, slot)));
+        let was_ready = was.is_some_and(|w| w.ready);
+        if after.ready {
+            let port = new.check(service, color).port;
+            if let Some(address) = &after.address
+                && was.is_none_or(|w| w.address.as_ref() != Some(address))
+            {
+                up.push(command::set_server_addr(&backend, &name, address, port));
+            }
+            if !was_ready || was.is_some_and(|w| w.weight != after.weight) {
+                up.push(command::set_weight(&backend, &name, after.weight));
+            }
+            if !was_ready {
+                up.push(command::set_server_state(
+                    &backend,
+                    &name,
+                    ServerState::Ready,
+                ));
+            }
+        } else if was.is_none() || was_ready {
+            down.push(command::set_server_state(
+                &backend,
+                &name,
+                ServerState::Maint,
+            ));
+        }
+    }
 }

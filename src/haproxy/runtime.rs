@@ -136,6 +136,12 @@ pub mod command {
         )
     }
 
+    /// `set weight <backend>/<server> <weight>`: the server's share of its backend's
+    /// requests (0 to 256; the split backend of a canary).
+    pub fn set_weight(backend: &str, server: &str, weight: u32) -> String {
+        format!("set weight {}/{} {weight}", escape(backend), escape(server))
+    }
+
     /// `show servers state [<backend>]`.
     pub fn show_servers_state(backend: Option<&str>) -> String {
         match backend {
@@ -288,6 +294,12 @@ pub struct Counters {
     /// `rtime`: the average response time of the last 1024 requests, in ms.
     pub response_time_ms: u64,
 }
+
+/// The counters of the rows that carry one color's requests, by `backend/row`: its
+/// backend's `BACKEND` row and its servers in the split backend. Summed only after each
+/// row's baseline is taken off (see `fleet::TrafficSample::between`), since each row has its
+/// own response time.
+pub type ColorCounters = std::collections::BTreeMap<String, Counters>;
 
 impl StatRow {
     /// Whether HAProxy's own check has seen the server healthy: UP, not going down, and

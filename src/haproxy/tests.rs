@@ -32,6 +32,7 @@ fn service(routes: Vec<Route>) -> ServiceRoutes {
             Color::Blue,
             vec![ready(1, "10.0.0.1"), ready(2, "10.0.0.2")],
         )]),
+        split: None,
     }
 }
 
@@ -381,6 +382,14 @@ fn an_unknown_runtime_state_sets_every_slot_and_map_entry() {
             "set server be_a_green/s2 state maint",
             "set server be_a_green/s3 state maint",
             "set server be_a_green/s4 state maint",
+            "set server be_a_split/b1 state maint",
+            "set server be_a_split/b2 state maint",
+            "set server be_a_split/b3 state maint",
+            "set server be_a_split/b4 state maint",
+            "set server be_a_split/g1 state maint",
+            "set server be_a_split/g2 state maint",
+            "set server be_a_split/g3 state maint",
+            "set server be_a_split/g4 state maint",
         ]
     );
 }
@@ -501,4 +510,228 @@ fn a_reload_carries_the_health_of_servers_whose_address_stays_and_only_theirs() 
     ]
     .join("\n");
     assert_eq!(out, expected);
+}
+
+/// Live on blue with two servers, and green's two servers ready beside it: a canary about
+/// to take a share.
+fn canary_ready() -> ServiceRoutes {
+    let mut routes = service(vec![route(None, Some("/a"))]);
+    routes.servers.insert(
+        Color::Green,
+        vec![ready(1, "10.0.1.1"), ready(2, "10.0.1.2")],
+    );
+    routes
+}
+
+fn split(color: Color, percent: u32) -> Option<Split> {
+    Some(Split { color, percent })
+}
+
+#[test]
+fn the_split_backend_tracks_every_slot_of_both_colors_and_is_idle_without_a_canary() {
+    let config = render(&settings(), &table(vec![("a", canary_ready())]));
+    let expected = "\
+backend be_a_split
+    balance roundrobin
+    server b1 0.0.0.0:80 track be_a_blue/s1 disabled
+    server b2 0.0.0.0:80 track be_a_blue/s2 disabled
+    server b3 0.0.0.0:80 track be_a_blue/s3 disabled
+    server b4 0.0.0.0:80 track be_a_blue/s4 disabled
+    server g1 0.0.0.0:80 track be_a_green/s1 disabled
+    server g2 0.0.0.0:80 track be_a_green/s2 disabled
+    server g3 0.0.0.0:80 track be_a_green/s3 disabled
+    server g4 0.0.0.0:80 track be_a_green/s4 disabled
+";
+    assert!(config.contains(expected), "{config}");
+    // The maps point at the live color's backend.
+    let maps = render_maps(&table(vec![("a", canary_ready())]));
+    assert_eq!(maps["live_paths.map"], "/a be_a_blue\n");
+}
+
+#[test]
+fn a_split_is_in_the_files_so_a_reload_comes_back_with_it() {
+    let mut routes = canary_ready();
+    routes.split = split(Color::Green, 10);
+    let config = render(&settings(), &table(vec![("a", routes.clone())]));
+    for line in [
+        "    server b1 10.0.0.1:80 track be_a_blue/s1 weight 256\n",
+        "    server b2 10.0.0.2:80 track be_a_blue/s2 weight 256\n",
+        "    server b3 0.0.0.0:80 track be_a_blue/s3 disabled\n",
+        "    server g1 10.0.1.1:80 track be_a_green/s1 weight 28\n",
+        "    server g2 10.0.1.2:80 track be_a_green/s2 weight 28\n",
+    ] {
+        assert!(config.contains(line), "missing {line:?} in\n{config}");
+    }
+    let maps = render_maps(&table(vec![("a", routes)]));
+    assert_eq!(maps["live_paths.map"], "/a be_a_split\n");
+    // The preview listener never splits: it shows the preview color, else the live one.
+    assert_eq!(maps["preview_paths.map"], "/a be_a_blue\n");
+}
+
+#[test]
+fn a_split_and_its_end_keep_the_shape_so_a_canary_never_reloads() {
+    let base = table(vec![("a", canary_ready())]);
+    let mut split_table = base.clone();
+    if let Some(routes) = split_table.get_mut("a") {
+        routes.split = split(Color::Green, 50);
+    }
+    assert_eq!(shapes(&base), shapes(&split_table));
+}
+
+#[test]
+fn a_canary_readies_weighted_split_servers_before_the_live_map_points_at_them() {
+    let s = settings();
+    let old = canary_ready();
+    let mut ten = old.clone();
+    ten.split = split(Color::Green, 10);
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&old), &ten, None),
+        vec![
+            "set server be_a_split/b1 addr 10.0.0.1 port 80",
+            "set weight be_a_split/b1 256",
+            "set server be_a_split/b1 state ready",
+            "set server be_a_split/b2 addr 10.0.0.2 port 80",
+            "set weight be_a_split/b2 256",
+            "set server be_a_split/b2 state ready",
+            "set server be_a_split/g1 addr 10.0.1.1 port 80",
+            "set weight be_a_split/g1 28",
+            "set server be_a_split/g1 state ready",
+            "set server be_a_split/g2 addr 10.0.1.2 port 80",
+            "set weight be_a_split/g2 28",
+            "set server be_a_split/g2 state ready",
+            "set map /run/cutover/live_paths.map /a be_a_split",
+        ]
+    );
+    // The next weight is a weight change only.
+    let mut fifty = ten.clone();
+    fifty.split = split(Color::Green, 50);
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&ten), &fifty, None),
+        vec![
+            "set weight be_a_split/g1 256",
+            "set weight be_a_split/g2 256"
+        ]
+    );
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&fifty), &fifty, None),
+        Vec::<String>::new()
+    );
+
+    // The full switch: the maps leave the split backend first, then its servers go.
+    let mut switched = fifty.clone();
+    switched.live = Some(Color::Green);
+    switched.split = None;
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&fifty), &switched, None),
+        vec![
+            "set map /run/cutover/live_paths.map /a be_a_green",
+            "set map /run/cutover/preview_paths.map /a be_a_green",
+            "set server be_a_split/b1 state maint",
+            "set server be_a_split/b2 state maint",
+            "set server be_a_split/g1 state maint",
+            "set server be_a_split/g2 state maint",
+        ]
+    );
+
+    // An abort: every request back to blue at once, then green and the split servers go.
+    let mut aborted = ten.clone();
+    aborted.split = None;
+    aborted.servers.remove(&Color::Green);
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&ten), &aborted, None),
+        vec![
+            "set map /run/cutover/live_paths.map /a be_a_blue",
+            "set server be_a_green/s1 state maint",
+            "set server be_a_green/s2 state maint",
+            "set server be_a_split/b1 state maint",
+            "set server be_a_split/b2 state maint",
+            "set server be_a_split/g1 state maint",
+            "set server be_a_split/g2 state maint",
+        ]
+    );
+}
+
+#[test]
+fn a_replica_leaving_during_a_canary_leaves_the_split_and_the_weights_follow() {
+    let s = settings();
+    let mut ten = canary_ready();
+    ten.split = split(Color::Green, 10);
+    let mut fewer = ten.clone();
+    fewer.servers.get_mut(&Color::Blue).unwrap().pop();
+    // One blue and two green servers: each green one gets half a blue one's 10/90.
+    assert_eq!(
+        runtime_commands(&s, "a", Some(&ten), &fewer, None),
+        vec![
+            "set weight be_a_split/g1 14",
+            "set weight be_a_split/g2 14",
+            "set server be_a_blue/s2 state maint",
+            "set server be_a_split/b2 state maint",
+        ]
+    );
+}
+
+#[test]
+fn split_weights_give_the_share_asked_within_the_rounding_of_256() {
+    for (percent, live, canary, expected) in [
+        (10, 2, 2, (256, 28)),
+        (50, 2, 2, (256, 256)),
+        (90, 2, 2, (28, 256)),
+        (10, 3, 1, (256, 85)),
+        (1, 10, 1, (256, 26)),
+        (99, 1, 1, (3, 256)),
+        (1, 1, 100, (256, 1)),
+        (10, 0, 2, (256, 1)),
+        (10, 2, 0, (1, 256)),
+    ] {
+        let weights = split_weights(percent, live, canary);
+        assert_eq!(
+            weights, expected,
+            "{percent}% of {live} live + {canary} canary"
+        );
+        let (w_live, w_canary) = weights;
+        if live > 0 && canary > 0 && w_canary > 1 {
+            let share = f64::from(canary * w_canary) / f64::from(canary * w_canary + live * w_live);
+            assert!(
+                (share * 100.0 - f64::from(percent)).abs() < 1.0,
+                "{percent}% of {live} + {canary}: {share}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_a_split_of_1_to_99_percent_for_the_other_color_counts() {
+    let routes = canary_ready();
+    for (live, split_to, expected) in [
+        (Some(Color::Blue), split(Color::Green, 10), true),
+        (Some(Color::Blue), split(Color::Blue, 10), false),
+        (Some(Color::Blue), split(Color::Green, 0), false),
+        (Some(Color::Blue), split(Color::Green, 100), false),
+        (None, split(Color::Green, 10), false),
+        (Some(Color::Blue), None, false),
+    ] {
+        let r = ServiceRoutes {
+            live,
+            split: split_to,
+            ..routes.clone()
+        };
+        assert_eq!(
+            r.active_split().is_some(),
+            expected,
+            "{live:?} {split_to:?}"
+        );
+        let target = route_target("a", &r, Listener::Live);
+        assert_eq!(target == "be_a_split", expected, "{target}");
+    }
+    for (name, color, slot) in [
+        ("g1", Color::Green, Some(1)),
+        ("g12", Color::Green, Some(12)),
+        ("b3", Color::Blue, Some(3)),
+        ("b3", Color::Green, None),
+        ("g", Color::Green, None),
+        ("gx", Color::Green, None),
+        ("BACKEND", Color::Blue, None),
+    ] {
+        assert_eq!(split_server_slot(name, color), slot, "{name}");
+    }
 }

@@ -60,6 +60,18 @@ impl World {
         self.plan_with(Desired::Valid { service, index }, None)
     }
 
+    /// Plans with a pending `request`.
+    fn plan_asking(&self, service: &Service, index: u64, request: &Request) -> Plan {
+        self.plan_with(Desired::Valid { service, index }, Some(request))
+    }
+
+    /// Plans and carries the plan out.
+    fn step(&mut self, service: &Service, index: u64) -> Plan {
+        let p = self.plan(service, index);
+        self.apply(service, index, &p);
+        p
+    }
+
     fn plan_with(&self, desired: Desired<'_>, request: Option<&Request>) -> Plan {
         plan(&Input {
             name: "books",
@@ -172,6 +184,8 @@ impl World {
             if let Some(proxy) = &mut self.proxy {
                 proxy.known = true;
                 proxy.live = status.active_color;
+                proxy.split = crate::traffic::split(Some(status))
+                    .filter(|s| status.active_color.is_some_and(|l| l != s.color));
             }
         }
     }
@@ -1079,6 +1093,7 @@ fn planning_after_applying_a_plan_converges_for_every_scenario() {
         with_image("books:2", "  replicas: 3\n"),
         with_image("books:2", "  replicas: 1\n  strategy: {recreate: {}}\n"),
         service("  sideTargets: [{name: db, image: books:1}]\n"),
+        canary("books:3", "[{weight: 10}, {pause: 10s}, {weight: 50}]"),
     ];
     for (i, a) in specs.iter().enumerate() {
         for (j, b) in specs.iter().enumerate() {
@@ -1309,4 +1324,343 @@ fn a_new_spec_during_the_window_cancels_the_analysis_and_nothing_is_judged_witho
         "{}",
         analysis.message
     );
+}
+
+/// A canary with `steps` (and a short drain).
+fn canary(image: &str, steps: &str) -> Service {
+    with_image(
+        image,
+        &format!("  strategy:\n    canary:\n      scaleDownDelay: 1s\n      steps: {steps}\n"),
+    )
+}
+
+fn progressing(p: &Plan) -> (String, String) {
+    let c = p.status.as_ref().unwrap().condition("Progressing").unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+fn canary_of(p: &Plan) -> CanaryStatus {
+    p.status
+        .as_ref()
+        .unwrap()
+        .canary
+        .clone()
+        .expect("a canary in progress")
+}
+
+/// Converges v1 (`steps` do not apply to a first rollout), then brings v2 up in green, every
+/// replica ready and UP, the proxy following the table. Returns the world and v2.
+fn canary_ready(steps: &str) -> (World, Service) {
+    let v1 = canary("books:1", steps);
+    let v2 = canary("books:2", steps);
+    let mut world = World::new();
+    world.proxy = Some(ProxyView::default());
+    let p = world.converge(&v1, 1);
+    assert_eq!(
+        p.status.as_ref().unwrap().canary,
+        None,
+        "no canary for a first rollout"
+    );
+    world.step(&v2, 2);
+    world.all_ready();
+    (world, v2)
+}
+
+#[test]
+fn a_canary_takes_each_weight_once_every_proxy_serves_it_and_pauses_by_the_clock() {
+    let (mut world, v2) = canary_ready("[{weight: 10}, {pause: 1m}, {weight: 50}, {pause: 30s}]");
+    let r = rev(&v2);
+    // Ready: no switch, the first weight instead.
+    let p = world.step(&v2, 2);
+    assert!(p.steps.is_empty(), "{:?}", describe(&p));
+    let c = canary_of(&p);
+    assert_eq!((c.step, c.of, c.weight, c.color), (1, 4, 10, Color::Green));
+    assert_eq!(p.status.as_ref().unwrap().active_color, Some(Color::Blue));
+    assert_eq!(phase(&p), Some(Phase::Progressing));
+    let (reason, message) = progressing(&p);
+    assert_eq!(reason, "Canary");
+    assert!(
+        message.starts_with(&format!(
+            "step 1 of 4: 10% of requests to revision {r}; waiting for every proxy"
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        crate::traffic::split(p.status.as_ref()),
+        Some(Split {
+            color: Color::Green,
+            percent: 10
+        })
+    );
+    // A proxy still serves the table without the weight: the step waits.
+    world.proxy.as_mut().unwrap().lagging = vec!["p2 (serves version 6)".into()];
+    let p = world.step(&v2, 2);
+    assert_eq!(canary_of(&p).step, 1);
+    assert!(
+        progressing(&p).1.contains("behind the route table: p2"),
+        "{:?}",
+        progressing(&p)
+    );
+    // Every proxy serves it: the pause begins, and lasts a minute by the clock.
+    world.proxy.as_mut().unwrap().lagging.clear();
+    let p = world.step(&v2, 2);
+    let c = canary_of(&p);
+    assert_eq!((c.step, c.weight, c.since_ms), (2, 10, world.now_ms));
+    assert_eq!(p.requeue_after_ms, Some(60 * SECOND));
+    world.later(30 * SECOND);
+    assert_eq!(canary_of(&world.step(&v2, 2)).step, 2);
+    world.later(30 * SECOND);
+    let p = world.step(&v2, 2);
+    let c = canary_of(&p);
+    assert_eq!((c.step, c.weight), (3, 50));
+    // 50 % served at once (the proxy follows the table in this world); then 30 s.
+    let p = world.step(&v2, 2);
+    assert_eq!(canary_of(&p).step, 4);
+    world.later(30 * SECOND);
+    let p = world.step(&v2, 2);
+    assert_eq!(describe(&p), ["switch traffic to green"]);
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(status.canary, None);
+    assert_eq!(status.active_color, Some(Color::Green));
+    assert_eq!(
+        world.proxy.as_ref().unwrap().split,
+        None,
+        "the split ends with the switch"
+    );
+    let reasons: Vec<&str> = status.events.iter().map(|e| e.reason.as_str()).collect();
+    for reason in [
+        "CanaryStarted",
+        "CanaryWeight",
+        "CanaryCompleted",
+        "Switched",
+    ] {
+        assert!(reasons.contains(&reason), "{reasons:?}");
+    }
+    let told = |reason: &str| {
+        status
+            .events
+            .iter()
+            .find(|e| e.reason == reason)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        told("CanaryStarted"),
+        format!(
+            "revision {r} is ready in green; walking its 4 canary steps before the full switch"
+        )
+    );
+    assert_eq!(
+        told("CanaryCompleted"),
+        format!("revision {r} went through its 4 canary steps; switching every request to it")
+    );
+    // Then as for blue/green: the old color drains and goes, and the service is Available.
+    let p = world.converge(&v2, 2);
+    assert_eq!(phase(&p), Some(Phase::Available));
+}
+
+#[test]
+fn a_pause_without_duration_waits_for_promote_which_skips_every_step_left() {
+    let (mut world, v2) = canary_ready("[{weight: 10}, {pause: {}}]");
+    let r = rev(&v2);
+    world.step(&v2, 2);
+    let p = world.step(&v2, 2);
+    assert_eq!(phase(&p), Some(Phase::Preview));
+    let (reason, message) = progressing(&p);
+    assert_eq!(reason, "WaitingForPromotion");
+    assert!(message.contains("run `cutover promote books`"), "{message}");
+    assert_eq!(p.requeue_after_ms, None, "nothing to wait for but a person");
+    world.later(3_600 * SECOND);
+    let p = world.step(&v2, 2);
+    assert!(p.steps.is_empty());
+    assert_eq!(canary_of(&p).step, 2);
+    assert_eq!(
+        world.proxy.as_ref().unwrap().split.map(|s| s.percent),
+        Some(10)
+    );
+
+    let promote = request("p1", Action::Promote, r.clone());
+    let p = world.plan_asking(&v2, 2, &promote);
+    assert_eq!(describe(&p), ["switch traffic to green"]);
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(status.canary, None);
+    assert!(
+        status.events.iter().any(|e| e.reason == "CanaryPromoted"),
+        "{:?}",
+        status.events
+    );
+
+    // Promote during a weight step skips the pause too.
+    let (mut world, v2) = canary_ready("[{weight: 10}, {pause: 1h}, {weight: 90}]");
+    world.step(&v2, 2);
+    let promote = request("p2", Action::Promote, rev(&v2));
+    let p = world.plan_asking(&v2, 2, &promote);
+    assert_eq!(describe(&p), ["switch traffic to green"]);
+}
+
+#[test]
+fn abort_during_a_canary_sends_every_request_back_at_once_and_rejects_the_revision() {
+    let (mut world, v2) = canary_ready("[{weight: 25}, {pause: {}}]");
+    world.step(&v2, 2);
+    world.step(&v2, 2);
+    assert_eq!(
+        world.proxy.as_ref().unwrap().split.map(|s| s.percent),
+        Some(25)
+    );
+    let abort = request("a1", Action::Abort, rev(&v2));
+    let p = world.plan_asking(&v2, 2, &abort);
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(status.canary, None);
+    assert_eq!(status.active_color, Some(Color::Blue));
+    assert_eq!(status.rejected.as_ref().unwrap().reason, "Aborted");
+    assert_eq!(phase(&p), Some(Phase::Degraded));
+    assert!(
+        !describe(&p).iter().any(|s| s.starts_with("switch")),
+        "{:?}",
+        describe(&p)
+    );
+    // Green leaves in the same plan; the table it publishes has no split.
+    assert!(
+        describe(&p)
+            .iter()
+            .any(|s| s.starts_with("rename books-green-1")),
+        "{:?}",
+        describe(&p)
+    );
+    assert!(status.events.iter().any(|e| e.reason == "CanaryStopped"));
+    world.apply(&v2, 2, &p);
+    assert_eq!(world.proxy.as_ref().unwrap().split, None);
+    assert_eq!(world.proxy.as_ref().unwrap().live, Some(Color::Blue));
+}
+
+const CANARY_ANALYSIS: &str =
+    "[{weight: 20}, {analysis: {window: 20s, minRequests: 20, maxErrorRatio: 0.05}}]";
+
+#[test]
+fn an_analysis_step_judges_the_new_color_at_its_weight_and_a_breach_sends_everything_back() {
+    let (mut world, v2) = canary_ready(CANARY_ANALYSIS);
+    world.step(&v2, 2);
+    let p = world.step(&v2, 2);
+    let c = canary_of(&p);
+    assert_eq!((c.step, c.weight), (2, 20));
+    let status = p.status.as_ref().unwrap();
+    let analysis = status.analysis.as_ref().unwrap();
+    assert_eq!(
+        (
+            analysis.result,
+            analysis.color,
+            analysis.started_ms,
+            analysis.until_ms
+        ),
+        (
+            AnalysisResult::Running,
+            Color::Green,
+            world.now_ms,
+            world.now_ms + 20 * SECOND
+        )
+    );
+    // Every proxy counts the new color, at the step's interval.
+    let watch = crate::traffic::watch(&v2, Some(status)).unwrap();
+    assert_eq!(
+        (watch.color, watch.since_ms, watch.interval_ms),
+        (Color::Green, world.now_ms, 250)
+    );
+    // 30 of 100 failed: rejected, every request back to blue, no switch.
+    world.later(SECOND);
+    world.proxy.as_mut().unwrap().traffic = traffic(100, 30, 20);
+    let p = world.plan(&v2, 2);
+    let status = p.status.as_ref().unwrap();
+    let rejected = status.rejected.as_ref().unwrap();
+    assert_eq!(rejected.reason, "AnalysisFailed");
+    assert!(
+        rejected
+            .message
+            .contains("1s into canary step 2 of 2 (20% of requests)")
+            && rejected.message.contains("30 of 100 requests failed"),
+        "{}",
+        rejected.message
+    );
+    assert_eq!(
+        status.analysis.as_ref().unwrap().result,
+        AnalysisResult::Failed
+    );
+    assert_eq!(status.canary, None);
+    assert_eq!(status.active_color, Some(Color::Blue));
+    assert!(
+        !describe(&p).iter().any(|s| s.starts_with("switch")),
+        "{:?}",
+        describe(&p)
+    );
+    world.apply(&v2, 2, &p);
+    assert_eq!(world.proxy.as_ref().unwrap().split, None);
+    assert_eq!(crate::traffic::watch(&v2, world.status.as_ref()), None);
+}
+
+#[test]
+fn an_analysis_step_that_ends_within_its_limits_moves_on_to_the_full_switch() {
+    let (mut world, v2) = canary_ready(CANARY_ANALYSIS);
+    world.step(&v2, 2);
+    world.step(&v2, 2);
+    world.proxy.as_mut().unwrap().traffic = traffic(400, 1, 20);
+    world.later(10 * SECOND);
+    let p = world.step(&v2, 2);
+    assert!(p.steps.is_empty());
+    assert!(
+        progressing(&p).1.contains("judging revision"),
+        "{:?}",
+        progressing(&p)
+    );
+    world.later(10 * SECOND);
+    let p = world.step(&v2, 2);
+    assert_eq!(describe(&p), ["switch traffic to green"]);
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(
+        status.analysis.as_ref().unwrap().result,
+        AnalysisResult::Passed
+    );
+    assert_eq!(status.canary, None);
+}
+
+#[test]
+fn a_new_spec_during_a_canary_supersedes_it_and_its_share_goes_back_at_once() {
+    let (mut world, v2) = canary_ready("[{weight: 10}, {pause: {}}]");
+    world.step(&v2, 2);
+    world.step(&v2, 2);
+    let v3 = canary("books:3", "[{weight: 10}, {pause: {}}]");
+    world.observed.images_present.insert("books:3".to_owned());
+    let p = world.plan(&v3, 3);
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(status.canary, None);
+    assert!(status.events.iter().any(|e| e.reason == "CanaryStopped"));
+    let steps = describe(&p);
+    assert!(
+        steps.iter().any(|s| s.starts_with("rename books-green-1")),
+        "{steps:?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("create green replica 1")),
+        "{steps:?}"
+    );
+    world.apply(&v3, 3, &p);
+    assert_eq!(world.proxy.as_ref().unwrap().split, None);
+    // v3 gets its own canary once it is ready.
+    world.all_ready();
+    let p = world.step(&v3, 3);
+    let c = canary_of(&p);
+    assert_eq!(
+        (c.revision.as_str(), c.step, c.weight),
+        (rev(&v3).as_str(), 1, 10)
+    );
+}
+
+#[test]
+fn without_a_proxy_a_weight_step_is_done_at_once() {
+    let (mut world, v2) = canary_ready("[{weight: 10}, {weight: 40}, {pause: 10s}]");
+    world.proxy = None;
+    let p = world.step(&v2, 2);
+    let c = canary_of(&p);
+    assert_eq!((c.step, c.weight), (3, 40));
+    assert_eq!(p.requeue_after_ms, Some(10 * SECOND));
 }

@@ -96,6 +96,18 @@ pub enum Kind {
     ObjectList(&'static [Field]),
     /// A mapping with exactly one of the given fields, such as `strategy`.
     OneOf(&'static [Field]),
+    /// A list, never empty, of mappings with exactly one of the given fields each, such as
+    /// a canary's `steps`. `example` shows one item.
+    OneOfList {
+        fields: &'static [Field],
+        example: &'static str,
+    },
+    /// A duration within a range, or no duration at all: `{}` or nothing (a canary's
+    /// `pause`, which then waits for `cutover promote`).
+    DurationOrEmpty {
+        min: Duration,
+        max: Duration,
+    },
 }
 
 /// The whole manifest.
@@ -306,26 +318,62 @@ const ROUTE: &[Field] = &[
 const STRATEGY: &[Field] = &[
     optional("blueGreen", Kind::Object(BLUE_GREEN)),
     optional("recreate", Kind::Object(&[])),
+    optional("canary", Kind::Object(CANARY)),
+];
+
+/// `scaleDownDelay`, shared by blue/green and canary.
+const SCALE_DOWN_DELAY: Kind = Kind::Duration {
+    min: Duration::from_millis(0),
+    max: Duration::from_millis(3_600_000),
+};
+
+/// `progressDeadline`, shared by blue/green and canary.
+const PROGRESS_DEADLINE: Kind = Kind::Duration {
+    min: Duration::from_millis(5_000),
+    max: Duration::from_millis(3_600_000),
+};
+
+/// `revisionHistoryLimit`, shared by blue/green and canary.
+const REVISION_HISTORY_LIMIT: Kind = Kind::Integer { min: 0, max: 10 };
+
+const CANARY_STEPS_EXAMPLE: &str = "steps: [{weight: 10}, {pause: 1m}]";
+
+const CANARY: &[Field] = &[
+    required(
+        "steps",
+        Kind::OneOfList {
+            fields: CANARY_STEP,
+            example: "- weight: 10",
+        },
+        CANARY_STEPS_EXAMPLE,
+    ),
+    optional("scaleDownDelay", SCALE_DOWN_DELAY),
+    optional("progressDeadline", PROGRESS_DEADLINE),
+    optional("revisionHistoryLimit", REVISION_HISTORY_LIMIT),
+    optional("analysis", Kind::Object(ANALYSIS)),
+];
+
+/// The longest `pause` a canary step may take.
+pub const MAX_PAUSE: Duration = Duration::from_millis(24 * 3_600_000);
+
+const CANARY_STEP: &[Field] = &[
+    optional("weight", Kind::Integer { min: 1, max: 99 }),
+    optional(
+        "pause",
+        Kind::DurationOrEmpty {
+            min: Duration::from_millis(1_000),
+            max: MAX_PAUSE,
+        },
+    ),
+    optional("analysis", Kind::Object(ANALYSIS)),
 ];
 
 const BLUE_GREEN: &[Field] = &[
     optional("autoPromote", Kind::Bool),
     optional("previewReplicas", Kind::Integer { min: 1, max: 100 }),
-    optional(
-        "scaleDownDelay",
-        Kind::Duration {
-            min: Duration::from_millis(0),
-            max: Duration::from_millis(3_600_000),
-        },
-    ),
-    optional(
-        "progressDeadline",
-        Kind::Duration {
-            min: Duration::from_millis(5_000),
-            max: Duration::from_millis(3_600_000),
-        },
-    ),
-    optional("revisionHistoryLimit", Kind::Integer { min: 0, max: 10 }),
+    optional("scaleDownDelay", SCALE_DOWN_DELAY),
+    optional("progressDeadline", PROGRESS_DEADLINE),
+    optional("revisionHistoryLimit", REVISION_HISTORY_LIMIT),
     optional("analysis", Kind::Object(ANALYSIS)),
 ];
 

@@ -25,7 +25,7 @@ use serde_yaml::Value as YamlValue;
 
 use super::schema::{Field, Kind, MANIFEST, SIGNALS};
 use super::yaml::{self, Node, Position, Resolved, ScalarStyle, Value};
-use super::{Duration, MAX_VALUE_BYTES, Memory, NetworkMode, Service, Strategy};
+use super::{CanaryStep, Duration, MAX_VALUE_BYTES, Memory, NetworkMode, Service, Strategy};
 
 /// One thing wrong with a manifest, located so that a person can fix it at a glance.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -305,8 +305,14 @@ impl Walker<'_> {
         self.positions.insert(path.to_owned(), position);
         match kind {
             Kind::Object(fields) => self.walk_object(node, fields, path, key_position),
-            Kind::OneOf(fields) => self.walk_one_of(node, fields, path, key_position),
+            Kind::OneOf(fields) => self.walk_one_of(node, fields, None, path, key_position),
             Kind::ObjectList(fields) => self.walk_object_list(node, fields, path, position),
+            Kind::OneOfList { fields, example } => {
+                self.walk_one_of_list(node, kind, (fields, example), path, position)
+            }
+            Kind::DurationOrEmpty { min, max } => {
+                self.walk_duration_or_empty(node, kind, (*min, *max), path, position)
+            }
             Kind::TextMap { .. } => self.walk_text_map(node, kind, path, position),
             Kind::TextList { .. } => self.walk_text_list(node, kind, path, position),
             _ => self.walk_scalar(node, kind, path, position),
@@ -370,11 +376,13 @@ impl Walker<'_> {
         valid.then_some(YamlValue::Mapping(output))
     }
 
-    /// An object with exactly one of its fields set, such as `strategy`.
+    /// An object with exactly one of its fields set, such as `strategy`. `example` is what a
+    /// message suggests when none is set (else `<first field>: {}`).
     fn walk_one_of(
         &mut self,
         node: &Node,
         fields: &'static [Field],
+        example: Option<&str>,
         path: &str,
         key_position: Position,
     ) -> Option<YamlValue> {
@@ -392,10 +400,11 @@ impl Walker<'_> {
         match chosen.as_slice() {
             [_] => output,
             [] => {
-                let message = format!(
-                    "choose exactly one of {names}, such as {}: {{}}",
-                    fields[0].name
+                let example = example.map_or_else(
+                    || format!("{}: {{}}", fields.first().map_or("", |f| f.name)),
+                    str::to_owned,
                 );
+                let message = format!("choose exactly one of {names}, such as {example}");
                 self.report(key_position, path, message);
                 None
             }
@@ -435,6 +444,79 @@ impl Walker<'_> {
             }
         }
         valid.then_some(YamlValue::Sequence(output))
+    }
+
+    /// A list, never empty, of mappings with exactly one of `fields` each (a canary's
+    /// steps); `example` is one item as written in a block list.
+    fn walk_one_of_list(
+        &mut self,
+        node: &Node,
+        kind: &Kind,
+        (fields, example): (&'static [Field], &str),
+        path: &str,
+        position: Position,
+    ) -> Option<YamlValue> {
+        let items = match &node.value {
+            Value::Sequence(items) => items.as_slice(),
+            Value::Null => &[],
+            _ => {
+                self.report_mismatch(node, kind, path, position);
+                return None;
+            }
+        };
+        // The example as the value of one item: "- weight: 10" gives "weight: 10".
+        let item_example = example.trim_start_matches("- ");
+        if items.is_empty() {
+            let message = format!("must not be empty, write at least one item such as {example}");
+            self.report(position, path, message);
+            return None;
+        }
+        let mut output = Vec::new();
+        let mut valid = true;
+        for (index, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{index}]");
+            self.positions.insert(item_path.clone(), item.position);
+            if !matches!(item.value, Value::Mapping(_)) {
+                let message = format!(
+                    "expected a mapping with one of {}, such as {{{item_example}}}, found {}",
+                    field_names(fields, " or "),
+                    describe_node(item)
+                );
+                self.report(item.position, &item_path, message);
+                valid = false;
+                continue;
+            }
+            match self.walk_one_of(item, fields, Some(item_example), &item_path, item.position) {
+                Some(value) => output.push(value),
+                None => valid = false,
+            }
+        }
+        valid.then_some(YamlValue::Sequence(output))
+    }
+
+    /// A duration within `range`, or `{}` or nothing for none (the value is then an empty
+    /// mapping).
+    fn walk_duration_or_empty(
+        &mut self,
+        node: &Node,
+        kind: &Kind,
+        (min, max): (Duration, Duration),
+        path: &str,
+        position: Position,
+    ) -> Option<YamlValue> {
+        match &node.value {
+            Value::Null => Some(YamlValue::Mapping(serde_yaml::Mapping::new())),
+            Value::Mapping(entries) if entries.is_empty() => {
+                Some(YamlValue::Mapping(serde_yaml::Mapping::new()))
+            }
+            Value::Scalar { .. } => {
+                self.walk_scalar(node, &Kind::Duration { min, max }, path, position)
+            }
+            Value::Mapping(_) | Value::Sequence(_) => {
+                self.report_mismatch(node, kind, path, position);
+                None
+            }
+        }
     }
 
     fn walk_text_map(
@@ -722,7 +804,9 @@ impl Walker<'_> {
             Value::Null => format!("has no value, write {expected}"),
             Value::Mapping(_) | Value::Sequence(_) | Value::Scalar { .. } => {
                 let mut message = format!("expected {expected}, found {}", describe_node(node));
-                if matches!(kind, Kind::ObjectList(_)) && matches!(node.value, Value::Mapping(_)) {
+                if matches!(kind, Kind::ObjectList(_) | Kind::OneOfList { .. })
+                    && matches!(node.value, Value::Mapping(_))
+                {
                     message.push_str(", start each item with \"- \"");
                 }
                 message
@@ -812,6 +896,13 @@ fn describe_kind(kind: &Kind) -> String {
         Kind::Object(fields) => format!("a mapping with the fields {}", field_names(fields, ", ")),
         Kind::ObjectList(_) => "a list of mappings".to_owned(),
         Kind::OneOf(fields) => format!("a mapping with one of {}", field_names(fields, " or ")),
+        Kind::OneOfList { fields, .. } => format!(
+            "a list of mappings with one of {} each",
+            field_names(fields, " or ")
+        ),
+        Kind::DurationOrEmpty { .. } => {
+            "a duration such as 30s, or {} to wait for `cutover promote`".to_owned()
+        }
     }
 }
 
@@ -927,46 +1018,46 @@ fn cross_field_diagnostics(
         }
     }
 
-    if let Strategy::BlueGreen(blue_green) = &spec.strategy {
+    let release = match &spec.strategy {
+        Strategy::BlueGreen(bg) => Some((
+            "spec.strategy.blueGreen",
+            bg.progress_deadline,
+            bg.analysis.as_ref(),
+        )),
+        Strategy::Canary(canary) => Some((
+            "spec.strategy.canary",
+            canary.progress_deadline,
+            canary.analysis.as_ref(),
+        )),
+        Strategy::Recreate(_) => None,
+    };
+    if let Some((strategy_path, progress_deadline, analysis)) = release {
         // previewReplicas above replicas is capped, not refused: `cutover scale web 0`
         // must not turn a valid spec invalid.
-        let deadline_path = "spec.strategy.blueGreen.progressDeadline";
-        if blue_green.progress_deadline <= health.start_period {
-            if positions.contains_key(deadline_path) {
+        let deadline_path = format!("{strategy_path}.progressDeadline");
+        if progress_deadline <= health.start_period {
+            if positions.contains_key(&deadline_path) {
                 let message = format!(
                     "must be longer than spec.health.startPeriod ({}), found {}, or every \
                      rollout would be aborted before its health checks count",
-                    health.start_period, blue_green.progress_deadline
+                    health.start_period, progress_deadline
                 );
-                report(deadline_path, message);
+                report(&deadline_path, message);
             } else {
                 let message = format!(
                     "must be shorter than {deadline_path} ({}, the default), found {}; shorten \
                      it or set a longer progressDeadline",
-                    blue_green.progress_deadline, health.start_period
+                    progress_deadline, health.start_period
                 );
                 report("spec.health.startPeriod", message);
             }
         }
-        if let Some(analysis) = &blue_green.analysis {
-            let path = "spec.strategy.blueGreen.analysis";
-            if analysis.max_error_ratio.is_none() && analysis.max_response_time.is_none() {
-                report(
-                    path,
-                    "judges nothing: set maxErrorRatio (such as 0.05) or maxResponseTime (such \
-                     as 500ms), or remove analysis"
-                        .to_owned(),
-                );
-            }
-            if analysis.interval >= analysis.window {
-                let message = format!(
-                    "must be shorter than {path}.window ({}), found {}; the counters would be \
-                     read once at most",
-                    analysis.window, analysis.interval
-                );
-                report(&format!("{path}.interval"), message);
-            }
+        if let Some(analysis) = analysis {
+            analysis_diagnostics(&format!("{strategy_path}.analysis"), analysis, &mut report);
         }
+    }
+    if let Strategy::Canary(canary) = &spec.strategy {
+        canary_diagnostics(canary, &mut report);
     }
 
     // On the host's network every replica listens on the same host port, so two containers
@@ -976,13 +1067,17 @@ fn cross_field_diagnostics(
         if spec.replicas > 1 {
             problems.push(format!("replicas is {}", spec.replicas));
         }
-        if matches!(spec.strategy, Strategy::BlueGreen(_)) {
-            let default = if positions.contains_key("spec.strategy") {
-                ""
-            } else {
-                " (the default)"
-            };
-            problems.push(format!("the strategy is blueGreen{default}"));
+        match spec.strategy {
+            Strategy::BlueGreen(_) => {
+                let default = if positions.contains_key("spec.strategy") {
+                    ""
+                } else {
+                    " (the default)"
+                };
+                problems.push(format!("the strategy is blueGreen{default}"));
+            }
+            Strategy::Canary(_) => problems.push("the strategy is canary".to_owned()),
+            Strategy::Recreate(_) => {}
         }
         if !problems.is_empty() {
             let message = format!(
@@ -1048,6 +1143,97 @@ fn cross_field_diagnostics(
     }
 
     diagnostics
+}
+
+/// The rules of an `analysis` (a bake window or a canary step) at `path`.
+fn analysis_diagnostics(
+    path: &str,
+    analysis: &super::Analysis,
+    report: &mut impl FnMut(&str, String),
+) {
+    if analysis.max_error_ratio.is_none() && analysis.max_response_time.is_none() {
+        report(
+            path,
+            "judges nothing: set maxErrorRatio (such as 0.05) or maxResponseTime (such as \
+             500ms), or remove analysis"
+                .to_owned(),
+        );
+    }
+    if analysis.interval >= analysis.window {
+        let message = format!(
+            "must be shorter than {path}.window ({}), found {}; the counters would be read \
+             once at most",
+            analysis.window, analysis.interval
+        );
+        report(&format!("{path}.interval"), message);
+    }
+}
+
+/// The rules between a canary's steps: weights only grow, an analysis judges a weight, and
+/// nothing follows a pause that waits for `cutover promote` (which skips every step left).
+fn canary_diagnostics(canary: &super::Canary, report: &mut impl FnMut(&str, String)) {
+    let steps_path = "spec.strategy.canary.steps";
+    let has_weight = canary
+        .steps
+        .iter()
+        .any(|step| matches!(step, CanaryStep::Weight(_)));
+    if !has_weight {
+        report(
+            steps_path,
+            "has no weight step, so the new revision would get no share of the traffic before \
+             the full switch; add a step such as - weight: 10, or use blueGreen"
+                .to_owned(),
+        );
+    }
+    let mut last_weight: Option<(usize, u32)> = None;
+    let mut waits_for_promote: Option<usize> = None;
+    let mut told_unreachable = false;
+    for (index, step) in canary.steps.iter().enumerate() {
+        let path = format!("{steps_path}[{index}]");
+        if let Some(pause) = waits_for_promote
+            && !told_unreachable
+        {
+            told_unreachable = true;
+            let message = format!(
+                "never runs: the pause of {steps_path}[{pause}] waits for `cutover promote`, \
+                 which skips every step after it; give that pause a duration such as 1m, or \
+                 remove the steps after it"
+            );
+            report(&path, message);
+        }
+        match step {
+            CanaryStep::Weight(weight) => {
+                if let Some((before, previous)) = last_weight
+                    && *weight < previous
+                {
+                    let message = format!(
+                        "{weight} is lower than {steps_path}[{before}].weight ({previous}): a \
+                         canary's share of the traffic only grows; reorder the steps"
+                    );
+                    report(&format!("{path}.weight"), message);
+                }
+                last_weight = Some((index, *weight));
+            }
+            CanaryStep::Pause(pause) => {
+                if pause.duration.is_none() && waits_for_promote.is_none() {
+                    waits_for_promote = Some(index);
+                }
+            }
+            CanaryStep::Analysis(analysis) => {
+                let analysis_path = format!("{path}.analysis");
+                if has_weight && last_weight.is_none() {
+                    report(
+                        &analysis_path,
+                        "judges no traffic: no weight step comes before it, so the new \
+                         revision gets no live requests yet; put a step such as - weight: 10 \
+                         before it"
+                            .to_owned(),
+                    );
+                }
+                analysis_diagnostics(&analysis_path, analysis, report);
+            }
+        }
+    }
 }
 
 /// What a route matches: its host (`None` for any host) and its path prefix, where no prefix
@@ -1319,12 +1505,18 @@ mod tests {
         let ledger = include_str!("../../manifests/ledger.yaml");
         let search = include_str!("../../manifests/search.yaml");
         let demo = include_str!("../../manifests/demo.yaml");
+        let checkout = include_str!("../../manifests/checkout.yaml");
+        let canary = include_str!("../../tests/fixtures/valid/canary.yaml");
+        let canary_flow = include_str!("../../tests/fixtures/valid/canary-flow.yaml");
         for (name, text) in [
             ("minimal", MINIMAL),
             ("books", books),
             ("ledger", ledger),
             ("search", search),
             ("demo", demo),
+            ("checkout", checkout),
+            ("canary", canary),
+            ("canary-flow", canary_flow),
         ] {
             let service = parse_service(name, text).unwrap_or_else(|e| panic!("{e}"));
             let yaml = service.to_yaml();
@@ -1618,6 +1810,79 @@ mod tests {
         let error = parse_services(&files).unwrap_err();
         assert_eq!(error.len(), 1);
         assert_eq!(error.0[0].source, "broken.yaml");
+    }
+
+    #[test]
+    fn a_canary_has_its_steps_in_order_and_the_release_settings_of_blue_green() {
+        let text = include_str!("../../tests/fixtures/valid/canary.yaml");
+        let service = parse_service("canary.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(service.spec.strategy.name(), "canary");
+        assert!(service.blue_green().is_none());
+        let canary = service.canary().expect("a canary");
+        let steps: Vec<String> = canary
+            .steps
+            .iter()
+            .map(|step| match step {
+                CanaryStep::Weight(w) => format!("weight {w}"),
+                CanaryStep::Pause(p) => format!("pause {:?}", p.duration.map(|d| d.to_string())),
+                CanaryStep::Analysis(a) => format!("analysis {}", a.window),
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "weight 10",
+                "pause Some(\"5m\")",
+                "weight 25",
+                "analysis 2m",
+                "weight 50",
+                "pause None",
+            ]
+        );
+        let release = service
+            .release()
+            .expect("canary releases through two colors");
+        assert!(release.auto_promote);
+        assert_eq!(release.preview_replicas, None);
+        assert_eq!(release.scale_down_delay.to_string(), "30s");
+        assert_eq!(release.progress_deadline.to_string(), "5m");
+        assert_eq!(release.revision_history_limit, 3);
+        assert_eq!(
+            release.analysis.map(|a| a.window.to_string()),
+            Some("5m".into())
+        );
+        assert_eq!(release.steps.len(), 6);
+        // The defaults are blue/green's.
+        let flow = include_str!("../../tests/fixtures/valid/canary-flow.yaml");
+        let release = parse_service("flow.yaml", flow).unwrap();
+        let release = release.release().unwrap();
+        assert_eq!(release.scale_down_delay, defaults::scale_down_delay());
+        assert_eq!(release.progress_deadline, defaults::progress_deadline());
+        assert_eq!(
+            release.revision_history_limit,
+            defaults::revision_history_limit()
+        );
+        assert_eq!(release.analysis, None);
+        // A pause without a duration is written back as {}, with one as the duration.
+        let yaml = service.to_yaml();
+        assert!(yaml.contains("- pause: {}"), "{yaml}");
+        assert!(yaml.contains("- pause: 5m"), "{yaml}");
+        assert!(yaml.contains("- weight: 10"), "{yaml}");
+        // Blue/green gives its own settings and no steps; recreate none.
+        let blue_green = parse_service("m.yaml", MINIMAL).unwrap();
+        let release = blue_green.release().unwrap();
+        assert!(release.steps.is_empty());
+        assert_eq!(release.auto_promote, defaults::auto_promote());
+        let recreate = MINIMAL.replace(
+            "spec: {image: books:1.4.2}",
+            "spec: {image: books:1, strategy: {recreate: {}}}",
+        );
+        assert!(
+            parse_service("r.yaml", &recreate)
+                .unwrap()
+                .release()
+                .is_none()
+        );
     }
 
     #[test]

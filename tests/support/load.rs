@@ -16,6 +16,8 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
     first_seen: Arc<Mutex<BTreeMap<String, SystemTime>>>,
+    /// How many times each body (`version A`, ...) and each failure (`failed`) was seen.
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Load {
@@ -28,10 +30,12 @@ impl Load {
     pub fn start_on(port: u16, host: String, path: &'static str, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let first_seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let threads = (0..threads)
             .map(|_| {
                 let stop = Arc::clone(&stop);
                 let first_seen = Arc::clone(&first_seen);
+                let counts = Arc::clone(&counts);
                 let host = host.clone();
                 std::thread::spawn(move || {
                     let (mut ok, mut failures) = (0, Vec::new());
@@ -40,14 +44,21 @@ impl Load {
                         match request_path(port, &host, path) {
                             Ok(body) if body.starts_with("version ") => {
                                 ok += 1;
+                                *counts.lock().unwrap().entry(body.clone()).or_insert(0) += 1;
                                 first_seen
                                     .lock()
                                     .unwrap()
                                     .entry(body)
                                     .or_insert_with(SystemTime::now);
                             }
-                            Ok(other) => failures.push(format!("{} {other}", now_text())),
-                            Err(e) => failures.push(format!("{} {e}", now_text())),
+                            Ok(other) => {
+                                *counts.lock().unwrap().entry("failed".into()).or_insert(0) += 1;
+                                failures.push(format!("{} {other}", now_text()));
+                            }
+                            Err(e) => {
+                                *counts.lock().unwrap().entry("failed".into()).or_insert(0) += 1;
+                                failures.push(format!("{} {e}", now_text()));
+                            }
                         }
                     }
                     (ok, failures)
@@ -58,7 +69,14 @@ impl Load {
             stop,
             threads,
             first_seen,
+            counts,
         }
+    }
+
+    /// How many answers of each body (`version A`, ...) and how many failures (`failed`) so
+    /// far.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().unwrap().clone()
     }
 
     /// When a body (such as `version B`) was first answered.
