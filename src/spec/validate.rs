@@ -419,6 +419,25 @@ impl Walker<'_> {
         }
     }
 
+    /// The items of a list (none for an empty value), or `None` once it reported that the
+    /// value is no list.
+    fn list_items<'n>(
+        &mut self,
+        node: &'n Node,
+        kind: &Kind,
+        path: &str,
+        position: Position,
+    ) -> Option<&'n [Node]> {
+        match &node.value {
+            Value::Sequence(items) => Some(items.as_slice()),
+            Value::Null => Some(&[]),
+            _ => {
+                self.report_mismatch(node, kind, path, position);
+                None
+            }
+        }
+    }
+
     fn walk_object_list(
         &mut self,
         node: &Node,
@@ -426,14 +445,7 @@ impl Walker<'_> {
         path: &str,
         position: Position,
     ) -> Option<YamlValue> {
-        let items = match &node.value {
-            Value::Sequence(items) => items.as_slice(),
-            Value::Null => &[],
-            _ => {
-                self.report_mismatch(node, &Kind::ObjectList(fields), path, position);
-                return None;
-            }
-        };
+        let items = self.list_items(node, &Kind::ObjectList(fields), path, position)?;
         let mut output = Vec::new();
         let mut valid = true;
         for (index, item) in items.iter().enumerate() {
@@ -456,14 +468,7 @@ impl Walker<'_> {
         path: &str,
         position: Position,
     ) -> Option<YamlValue> {
-        let items = match &node.value {
-            Value::Sequence(items) => items.as_slice(),
-            Value::Null => &[],
-            _ => {
-                self.report_mismatch(node, kind, path, position);
-                return None;
-            }
-        };
+        let items = self.list_items(node, kind, path, position)?;
         // The example as the value of one item: "- weight: 10" gives "weight: 10".
         let item_example = example.trim_start_matches("- ");
         if items.is_empty() {
@@ -606,14 +611,7 @@ impl Walker<'_> {
         else {
             unreachable!("walk sends only text lists here");
         };
-        let items = match &node.value {
-            Value::Sequence(items) => items.as_slice(),
-            Value::Null => &[],
-            _ => {
-                self.report_mismatch(node, kind, path, position);
-                return None;
-            }
-        };
+        let items = self.list_items(node, kind, path, position)?;
         if items.is_empty() && !allow_empty {
             let message = format!(
                 "must not be empty, write at least one item such as {example}, or remove {noun}"
