@@ -249,6 +249,7 @@ pub struct Metrics {
     service_color: Family<ServiceColorLabels, Gauge>,
     replicas_ready: Family<ServiceReplicaLabels, Gauge>,
     replicas_desired: Family<ServiceReplicaLabels, Gauge>,
+    canary_weight: Family<ServiceReplicaLabels, Gauge>,
     /// The series of each service, from the statuses the controller writes; the
     /// `cutover_services` gauge is counted from it, and a service's old series are removed
     /// when its status changes or goes.
@@ -261,6 +262,8 @@ struct ServiceSeries {
     phase: Option<Phase>,
     colors: Vec<ServiceColorLabels>,
     replicas: Vec<(ServiceReplicaLabels, i64, i64)>,
+    /// A canary's color and the percentage of the live requests its step sends there.
+    canary: Option<(ServiceReplicaLabels, i64)>,
 }
 
 impl ServiceSeries {
@@ -294,6 +297,13 @@ impl ServiceSeries {
                     (labels, i64::from(c.ready), i64::from(c.desired))
                 })
                 .collect(),
+            canary: (status.canary.as_ref()).filter(|c| c.weight > 0).map(|c| {
+                let labels = ServiceReplicaLabels {
+                    service: service.to_owned(),
+                    color: c.color.to_string(),
+                };
+                (labels, i64::from(c.weight))
+            }),
         }
     }
 }
@@ -435,6 +445,13 @@ impl Metrics {
             "Replicas a color of a service should run (leader only)",
             replicas_desired.clone(),
         );
+        let canary_weight = Family::<ServiceReplicaLabels, Gauge>::default();
+        registry.register(
+            "service_canary_weight",
+            "Percent of the live requests a canary's current step sends to the color of its new \
+             revision; no series without a canary share (leader only)",
+            canary_weight.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
             "build_info",
@@ -492,6 +509,7 @@ impl Metrics {
             service_color,
             replicas_ready,
             replicas_desired,
+            canary_weight,
             per_service: Mutex::new(BTreeMap::new()),
         }
     }
@@ -553,6 +571,9 @@ impl Metrics {
                 self.replicas_ready.remove(labels);
                 self.replicas_desired.remove(labels);
             }
+            if let Some((labels, _)) = &old.canary {
+                self.canary_weight.remove(labels);
+            }
             if series.is_none() {
                 for phase in PHASES {
                     self.service_phase.remove(&ServicePhaseLabels {
@@ -577,6 +598,9 @@ impl Metrics {
             for (labels, ready, desired) in &series.replicas {
                 self.replicas_ready.get_or_create(labels).set(*ready);
                 self.replicas_desired.get_or_create(labels).set(*desired);
+            }
+            if let Some((labels, weight)) = &series.canary {
+                self.canary_weight.get_or_create(labels).set(*weight);
             }
             all.insert(service.to_owned(), series);
         }
@@ -1011,6 +1035,16 @@ mod tests {
                 (Color::Blue, color("web:1", "r1", 2, 2)),
                 (Color::Green, color("web:2", "r2", 1, 2)),
             ]),
+            canary: Some(crate::status::CanaryStatus {
+                revision: "r2".into(),
+                color: Color::Green,
+                step: 1,
+                of: 2,
+                weight: 10,
+                since_ms: 0,
+                started_ms: 0,
+                message: String::new(),
+            }),
             ..Status::default()
         };
         metrics.status("web", None, &releasing);
@@ -1022,6 +1056,7 @@ mod tests {
             "cutover_service_color_info{service=\"web\",color=\"green\",role=\"other\",revision=\"r2\",image=\"web:2\"} 1",
             "cutover_service_replicas_ready{service=\"web\",color=\"green\"} 1",
             "cutover_service_replicas_desired{service=\"web\",color=\"green\"} 2",
+            "cutover_service_canary_weight{service=\"web\",color=\"green\"} 10",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{Load, World};
+use support::{Daemon, Load, World};
 
 /// The path the load requests: a CGI script, so that `FAIL_PERCENT` applies
 /// (`scripts/test-images`).
@@ -67,15 +67,15 @@ fn after_requests(
 /// Runs v1 (`cutover-demo:a`, 2 replicas), starts the load, then releases `cutover-demo:b`
 /// as a canary with `steps` and waits until it is paused for `cutover promote` (its weight
 /// served by every proxy).
-fn canary_paused(w: &World, steps: &str) -> Load {
-    w.daemon().short_lease().start();
+fn canary_paused(w: &World, steps: &str) -> (Daemon, Load) {
+    let d = w.daemon().short_lease().start();
     w.apply("web", &manifest(w, "cutover-demo:a", steps));
     w.wait_available("web");
     let load = Load::start_on(w.ports.live, w.host("web"), PATH, CLIENTS);
     std::thread::sleep(Duration::from_millis(500));
     w.apply("web", &manifest(w, "cutover-demo:b", steps));
     w.wait_phase("web", "Preview");
-    load
+    (d, load)
 }
 
 /// A canary at 10 % answers about 10 % of the requests (measured over a few thousand); then
@@ -84,7 +84,7 @@ fn canary_paused(w: &World, steps: &str) -> Load {
 #[test]
 fn a_canary_at_10_percent_answers_a_tenth_and_promote_sends_every_request_to_it() {
     let w = World::new("canary-share");
-    let load = canary_paused(&w, "[{weight: 10}, {pause: {}}]");
+    let (d, load) = canary_paused(&w, "[{weight: 10}, {pause: {}}]");
     let status = w.status("web");
     assert_eq!(status["canary"]["weight"], 10, "{status:#}");
     assert_eq!(status["canary"]["step"], 2, "{status:#}");
@@ -95,6 +95,11 @@ fn a_canary_at_10_percent_answers_a_tenth_and_promote_sends_every_request_to_it(
             .contains("Canary: step 2 of 2: 10% of requests to revision"),
         "{out}"
     );
+    let weight = format!(
+        "cutover_service_canary_weight{{service=\"{}\",color=\"green\"}}",
+        w.svc("web")
+    );
+    assert_eq!(w.metric(d, &weight), Some(format!("{weight} 10")));
 
     let before = load.counts();
     let after = after_requests(&w, &load, &before, 3_000);
@@ -133,7 +138,7 @@ fn a_canary_at_10_percent_answers_a_tenth_and_promote_sends_every_request_to_it(
 #[test]
 fn abort_during_a_canary_sends_every_request_back_and_fails_none() {
     let w = World::new("canary-abort");
-    let load = canary_paused(&w, "[{weight: 50}, {pause: {}}]");
+    let (_, load) = canary_paused(&w, "[{weight: 50}, {pause: {}}]");
     let before = load.counts();
     let after = after_requests(&w, &load, &before, 400);
     let (a, b, _, _) = answered_between(&before, &after);
