@@ -635,9 +635,8 @@ impl Proxy {
         let old = self.runtime.get(service);
         let actual = match old {
             Some(_) => None,
-            None => self.command("show servers state").await.ok(),
-        }
-        .map(|state| render::server_addresses(&state));
+            None => self.color_server_addresses(service).await,
+        };
         let commands =
             render::runtime_commands(&self.settings, service, old, &new, actual.as_ref());
         self.runtime.remove(service);
@@ -862,6 +861,19 @@ impl Proxy {
             }
         }
         Ok(up)
+    }
+
+    /// The addresses HAProxy has for the servers of `service`'s two color backends (only
+    /// those: after an adoption every service asks once), `None` if it cannot be asked.
+    async fn color_server_addresses(&self, service: &str) -> Option<render::ServerAddresses> {
+        let mut addresses = render::ServerAddresses::new();
+        for color in [Color::Blue, Color::Green] {
+            let backend = backend_name(service, color);
+            let command = runtime::command::show_servers_state(Some(&backend));
+            let state = self.command(&command).await.ok()?;
+            addresses.extend(render::server_addresses(&state));
+        }
+        Some(addresses)
     }
 
     /// Runs a raw Runtime API command on the current worker and returns its reply (for
