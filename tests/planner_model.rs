@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cutover::observed::{Container, Observed, Role, replica_name};
 use cutover::plan::{self, Deletion, Desired, Input, Plan, Policy, ProxyView, Step, Unreadable};
 use cutover::spec::{Diagnostics, Service, parse_service};
-use cutover::status::{Action, Phase, Request, Status};
+use cutover::status::{Action, Phase, Rejected, Request, Status};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
 
@@ -1008,26 +1008,40 @@ fn parse_event(text: &str) -> Event {
     }
 }
 
-#[test]
-fn a_release_failing_its_analysis_goes_back_to_the_previous_revision() {
-    let pool = Pool::new();
-    let events = [
-        Event::Apply(0), // v1
+/// v1 (`books:1`) applied, healthy, seen UP by the proxy and past its scale-down delay,
+/// then `then`.
+fn v1_live_then(then: &[Event]) -> Vec<Event> {
+    let mut events = vec![
+        Event::Apply(0),
         Event::HealAll,
         Event::ProxyChecks,
         Event::Later(11 * SECOND),
+    ];
+    events.extend_from_slice(then);
+    events
+}
+
+/// The release after v1 was rejected by its analysis and v1 serves again.
+fn back_on_v1_after_a_failed_analysis(status: &Status) -> &Rejected {
+    let rejected = status.rejected.as_ref().expect("v2 rejected");
+    assert_eq!(rejected.reason, "AnalysisFailed", "{status:#?}");
+    let live = status.active_color.expect("a live color");
+    assert_eq!(status.colors[&live].image, "books:1", "{status:#?}");
+    rejected
+}
+
+#[test]
+fn a_release_failing_its_analysis_goes_back_to_the_previous_revision() {
+    let pool = Pool::new();
+    let events = v1_live_then(&[
         Event::Apply(10), // v2, judged by its traffic
         Event::HealAll,
         Event::ProxyChecks,
         Event::Traffic(true),
         Event::Later(200),
-    ];
+    ]);
     let sim = run(&pool, &events).unwrap();
-    let status = sim.status().unwrap();
-    let rejected = status.rejected.as_ref().expect("v2 rejected");
-    assert_eq!(rejected.reason, "AnalysisFailed", "{status:#?}");
-    let live = status.active_color.expect("a live color");
-    assert_eq!(status.colors[&live].image, "books:1", "{status:#?}");
+    back_on_v1_after_a_failed_analysis(sim.status().unwrap());
 }
 
 #[test]
@@ -1046,11 +1060,7 @@ fn regression_a_corrected_spec_during_the_first_rollout() {
 #[test]
 fn a_canary_failing_its_analysis_step_goes_back_to_the_previous_revision() {
     let pool = Pool::new();
-    let events = [
-        Event::Apply(0), // v1
-        Event::HealAll,
-        Event::ProxyChecks,
-        Event::Later(11 * SECOND),
+    let events = v1_live_then(&[
         Event::Apply(12), // v2, a canary judged at 50 %
         Event::HealAll,
         Event::ProxyChecks,        // ready: 10 %
@@ -1059,11 +1069,9 @@ fn a_canary_failing_its_analysis_step_goes_back_to_the_previous_revision() {
         Event::Later(200),         // served: its analysis step
         Event::Traffic(true),
         Event::Later(200),
-    ];
+    ]);
     let sim = run(&pool, &events).unwrap();
-    let status = sim.status().unwrap();
-    let rejected = status.rejected.as_ref().expect("v2 rejected");
-    assert_eq!(rejected.reason, "AnalysisFailed", "{status:#?}");
+    let rejected = back_on_v1_after_a_failed_analysis(sim.status().unwrap());
     assert!(
         rejected
             .message
@@ -1071,23 +1079,17 @@ fn a_canary_failing_its_analysis_step_goes_back_to_the_previous_revision() {
         "{}",
         rejected.message
     );
-    let live = status.active_color.expect("a live color");
-    assert_eq!(status.colors[&live].image, "books:1", "{status:#?}");
     assert_eq!(sim.proxy.split, None);
 }
 
 #[test]
 fn a_canary_waits_for_promote_and_a_promoted_one_becomes_available() {
     let pool = Pool::new();
-    let events = [
-        Event::Apply(0), // v1
-        Event::HealAll,
-        Event::ProxyChecks,
-        Event::Later(11 * SECOND),
+    let events = v1_live_then(&[
         Event::Apply(13), // v3, a canary at 20 % until promoted
         Event::HealAll,
         Event::ProxyChecks,
-    ];
+    ]);
     let mut sim = run(&pool, &events).unwrap();
     let status = sim.status().unwrap().clone();
     assert_eq!(status.phase, Some(Phase::Preview), "{status:#?}");
